@@ -1,0 +1,135 @@
+"""The `corgigan` command: one sub-command per pipeline stage, plus `generate`.
+
+This module only parses arguments, loads params.yaml once and passes the stage its section and paths.
+Paths come from dvc.yaml's `cmd` lines, the one place that names them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from corgigan import params as params_mod
+from corgigan.errors import StageError
+
+log = logging.getLogger("corgigan")
+
+# stage -> (help, [(argument, help)]); every argument is a required path.
+STAGES: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "scrape": ("collect images into shards and posts.parquet", [
+        ("--out", "output folder: shards/, posts.parquet, truth.parquet"),
+    ]),
+    "detector": ("train or import the dog detector", [
+        ("--out", "output folder for the detector weights"),
+    ]),
+    "detect": ("detect dogs in every scraped image", [
+        ("--raw", "scrape output folder"),
+        ("--detector", "detector folder"),
+        ("--out", "detections.parquet to write"),
+    ]),
+    "filter": ("crop square around the one dog; record every decision", [
+        ("--raw", "scrape output folder"),
+        ("--detections", "detections.parquet"),
+        ("--out", "output folder: filter.parquet and crop shards"),
+    ]),
+    "dedup": ("drop near-duplicate crops", [
+        ("--crops", "filter output folder"),
+        ("--out", "dedup.parquet to write"),
+    ]),
+    "dataset": ("pack the training zip, the funnel metrics and the contact sheet", [
+        ("--raw", "scrape output folder"),
+        ("--filtered", "filter output folder"),
+        ("--dedup", "dedup.parquet"),
+        ("--out", "dataset zip to write"),
+        ("--funnel", "funnel.json to write"),
+        ("--figures", "folder for the contact sheet"),
+    ]),
+    "train": ("train StyleGAN2-ADA on the dataset zip", [
+        ("--dataset", "dataset zip"),
+        ("--out", "checkpoint folder (snapshots, grids)"),
+        ("--metrics", "folder for training metrics (dvclive)"),
+    ]),
+    "evaluate": ("FID/KID, sample grid and interpolation video of the last snapshot", [
+        ("--checkpoints", "checkpoint folder"),
+        ("--dataset", "dataset zip"),
+        ("--metrics", "metrics.json to write"),
+        ("--figures", "folder for grids and video"),
+    ]),
+}
+
+# Which params.yaml sections each stage receives, in order, before its paths.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "scrape": ("scrape", "images"),
+    "detector": ("detector",),
+    "detect": ("detect", "images"),
+    "filter": ("filter", "images"),
+    "dedup": ("dedup",),
+    "dataset": ("dataset",),
+    "train": ("train",),
+    "evaluate": ("evaluate",),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corgigan", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, args) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        for arg, arg_help in args:
+            p.add_argument(arg, type=Path, required=True, help=arg_help)
+    g = sub.add_parser("generate", help="images, truncation sweep, style mixing or video from a snapshot")
+    g.add_argument("--checkpoint", type=Path, required=True, help="snapshot file or checkpoint folder")
+    g.add_argument("--out", type=Path, required=True, help="output folder")
+    g.add_argument("--what", choices=["images", "truncation", "mixing", "video"], default="images")
+    g.add_argument("--seeds", default="0-7", help="seeds: '0-7' or '1,5,9'")
+    g.add_argument("--psi", type=float, default=1.0, help="truncation psi")
+    g.add_argument("--frames", type=int, default=48, help="video frames")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    return parser
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Parse '0-7' or '1,5,9' (or a mix: '0-3,9') into a list of seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            seeds.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            seeds.append(int(part))
+    if not seeds:
+        raise ValueError(f"no seeds in {text!r}")
+    return seeds
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `corgigan` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        if args.command == "generate":
+            from corgigan import generate
+            generate.main(checkpoint=args.checkpoint, out=args.out, what=args.what,
+                          seeds=parse_seeds(args.seeds), psi=args.psi, frames=args.frames,
+                          device=args.device)
+            return 0
+        cfg = params_mod.load(args.params)
+        sections = [getattr(cfg, s) for s in SECTIONS[args.command]]
+        paths = {a.lstrip("-"): getattr(args, a.lstrip("-")) for a, _ in STAGES[args.command][1]}
+        stage = importlib.import_module(f"corgigan.stages.{args.command}")
+        stage.run(*sections, **paths)
+    except (params_mod.ParamsError, StageError) as e:
+        log.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Safe image decoding and the shard store.
+
+`decode` is the project's one image decoder: any bytes in, an RGB image the right way up out, or a
+DecodeError whose `status` is one of tables.DECODE_STATUSES. Images are stored in zip shards (stored,
+not compressed: the bytes are already compressed images) with fixed member timestamps, so the same
+images give byte-identical shards. `image_id` addresses an image; its shard is recorded in a table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)   # fixed member time: byte-identical shards
+
+
+class DecodeError(Exception):
+    """Bytes that do not decode to a usable image; `status` says why."""
+
+    def __init__(self, status: str, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited over white."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit data uses 0..65535; a 32-bit "I" image may hold anything, so scale by its own range.
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() <= 65535 else float(arr.max())
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "PA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode image bytes into an EXIF-oriented RGB image (first frame of animations).
+
+    Raises DecodeError with status empty, not_image, too_large, truncated or corrupt.
+    """
+    if len(data) == 0:
+        raise DecodeError("empty", "zero bytes")
+    try:
+        with warnings.catch_warnings():
+            # We apply our own pixel limit below; Pillow's own bomb check only warns or raises.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise DecodeError("too_large", f"{w}x{h} pixels > images.max_pixels={max_pixels}")
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise DecodeError("too_large", str(e)) from e
+    except UnidentifiedImageError as e:
+        raise DecodeError("not_image", "not a recognised image format") from e
+    except OSError as e:
+        status = "truncated" if "truncated" in str(e) or "broken data stream" in str(e) else "corrupt"
+        raise DecodeError(status, str(e)) from e
+    except (ValueError, SyntaxError, TypeError, IndexError, KeyError, EOFError, struct.error) as e:
+        raise DecodeError("corrupt", f"{type(e).__name__}: {e}") from e
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode_png(img: Image.Image) -> bytes:
+    """Encode an image as PNG; the same pixels always give the same bytes."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+class ShardWriter:
+    """Write (image_id, bytes) pairs into numbered zip shards of at most `shard_size` images.
+
+    Each shard is written to a temporary file and renamed when full or on `close`, so a shard file
+    that exists is complete. Use as a context manager.
+    """
+
+    def __init__(self, directory: str | Path, shard_size: int, prefix: str = "shard") -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.shard_size = shard_size
+        self.prefix = prefix
+        self._index = 0
+        self._count = 0
+        self._zip: zipfile.ZipFile | None = None
+        self._tmp: Path | None = None
+
+    @property
+    def current_name(self) -> str:
+        return f"{self.prefix}-{self._index:05d}.zip"
+
+    def add(self, image_id: str, data: bytes, ext: str) -> str:
+        """Store one image as `<image_id><ext>`; return the name of the shard that holds it."""
+        if self._zip is None:
+            self._tmp = self.directory / f".{self.current_name}.tmp"
+            self._zip = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED)
+        info = zipfile.ZipInfo(f"{image_id}{ext}", date_time=_ZIP_DATE)
+        info.external_attr = 0o644 << 16
+        self._zip.writestr(info, data)
+        name = self.current_name
+        self._count += 1
+        if self._count == self.shard_size:
+            self._finish()
+        return name
+
+    def _finish(self) -> None:
+        if self._zip is None:
+            return
+        self._zip.close()
+        assert self._tmp is not None
+        os.replace(self._tmp, self.directory / self.current_name)
+        self._zip, self._tmp = None, None
+        self._index += 1
+        self._count = 0
+
+    def close(self) -> None:
+        """Finish the last, partly filled shard."""
+        self._finish()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._zip is not None:
+            self._zip.close()
+            assert self._tmp is not None
+            self._tmp.unlink(missing_ok=True)
+
+
+def _image_id(member: str) -> str:
+    return member.rsplit(".", 1)[0] if "." in member else member
+
+
+def iter_shard(path: str | Path) -> Iterator[tuple[str, bytes]]:
+    """Yield (image_id, bytes) for every image in one shard, in stored order."""
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            yield _image_id(info.filename), zf.read(info)
+
+
+def list_shards(directory: str | Path, prefix: str = "shard") -> list[Path]:
+    """The complete shard files in `directory`, in order."""
+    return sorted(Path(directory).glob(f"{prefix}-*.zip"))
+
+
+def iter_shards(directory: str | Path, prefix: str = "shard") -> Iterator[tuple[str, str, bytes]]:
+    """Yield (shard name, image_id, bytes) over every shard in `directory`, in order."""
+    for path in list_shards(directory, prefix):
+        for image_id, data in iter_shard(path):
+            yield path.name, image_id, data

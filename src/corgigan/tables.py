@@ -1,0 +1,156 @@
+"""Parquet schemas, declared once, and atomic writes.
+
+Every table the pipeline writes is named here with its columns and types. `write_table` checks the
+rows against the schema and writes to a temporary file that is renamed into place, so an interrupted
+stage never leaves a half-written table. Boxes are pixel xyxy in the original image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Why an image was dropped; `None` in a `reason` column means kept.
+REASONS = (
+    "decode_error",     # empty, truncated, not an image, too large (posts.decode_status says which)
+    "too_small",        # short side < filter.min_side
+    "no_dog",           # no box of the dog class
+    "multiple_dogs",    # more than filter.max_dogs boxes
+    "low_confidence",   # best box below filter.min_confidence
+    "low_cover",        # dog covers too little of the crop window
+    "off_center",       # the border slide moved the window too far from the dog
+    "partial",          # dog larger than the crop window (unless filter.allow_partial)
+    "duplicate",        # near-duplicate of a kept image (dedup)
+)
+
+# posts.decode_status values besides "ok"
+DECODE_STATUSES = ("ok", "empty", "not_image", "truncated", "too_large", "corrupt")
+
+_BOX = [("x0", pa.float32()), ("y0", pa.float32()), ("x1", pa.float32()), ("y1", pa.float32())]
+
+SCHEMAS: dict[str, pa.Schema] = {
+    # One row per image that entered scrape.
+    "posts": pa.schema([
+        ("image_id", pa.string()),         # stable id, the key of every later table
+        ("source", pa.string()),           # synthetic | folder | instagram
+        ("source_id", pa.string()),        # id within the source (post shortcode + index, path...)
+        ("url", pa.string()),
+        ("owner", pa.string()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("likes", pa.int64()),
+        ("width", pa.int32()),             # after EXIF orientation; null when not decodable
+        ("height", pa.int32()),
+        ("format", pa.string()),           # Pillow format name (JPEG, PNG, ...)
+        ("sha256", pa.string()),           # of the stored bytes
+        ("num_bytes", pa.int64()),
+        ("decode_status", pa.string()),    # one of DECODE_STATUSES
+        ("decode_detail", pa.string()),    # the decoder's message when not ok
+        ("shard", pa.string()),            # shard file name holding the bytes
+    ]),
+    # One row per detected box.
+    "detections": pa.schema([
+        ("image_id", pa.string()),
+        *_BOX,
+        ("confidence", pa.float32()),
+        ("class_id", pa.int32()),
+    ]),
+    # One row per image that entered scrape: the crop decision.
+    "filter": pa.schema([
+        ("image_id", pa.string()),
+        ("kept", pa.bool_()),
+        ("reason", pa.string()),           # one of REASONS, null when kept
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("num_dogs", pa.int32()),
+        ("confidence", pa.float32()),      # of the chosen box
+        *_BOX,                             # the chosen box
+        ("crop_x0", pa.int32()),           # crop window, pixels in the oriented original
+        ("crop_y0", pa.int32()),
+        ("crop_side", pa.int32()),
+        ("cover", pa.float32()),
+        ("center_shift_x", pa.float32()),
+        ("center_shift_y", pa.float32()),
+        ("partial", pa.bool_()),
+    ]),
+    # One row per crop kept by filter.
+    "dedup": pa.schema([
+        ("image_id", pa.string()),
+        ("hash", pa.string()),             # hex perceptual hash
+        ("cluster", pa.int64()),           # images in one cluster are near-duplicates
+        ("kept", pa.bool_()),
+        ("reason", pa.string()),           # "duplicate" or null
+        ("duplicate_of", pa.string()),     # the kept image of the cluster
+        ("distance", pa.int32()),          # Hamming distance to duplicate_of
+    ]),
+}
+
+
+class SchemaError(ValueError):
+    """Rows do not match the declared schema of a table."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def to_arrow(name: str, rows: pd.DataFrame | Sequence[dict[str, Any]]) -> pa.Table:
+    """Convert rows to an Arrow table of schema `name`; missing or extra columns are an error."""
+    schema = SCHEMAS[name]
+    if isinstance(rows, pd.DataFrame):
+        cols = list(rows.columns)
+        if set(cols) != set(schema.names):
+            raise SchemaError(f"table {name}: columns {sorted(cols)} != schema {sorted(schema.names)}")
+        try:
+            return pa.Table.from_pandas(rows[schema.names], schema=schema, preserve_index=False)\
+                .replace_schema_metadata(None)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise SchemaError(f"table {name}: {e}") from e
+    for i, row in enumerate(rows):
+        if set(row) != set(schema.names):
+            extra, missing = set(row) - set(schema.names), set(schema.names) - set(row)
+            raise SchemaError(f"table {name}, row {i}: extra {sorted(extra)}, missing {sorted(missing)}")
+    try:
+        return pa.Table.from_pylist(list(rows), schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise SchemaError(f"table {name}: {e}") from e
+
+
+def write_table(name: str, rows: pd.DataFrame | Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Check `rows` against schema `name` and write them atomically to a parquet file."""
+    table = to_arrow(name, rows)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_table(name: str, path: str | Path) -> pd.DataFrame:
+    """Read a parquet table and check it has schema `name`."""
+    table = pq.read_table(path)
+    if not table.schema.equals(SCHEMAS[name], check_metadata=False):
+        raise SchemaError(f"{path}: schema differs from table {name}; re-run the stage that writes it")
+    return table.to_pandas()
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write `obj` as stable, indented JSON (sorted keys), atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
