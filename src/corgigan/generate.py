@@ -1,0 +1,172 @@
+"""Pictures from a trained generator: images per seed, truncation sweep, style mixing, interpolation video.
+
+Every picture is a function of (generator, seeds, psi): z for seed s is numpy's RandomState(s) normal
+draw, noise is constant, so the same snapshot and seeds give the same pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from corgigan.stylegan2 import snapshot
+from corgigan.tables import atomic_path
+
+log = logging.getLogger(__name__)
+
+TRUNCATION_PSIS = (1.0, 0.85, 0.7, 0.5, 0.3, 0.0)
+VIDEO_FPS = 24
+
+
+def pick_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_latents(seeds: list[int], z_dim: int) -> torch.Tensor:
+    """One z per seed, [N, z_dim], independent of batch size and device."""
+    return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])).float()
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """Generator output [N, C, H, W] in about [-1, 1] -> uint8 [N, H, W, 3]."""
+    img = (img.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    img = img.permute(0, 2, 3, 1).cpu().numpy()
+    return np.repeat(img, 3, axis=3) if img.shape[3] == 1 else img
+
+
+@torch.no_grad()
+def synthesize_w(G: torch.nn.Module, ws: torch.Tensor, batch: int = 16) -> np.ndarray:
+    """Images for latents ws [N, num_ws, w_dim], in batches."""
+    device = next(G.parameters()).device
+    out = [to_uint8(G.synthesis(ws[i:i + batch].to(device), noise_mode="const"))
+           for i in range(0, len(ws), batch)]
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def map_seeds(G: torch.nn.Module, seeds: list[int], psi: float) -> torch.Tensor:
+    """W+ latents [N, num_ws, w_dim] for seeds at truncation psi."""
+    device = next(G.parameters()).device
+    z = seed_latents(seeds, G.z_dim).to(device)
+    c = torch.zeros(len(seeds), G.c_dim, device=device)
+    return G.mapping(z, c, truncation_psi=psi)
+
+
+def generate_images(G: torch.nn.Module, seeds: list[int], psi: float, batch: int = 16) -> np.ndarray:
+    """uint8 images [N, H, W, 3], one per seed."""
+    out = [synthesize_w(G, map_seeds(G, seeds[i:i + batch], psi), batch)
+           for i in range(0, len(seeds), batch)]
+    return np.concatenate(out)
+
+
+def image_grid(images: np.ndarray, cols: int) -> Image.Image:
+    """Tile uint8 images [N, H, W, 3] into rows of `cols` (the last row padded with black)."""
+    n, h, w, _ = images.shape
+    rows = -(-n // cols)
+    grid = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
+    return Image.fromarray(grid)
+
+
+def truncation_sweep(G: torch.nn.Module, seeds: list[int], psis: tuple[float, ...] = TRUNCATION_PSIS
+                     ) -> Image.Image:
+    """A grid: one row per seed, one column per psi."""
+    rows = [generate_images(G, [s], psi) for s in seeds for psi in psis]
+    return image_grid(np.concatenate(rows), cols=len(psis))
+
+
+def style_mixing(G: torch.nn.Module, row_seeds: list[int], col_seeds: list[int], psi: float = 1.0,
+                 cutoff: int | None = None) -> Image.Image:
+    """A grid: first row the column sources, first column the row sources; each cell takes the coarse
+    styles (layers < cutoff, default half) from its row seed and the fine ones from its column seed."""
+    w_rows, w_cols = map_seeds(G, row_seeds, psi), map_seeds(G, col_seeds, psi)
+    cutoff = G.num_ws // 2 if cutoff is None else cutoff
+    cells = [np.zeros_like(synthesize_w(G, w_cols[:1]))]   # black corner
+    cells.append(synthesize_w(G, w_cols))
+    for i in range(len(row_seeds)):
+        mixed = w_cols.clone()
+        mixed[:, :cutoff] = w_rows[i:i + 1, :cutoff]
+        cells.append(synthesize_w(G, w_rows[i:i + 1]))
+        cells.append(synthesize_w(G, mixed))
+    return image_grid(np.concatenate(cells), cols=len(col_seeds) + 1)
+
+
+def interpolation_frames(G: torch.nn.Module, seeds: list[int], frames: int, psi: float) -> np.ndarray:
+    """A looping walk through W: keyframes at the seeds, smooth-stepped linear paths between them."""
+    keys = map_seeds(G, [*seeds, seeds[0]], psi)                  # [K+1, num_ws, w_dim]
+    t = np.linspace(0, len(seeds), frames, endpoint=False)
+    idx = np.floor(t).astype(int)
+    frac = torch.from_numpy(t - idx).float().to(keys.device)
+    frac = (frac * frac * (3 - 2 * frac))[:, None, None]         # ease in and out of each keyframe
+    ws = keys[idx] * (1 - frac) + keys[idx + 1] * frac
+    return synthesize_w(G, ws)
+
+
+def write_video(frames: np.ndarray, path: Path, fps: int = VIDEO_FPS) -> Path:
+    """Write frames as H.264 mp4 (bit-exact settings) with imageio-ffmpeg; a GIF if ffmpeg is missing.
+
+    Returns the path written (its suffix says which).
+    """
+    import imageio.v2 as iio
+    try:
+        import imageio_ffmpeg
+        imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError) as e:
+        log.warning("ffmpeg unavailable (%s); writing a GIF instead of %s", e, path.name)
+        return write_gif(frames, path.with_suffix(".gif"), fps)
+    # H.264 needs even sides; a macro block of 16 lets imageio pad small frames to fit.
+    with atomic_path(path) as tmp:
+        writer = iio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=None,
+                                macro_block_size=16, ffmpeg_log_level="error",
+                                ffmpeg_params=["-crf", "18", "-pix_fmt", "yuv420p", "-threads", "1",
+                                               "-fflags", "+bitexact", "-map_metadata", "-1"])
+        for frame in frames:
+            writer.append_data(frame)
+        writer.close()
+    return path
+
+
+def write_gif(frames: np.ndarray, path: Path, fps: int = VIDEO_FPS) -> Path:
+    """Write frames as a looping GIF."""
+    images = [Image.fromarray(f) for f in frames]
+    with atomic_path(path) as tmp:
+        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                       duration=round(1000 / fps), loop=0)
+    return path
+
+
+def save_png(img: Image.Image, path: Path) -> None:
+    """Write a PNG atomically."""
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def main(checkpoint: Path, out: Path, what: str, seeds: list[int], psi: float, frames: int,
+         device: str) -> None:
+    """`corgigan generate`: write the requested pictures of a snapshot into `out`."""
+    G, info = snapshot.load_generator(checkpoint, pick_device(device))
+    log.info("generator from %s (kimg %.1f)", checkpoint, info.get("kimg", float("nan")))
+    out.mkdir(parents=True, exist_ok=True)
+    if what == "images":
+        for seed, img in zip(seeds, generate_images(G, seeds, psi)):
+            save_png(Image.fromarray(img), out / f"seed{seed:05d}.png")
+    elif what == "truncation":
+        save_png(truncation_sweep(G, seeds), out / "truncation.png")
+    elif what == "mixing":
+        half = max(1, len(seeds) // 2)
+        save_png(style_mixing(G, seeds[:half], seeds[half:] or seeds[:1], psi), out / "mixing.png")
+    elif what == "video":
+        written = write_video(interpolation_frames(G, seeds, frames, psi), out / "interpolation.mp4")
+        log.info("wrote %s", written)
+    else:
+        raise ValueError(f"unknown picture kind {what!r}")
+    log.info("wrote %s pictures to %s", what, out)

@@ -1,0 +1,98 @@
+"""evaluate stage: FID/KID of the last snapshot against the dataset, plus the showcase pictures."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from corgigan import fid, generate
+from corgigan.errors import StageError
+from corgigan.params import EvaluateParams
+from corgigan.stylegan2 import snapshot
+from corgigan.stylegan2.data import dataset_hash
+from corgigan.tables import write_json
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """The project's cache of reference features (CORGIGAN_CACHE overrides .cache/corgigan)."""
+    return Path(os.environ.get("CORGIGAN_CACHE", ".cache/corgigan")) / "fid"
+
+
+def generated_features(G: torch.nn.Module, p: EvaluateParams, extractor: fid.Extractor) -> np.ndarray:
+    """Features of p.num_images generated images, seeds p.seed.., truncation p.truncation_psi."""
+    seeds = list(range(p.seed, p.seed + p.num_images))
+    batches = (generate.generate_images(G, seeds[i:i + p.batch], p.truncation_psi, p.batch)
+               for i in range(0, len(seeds), p.batch))
+    return fid.features_of(batches, extractor, len(seeds), "generated features")
+
+
+def score(G: torch.nn.Module, p: EvaluateParams, extractor: fid.Extractor, real: np.ndarray
+          ) -> tuple[float, float]:
+    """(FID, KID) of the generator against the real features."""
+    fake = generated_features(G, p, extractor)
+    return fid.fid_from_features(fake, real), fid.kid_from_features(fake, real, p.seed)
+
+
+def fid_per_snapshot(checkpoints: Path, p: EvaluateParams, extractor: fid.Extractor, real: np.ndarray,
+                     device: torch.device) -> list[dict[str, float]]:
+    """FID and KID of every snapshot in the folder, in training order (rows for a DVC plot)."""
+    rows = []
+    for path in snapshot.list_snapshots(checkpoints):
+        G, info = snapshot.load_generator(path, device)
+        f, k = score(G, p, extractor, real)
+        rows.append({"kimg": float(info["kimg"]), f"fid_{extractor.name}": f, f"kid_{extractor.name}": k})
+    return rows
+
+
+def write_figures(G: torch.nn.Module, p: EvaluateParams, figures: Path) -> None:
+    """Sample grid, truncation sweep, style mixing, interpolation video (mp4 + GIF for DVC plots)."""
+    figures.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(p.seed, p.seed + p.grid_seeds))
+    cols = int(np.ceil(np.sqrt(len(seeds))))
+    generate.save_png(generate.image_grid(generate.generate_images(G, seeds, p.truncation_psi), cols),
+                      figures / "grid.png")
+    generate.save_png(generate.truncation_sweep(G, seeds[:4]), figures / "truncation.png")
+    generate.save_png(generate.style_mixing(G, seeds[:3], seeds[3:8] or seeds[:1], p.truncation_psi),
+                      figures / "mixing.png")
+    frames = generate.interpolation_frames(G, seeds[:6], p.video_frames, p.truncation_psi)
+    generate.write_video(frames, figures / "interpolation.mp4")
+    generate.write_gif(frames, figures / "interpolation.gif")
+
+
+def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figures: Path) -> None:
+    """Score the latest snapshot in `checkpoints` and draw its pictures."""
+    last = snapshot.latest_snapshot(checkpoints)
+    if last is None:
+        raise StageError(f"no snapshot in {checkpoints}: run the train stage first (`dvc repro train`)")
+    if not dataset.is_file():
+        raise StageError(f"dataset {dataset} not found: run the dataset stage first")
+    device = generate.pick_device("auto")
+    G, info = snapshot.load_generator(last, device)
+    sha = dataset_hash(dataset)
+    if info.get("dataset_hash") != sha:
+        log.warning("%s was trained on another dataset than %s", last.name, dataset)
+    extractor = fid.build_extractor(p.features, p.inception_path, device)
+    real = fid.dataset_features(dataset, sha, extractor, cache_dir(), p.batch)
+    fid_value, kid_value = score(G, p, extractor, real)
+    log.info("kimg %.1f: fid_%s %.4f, kid_%s %.6f", info["kimg"], extractor.name, fid_value,
+             extractor.name, kid_value)
+    write_figures(G, p, figures)
+    if p.fid_every_snapshot:
+        write_json(fid_per_snapshot(checkpoints, p, extractor, real, device), figures / "fid_vs_kimg.json")
+    write_json({
+        f"fid_{extractor.name}": round(fid_value, 6),
+        f"kid_{extractor.name}": round(kid_value, 8),
+        "features": extractor.name,
+        "kimg": float(info["kimg"]),
+        "snapshot": last.name,
+        "num_generated": p.num_images,
+        "num_real": int(len(real)),
+        "truncation_psi": p.truncation_psi,
+        "same_dataset": info.get("dataset_hash") == sha,
+    }, metrics)
