@@ -3,9 +3,9 @@
 Two feature sets:
 - "inception": clean-fid's 'clean' mode (PIL bicubic resize to 299, the TorchScript Inception-v3 of
   the published FID). Its weights are read from a local path; nothing is downloaded at run time.
-- "pixels": the same clean resize to 8x8, flattened and scaled to [0, 1] (192 numbers per image). It needs no download, so
-  the offline demo can run, but its values are not comparable with published FID; metric names say
-  which features were used (fid_pixels vs fid_inception).
+- "pixels": the same clean resize to 8x8, flattened and scaled to [0, 1] (192 numbers per image).
+  It needs no download, so the offline demo can run, but its values are not comparable with
+  published FID; metric names say which features were used (fid_pixels vs fid_inception).
 """
 
 from __future__ import annotations
@@ -112,9 +112,8 @@ def dataset_features(dataset: Path, dataset_sha: str, extractor: Extractor, cach
     if n < 2:
         raise StageError(f"{dataset}: {n} images; FID/KID need at least 2 real images")
     feats = features_of(iter_zip_images(dataset, batch), extractor, n, "real features")
-    with atomic_path(cache) as tmp:
-        with tmp.open("wb") as f:
-            np.save(f, feats)
+    with atomic_path(cache) as tmp, tmp.open("wb") as f:
+        np.save(f, feats)
     return feats
 
 
