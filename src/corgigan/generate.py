@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from corgigan.errors import StageError
 from corgigan.stylegan2 import snapshot
 from corgigan.tables import atomic_path
 
@@ -150,10 +151,20 @@ def save_png(img: Image.Image, path: Path) -> None:
         img.save(tmp, format="PNG")
 
 
+def load(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """G_ema and its info from a snapshot file or folder; a bad snapshot is a StageError."""
+    if not checkpoint.exists():
+        raise StageError(f"{checkpoint}: no such snapshot or folder (train first, or `dvc pull` it)")
+    try:
+        return snapshot.load_generator(checkpoint, device)
+    except snapshot.SnapshotError as e:
+        raise StageError(str(e)) from e
+
+
 def main(checkpoint: Path, out: Path, what: str, seeds: list[int], psi: float, frames: int,
          device: str) -> None:
     """`corgigan generate`: write the requested pictures of a snapshot into `out`."""
-    G, info = snapshot.load_generator(checkpoint, pick_device(device))
+    G, info = load(checkpoint, pick_device(device))
     log.info("generator from %s (kimg %.1f)", checkpoint, info.get("kimg", float("nan")))
     out.mkdir(parents=True, exist_ok=True)
     if what == "images":

@@ -43,8 +43,8 @@ def fid_per_snapshot(checkpoints: Path, p: EvaluateParams, extractor: fid.Extrac
                      device: torch.device) -> list[dict[str, float]]:
     """FID and KID of every snapshot in the folder, in training order (rows for a DVC plot)."""
     rows = []
-    for path in snapshot.list_snapshots(checkpoints):
-        G, info = snapshot.load_generator(path, device)
+    for _, path in snapshot.list_snapshots(checkpoints):
+        G, info = generate.load(path, device)
         f, k = score(G, p, extractor, real)
         rows.append({"kimg": float(info["kimg"]), f"fid_{extractor.name}": f, f"kid_{extractor.name}": k})
     return rows
@@ -67,13 +67,13 @@ def write_figures(G: torch.nn.Module, p: EvaluateParams, figures: Path) -> None:
 
 def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figures: Path) -> None:
     """Score the latest snapshot in `checkpoints` and draw its pictures."""
-    last = snapshot.latest_snapshot(checkpoints)
+    last = snapshot.latest_snapshot(checkpoints) if checkpoints.is_dir() else None
     if last is None:
         raise StageError(f"no snapshot in {checkpoints}: run the train stage first (`dvc repro train`)")
     if not dataset.is_file():
         raise StageError(f"dataset {dataset} not found: run the dataset stage first")
     device = generate.pick_device("auto")
-    G, info = snapshot.load_generator(last, device)
+    G, info = generate.load(last, device)
     sha = dataset_hash(dataset)
     if info.get("dataset_hash") != sha:
         log.warning("%s was trained on another dataset than %s", last.name, dataset)
@@ -92,7 +92,7 @@ def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figu
         "kimg": float(info["kimg"]),
         "snapshot": last.name,
         "num_generated": p.num_images,
-        "num_real": int(len(real)),
+        "num_real": len(real),
         "truncation_psi": p.truncation_psi,
         "same_dataset": info.get("dataset_hash") == sha,
     }, metrics)
