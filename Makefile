@@ -34,7 +34,7 @@ lint: $(STAMP)
 	ruff check src tests benchmarks
 
 bench: $(STAMP)
-	$(VENV)/bin/python -m benchmarks.run
+	python -m benchmarks.run $(BENCH)
 
 clean-venv:
 	rm -rf $(VENV)
