@@ -21,6 +21,7 @@ log = logging.getLogger("corgigan")
 STAGES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "scrape": ("collect images into shards and posts.parquet", [
         ("--out", "output folder: shards/, posts.parquet, truth.parquet"),
+        ("--cache", "persistent download cache kept between runs (instagram), not a DVC output"),
     ]),
     "detector": ("train or import the dog detector", [
         ("--out", "output folder for the detector weights"),

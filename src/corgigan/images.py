@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import struct
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -55,11 +54,27 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+_SIGNATURES = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
+               (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format that `data`'s magic number announces, or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)
+
+
 def decode(data: bytes, max_pixels: int) -> Image.Image:
     """Decode image bytes into an EXIF-oriented RGB image (first frame of animations).
 
     Raises DecodeError with status empty, not_image, too_large, truncated or corrupt.
     """
+    return decode_with_format(data, max_pixels)[0]
+
+
+def decode_with_format(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
+    """Like `decode`, and also return the Pillow format name of the bytes (JPEG, PNG, GIF, ...)."""
     if len(data) == 0:
         raise DecodeError("empty", "zero bytes")
     try:
@@ -67,23 +82,32 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
             # We apply our own pixel limit below; Pillow's own bomb check only warns or raises.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+            fmt = img.format or "unknown"
             w, h = img.size
+            # Checked on the header, before any pixel is allocated.
             if w * h > max_pixels:
                 raise DecodeError("too_large", f"{w}x{h} pixels > images.max_pixels={max_pixels}")
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return _to_rgb(img), fmt
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:
         raise DecodeError("too_large", str(e)) from e
     except UnidentifiedImageError as e:
+        fmt = sniff_format(data)
+        if fmt:    # the magic number says image, but the header is broken
+            raise DecodeError("corrupt", f"{fmt} signature but unreadable header") from e
         raise DecodeError("not_image", "not a recognised image format") from e
     except OSError as e:
         status = "truncated" if "truncated" in str(e) or "broken data stream" in str(e) else "corrupt"
         raise DecodeError(status, str(e)) from e
-    except (ValueError, SyntaxError, TypeError, IndexError, KeyError, EOFError, struct.error) as e:
+    except MemoryError as e:
+        raise DecodeError("too_large", "out of memory while decoding") from e
+    except Exception as e:
+        # Untrusted bytes reach deep into codec plugins, whose failures take many exception types;
+        # any of them means these bytes are not a usable image, and must not stop the stage.
         raise DecodeError("corrupt", f"{type(e).__name__}: {e}") from e
 
 

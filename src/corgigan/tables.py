@@ -33,7 +33,8 @@ REASONS = (
 )
 
 # posts.decode_status values besides "ok"
-DECODE_STATUSES = ("ok", "empty", "not_image", "truncated", "too_large", "corrupt")
+DECODE_STATUSES = ("ok", "empty", "not_image", "truncated", "too_large", "corrupt",
+                   "refused")   # refused: never read (a path escaping the source folder, a link, ...)
 
 _BOX = [("x0", pa.float32()), ("y0", pa.float32()), ("x1", pa.float32()), ("y1", pa.float32())]
 
@@ -80,6 +81,17 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("center_shift_x", pa.float32()),
         ("center_shift_y", pa.float32()),
         ("partial", pa.bool_()),
+    ]),
+    # What the synthetic source planted: one row per drawn dog, or one row with null box and
+    # num_dogs 0 for an image without a dog. Empty for real sources.
+    "truth": pa.schema([
+        ("image_id", pa.string()),
+        ("source_id", pa.string()),
+        ("case", pa.string()),             # ordinary, multiple_dogs, tiny_dog, truncated_jpeg, ...
+        ("num_dogs", pa.int32()),          # dogs drawn in the image
+        ("dog_index", pa.int32()),         # 0..num_dogs-1; null when num_dogs is 0
+        *_BOX,                             # true box, pixels in the EXIF-oriented image; null: no dog
+        ("duplicate_of", pa.string()),     # image_id this one duplicates (near or exact); else null
     ]),
     # One row per crop kept by filter.
     "dedup": pa.schema([
