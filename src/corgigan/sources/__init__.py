@@ -18,6 +18,7 @@ class SourceItem:
     owner: str | None = None
     timestamp: datetime | None = None   # timezone-aware UTC
     likes: int | None = None
+    refused: str | None = None      # why the source would not read it (data is then empty)
 
 
 class Source(Protocol):

@@ -4,7 +4,7 @@ Every regular file is an item, image or not: the decoder decides later, so a str
 `not_image` row instead of vanishing. Hidden files and folders (name starting with '.') and macOS
 `__MACOSX` resource folders are skipped, and counted in the log. Anything that would reach outside
 the folder (zip members with absolute paths or '..', symbolic links pointing elsewhere) or is not a
-regular file is never read: it becomes a `RefusedItem` with empty data, recorded by scrape with
+regular file is never read: it becomes a SourceItem with `refused` set and empty data, recorded by scrape with
 decode_status "refused", and a warning is logged.
 """
 
@@ -15,7 +15,6 @@ import os
 import stat
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from corgigan.errors import StageError
@@ -24,13 +23,6 @@ from corgigan.sources import SourceItem
 log = logging.getLogger(__name__)
 
 MAX_FILE_BYTES = 1 << 30     # larger files are refused unread: no photo is that big
-
-
-@dataclass(frozen=True)
-class RefusedItem(SourceItem):
-    """An entry that was deliberately not read; `reason` says why. Its data is empty."""
-
-    reason: str = ""
 
 
 def _is_hidden(parts: tuple[str, ...]) -> bool:
@@ -158,6 +150,6 @@ def _zip_item(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> SourceItem:
     return SourceItem(source_id=name, data=data, url=None)
 
 
-def _refuse(source_id: str, reason: str) -> RefusedItem:
+def _refuse(source_id: str, reason: str) -> SourceItem:
     log.warning("folder source: refused %r: %s", source_id, reason)
-    return RefusedItem(source_id=source_id, data=b"", reason=reason)
+    return SourceItem(source_id=source_id, data=b"", refused=reason)

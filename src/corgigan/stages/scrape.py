@@ -24,7 +24,6 @@ from corgigan import tables
 from corgigan.errors import StageError
 from corgigan.params import ImagesParams, ScrapeParams
 from corgigan.sources import Source, SourceItem
-from corgigan.sources.folder import RefusedItem
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +66,8 @@ def post_row(source: str, item: SourceItem, max_pixels: int) -> tuple[dict[str, 
         "width": None, "height": None, "format": None, "sha256": None, "num_bytes": len(item.data),
         "decode_status": "ok", "decode_detail": None, "shard": None,
     }
-    if isinstance(item, RefusedItem):
-        row.update(decode_status="refused", decode_detail=item.reason)
+    if item.refused is not None:
+        row.update(decode_status="refused", decode_detail=item.refused)
         return row, None
     row["sha256"] = images_mod.sha256(item.data)
     try:
