@@ -147,9 +147,19 @@ def to_arrow(name: str, rows: pd.DataFrame | Sequence[dict[str, Any]]) -> pa.Tab
         raise SchemaError(f"table {name}: {e}") from e
 
 
-def write_table(name: str, rows: pd.DataFrame | Sequence[dict[str, Any]], path: str | Path) -> None:
-    """Check `rows` against schema `name` and write them atomically to a parquet file."""
-    table = to_arrow(name, rows)
+def write_table(name: str, rows: pa.Table | pd.DataFrame | Sequence[dict[str, Any]],
+                path: str | Path) -> None:
+    """Check `rows` against schema `name` and write them atomically to a parquet file.
+
+    `rows` may be an Arrow table already built with `to_arrow` (e.g. chunks concatenated by a
+    streaming stage); its schema must be exactly the declared one.
+    """
+    if isinstance(rows, pa.Table):
+        if not rows.schema.equals(SCHEMAS[name], check_metadata=False):
+            raise SchemaError(f"table {name}: schema {rows.schema} != declared {SCHEMAS[name]}")
+        table = rows.combine_chunks()
+    else:
+        table = to_arrow(name, rows)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
 

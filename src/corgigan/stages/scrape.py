@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from corgigan import images as images_mod
@@ -138,9 +137,7 @@ def run(p: ScrapeParams, images: ImagesParams, out: Path, cache: Path) -> None:
         if not chunks:
             raise StageError(f"scrape: source {source.name} gave no images; check scrape.{source.name} "
                              "in params.yaml (and that the source has files)")
-        posts = pa.concat_tables(chunks).combine_chunks()
-        with tables.atomic_path(out / "posts.parquet") as tmp:
-            pq.write_table(posts, tmp, compression="zstd")
+        tables.write_table("posts", pa.concat_tables(chunks), out / "posts.parquet")
         tables.write_table("truth", _truth_rows(source), out / "truth.parquet")
     except BaseException:
         _clear(out)       # a failed run leaves no shards that a later stage could take for complete
