@@ -1,0 +1,273 @@
+"""filter stage: decide, for every scraped image, whether it yields one square dog crop, and crop it.
+
+Writes ``out/filter.parquet`` (one row per posts row, in posts order) and ``out/shards/`` (PNG crops of
+the kept images at ``filter.resolution``, named ``<image_id>.png``, in posts order).
+
+The checks run in this order; the first that fails is the row's reason:
+
+1. ``decode_error``   posts.decode_status is not ok (or the bytes no longer decode);
+2. ``too_small``      short side < min_side: needs only the image size, so it comes before the boxes;
+3. ``no_dog``         no detected box;
+4. ``low_confidence`` the best box is below min_confidence: no dog we trust;
+5. ``multiple_dogs``  more than max_dogs boxes at or above min_confidence (weak extra boxes are
+                      ignored, so one clear dog plus a faint false positive is kept);
+6. ``partial``        the dog is larger than the crop window (unless allow_partial);
+7. ``low_cover``      the dog covers less than min_cover of the window;
+8. ``off_center``     the border slide moved the window more than max_center_shift (either axis).
+
+The crop is taken around the most confident box (ties: the smallest x0, y0, x1, y1). ``num_dogs`` counts
+the boxes at or above min_confidence. Geometry columns are filled from step 6 on; box and confidence
+from step 4 on. Decisions need only tables; images are decoded only to crop the kept ones, in parallel
+over chunks of one raw shard each, and written in posts order, so the output does not depend on the
+number of cores.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing
+import os
+import shutil
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from corgigan import geometry, images, tables
+from corgigan.errors import StageError
+from corgigan.params import FilterParams, ImagesParams
+
+log = logging.getLogger(__name__)
+
+RESAMPLE = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "box": Image.Resampling.BOX,
+}
+CHUNK = 32          # images per worker task: small enough to bound memory at 1024 px
+_GEOMETRY_COLS = ("crop_x0", "crop_y0", "crop_side", "cover", "center_shift_x", "center_shift_y",
+                  "partial")
+_BOX_COLS = ("x0", "y0", "x1", "y1")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def workers() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], processes: int,
+                max_pending: int | None = None) -> Iterator[R]:
+    """Map `fn` over `tasks` in a process pool, yielding results in task order.
+
+    At most `max_pending` tasks (default 2 per process) are in flight, so results never pile up in
+    memory when the consumer is slower than the workers. With one process it runs inline.
+    """
+    if processes <= 1:
+        yield from map(fn, tasks)
+        return
+    max_pending = max_pending or 2 * processes
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        pending: collections.deque[Any] = collections.deque()
+        for task in tasks:
+            pending.append(pool.apply_async(fn, (task,)))
+            if len(pending) >= max_pending:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _empty_row(post: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {name: None for name in tables.SCHEMAS["filter"].names}
+    row["image_id"] = post["image_id"]
+    row["kept"] = False
+    if post["decode_status"] == "ok":
+        row["width"], row["height"] = int(post["width"]), int(post["height"])
+    return row
+
+
+def decide(post: dict[str, Any], boxes: list[tuple[float, float, float, float, float]],
+           p: FilterParams) -> tuple[dict[str, Any], geometry.CropWindow | None]:
+    """The filter row of one image and, when kept, its crop window.
+
+    `post` is a posts row; `boxes` are its detections as (x0, y0, x1, y1, confidence), most confident
+    first (ties broken by coordinates). Pure: tables in, decision out.
+    """
+    row = _empty_row(post)
+    if post["decode_status"] != "ok":
+        return {**row, "reason": "decode_error"}, None
+    width, height = row["width"], row["height"]
+    if geometry.too_small(width, height, p.min_side):
+        return {**row, "reason": "too_small"}, None
+    confident = [b for b in boxes if b[4] >= p.min_confidence]
+    row["num_dogs"] = len(confident)
+    if not boxes:
+        return {**row, "reason": "no_dog"}, None
+    best = boxes[0]
+    row.update(zip(_BOX_COLS, best[:4], strict=True))
+    row["confidence"] = best[4]
+    if not confident:
+        return {**row, "reason": "low_confidence"}, None
+    if len(confident) > p.max_dogs:
+        return {**row, "reason": "multiple_dogs"}, None
+    win = geometry.crop_window(width, height, best[:4], p.min_crop)
+    row.update(zip(_GEOMETRY_COLS, (win.x0, win.y0, win.side, win.cover, win.center_shift_x,
+                                    win.center_shift_y, win.partial), strict=True))
+    if win.partial and not p.allow_partial:
+        return {**row, "reason": "partial"}, None
+    if win.cover < p.min_cover:
+        return {**row, "reason": "low_cover"}, None
+    if max(abs(win.center_shift_x), abs(win.center_shift_y)) > p.max_center_shift:
+        return {**row, "reason": "off_center"}, None
+    return {**row, "kept": True}, win
+
+
+def _boxes_by_image(det: pd.DataFrame) -> dict[str, list[tuple[float, float, float, float, float]]]:
+    """Detections grouped by image, most confident first; ties broken by coordinates."""
+    det = det.assign(neg_conf=-det["confidence"]).sort_values(
+        ["image_id", "neg_conf", "x0", "y0", "x1", "y1"], kind="mergesort")
+    out: dict[str, list[tuple[float, float, float, float, float]]] = {}
+    for image_id, x0, y0, x1, y1, conf in zip(det["image_id"], det["x0"], det["y0"], det["x1"],
+                                              det["y1"], det["confidence"]):
+        out.setdefault(image_id, []).append((float(x0), float(y0), float(x1), float(y1), float(conf)))
+    return out
+
+
+def _read_inputs(raw: Path, detections: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    posts_path = raw / "posts.parquet"
+    for path, stage in ((posts_path, "scrape"), (detections, "detect")):
+        if not path.is_file():
+            raise StageError(f"{path} not found: run `dvc repro {stage}` first")
+    posts = tables.read_table("posts", posts_path)
+    det = tables.read_table("detections", detections)
+    if posts["image_id"].duplicated().any():
+        dup = posts.loc[posts["image_id"].duplicated(), "image_id"].iloc[0]
+        raise StageError(f"{posts_path}: image_id {dup} appears twice; re-run scrape")
+    unknown = set(det["image_id"]) - set(posts["image_id"])
+    if unknown:
+        raise StageError(f"{detections} has boxes for {len(unknown)} images not in {posts_path} "
+                         f"(e.g. {min(unknown)}): it is stale, re-run detect")
+    return posts, det
+
+
+# One worker task: the raw shard, then (image_id, width, height, crop box) for each image to crop.
+_Task = tuple[str, list[tuple[str, int, int, tuple[int, int, int, int]]], int, str, int]
+# One result per image: (image_id, png bytes or None, decode status, detail)
+_Result = tuple[str, bytes | None, str, str]
+
+
+def _crop_chunk(task: _Task) -> list[_Result]:
+    """Decode, crop and resize one chunk of images from one raw shard."""
+    shard, items, resolution, resize_filter, max_pixels = task
+    out: list[_Result] = []
+    with zipfile.ZipFile(shard) as zf:
+        names = {n.rsplit(".", 1)[0] if "." in n else n: n for n in zf.namelist()}
+        for image_id, width, height, box in items:
+            if image_id not in names:
+                out.append((image_id, None, "missing", f"not in {Path(shard).name}"))
+                continue
+            try:
+                img = images.decode(zf.read(names[image_id]), max_pixels)
+            except images.DecodeError as e:
+                out.append((image_id, None, e.status, e.detail))
+                continue
+            if img.size != (width, height):
+                out.append((image_id, None, "size_changed",
+                            f"decodes to {img.size[0]}x{img.size[1]}, posts say {width}x{height}"))
+                continue
+            crop = img.resize((resolution, resolution), RESAMPLE[resize_filter], box=box)
+            out.append((image_id, images.encode_png(crop), "ok", ""))
+    return out
+
+
+def _tasks(posts: pd.DataFrame, windows: dict[str, geometry.CropWindow], shard_dir: Path,
+           p: FilterParams, images_p: ImagesParams) -> list[_Task]:
+    """Chunks of kept images, each from one raw shard, in posts order."""
+    tasks: list[_Task] = []
+    chunk: list[tuple[str, int, int, tuple[int, int, int, int]]] = []
+    shard = None
+    for image_id, width, height, name in zip(posts["image_id"], posts["width"], posts["height"],
+                                             posts["shard"]):
+        if image_id not in windows:
+            continue
+        if chunk and (name != shard or len(chunk) == CHUNK):
+            tasks.append((str(shard_dir / shard), chunk, p.resolution, p.resize_filter,
+                          images_p.max_pixels))
+            chunk = []
+        shard = name
+        chunk.append((image_id, int(width), int(height), windows[image_id].box))
+    if chunk:
+        tasks.append((str(shard_dir / shard), chunk, p.resolution, p.resize_filter, images_p.max_pixels))
+    return tasks
+
+
+def _write_crops(tasks: list[_Task], out_dir: Path, shard_size: int, total: int) -> dict[str, _Result]:
+    """Run the crop tasks and store the PNGs in shards under `out_dir`; return the failures by id."""
+    failures: dict[str, _Result] = {}
+    with images.ShardWriter(out_dir, shard_size) as writer, \
+            tqdm(total=total, desc="filter: crop", unit="img") as bar:
+        for results in ordered_map(_crop_chunk, tasks, workers()):
+            for image_id, png, status, detail in results:
+                if png is None:
+                    failures[image_id] = (image_id, None, status, detail)
+                else:
+                    writer.add(image_id, png, ".png")
+            bar.update(len(results))
+    return failures
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished `src` onto `dst`, removing what `dst` held (stale shards of a previous run)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+
+
+def run(p: FilterParams, images_p: ImagesParams, raw: Path, detections: Path, out: Path) -> None:
+    """Write out/filter.parquet (every posts row) and out/shards (crops of the kept images)."""
+    posts, det = _read_inputs(Path(raw), Path(detections))
+    boxes = _boxes_by_image(det)
+    rows: list[dict[str, Any]] = []
+    windows: dict[str, geometry.CropWindow] = {}
+    for post in posts.to_dict("records"):
+        row, win = decide(post, boxes.get(post["image_id"], []), p)
+        rows.append(row)
+        if win is not None:
+            windows[row["image_id"]] = win
+    log.info("filter: %d images, %d to crop", len(rows), len(windows))
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out / ".shards.tmp"
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    tasks = _tasks(posts, windows, Path(raw) / "shards", p, images_p)
+    failures = _write_crops(tasks, tmp_dir, p.shard_size, len(windows))
+    for row in rows:
+        fail = failures.get(row["image_id"])
+        if fail is None:
+            continue
+        if fail[2] in ("missing", "size_changed"):
+            raise StageError(f"image {row['image_id']} {fail[3]}: data/raw is inconsistent; re-run scrape")
+        # scrape decoded these bytes; they fail now only if images.max_pixels changed in between.
+        log.warning("image %s no longer decodes (%s: %s)", row["image_id"], fail[2], fail[3])
+        row.update({name: None for name in (*_GEOMETRY_COLS, *_BOX_COLS, "confidence", "num_dogs")})
+        row.update(kept=False, reason="decode_error")
+    _replace_dir(tmp_dir, out / "shards")
+    tables.write_table("filter", rows, out / "filter.parquet")
+    _log_counts(rows)
+
+
+def _log_counts(rows: list[dict[str, Any]]) -> None:
+    counts = collections.Counter(r["reason"] or "kept" for r in rows)
+    entered, kept = len(rows), counts.pop("kept", 0)
+    log.info("filter: %d entered, %d kept; rejected %s", entered, kept,
+             ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")

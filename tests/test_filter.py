@@ -1,0 +1,232 @@
+"""filter stage: one decision per scraped image, every reason reachable, crops exact and reproducible.
+
+The raw fixture is built here the way scrape stores it (ShardWriter shards + posts.parquet) and the
+boxes are written as detect writes them, so these tests do not depend on those stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from corgigan import images, tables
+from corgigan.errors import StageError
+from corgigan.params import FilterParams, ImagesParams
+from corgigan.stages import filter as filter_stage
+
+FILTER = FilterParams(min_side=100, min_crop=80, max_dogs=1, min_confidence=0.4, min_cover=0.1,
+                      max_center_shift=0.25, allow_partial=False, resolution=32,
+                      resize_filter="lanczos", shard_size=3)
+IMAGES = ImagesParams(max_pixels=10_000_000)
+
+
+@dataclasses.dataclass
+class Spec:
+    """One planted image: its size (as stored), boxes (x0, y0, x1, y1, conf) and how it is stored."""
+
+    name: str
+    size: tuple[int, int]
+    boxes: list[tuple[float, float, float, float, float]] = dataclasses.field(default_factory=list)
+    kind: str = "jpeg"          # jpeg | png | bytes (stored as given in `data`)
+    data: bytes = b""
+    seed: int = 0
+    exif_orientation: int = 0   # 0: none
+    quality: int = 90           # JPEG quality
+
+
+def picture(size: tuple[int, int], seed: int) -> Image.Image:
+    """A smooth random picture: distinct per seed, stable under resizing and re-encoding."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return Image.fromarray(small, "RGB").resize(size, Image.Resampling.BICUBIC)
+
+
+def encode(spec: Spec) -> tuple[bytes, str]:
+    if spec.kind == "bytes":
+        return spec.data, ".bin"
+    img = picture(spec.size, spec.seed)
+    buf = io.BytesIO()
+    if spec.kind == "png":
+        img.save(buf, format="PNG")
+        return buf.getvalue(), ".png"
+    exif = Image.Exif()
+    if spec.exif_orientation:
+        exif[0x0112] = spec.exif_orientation
+    img.save(buf, format="JPEG", quality=spec.quality, exif=exif.tobytes())
+    return buf.getvalue(), ".jpg"
+
+
+def image_id(name: str) -> str:
+    return images.sha256(f"test:{name}".encode())[:16]
+
+
+def make_raw(root: Path, specs: list[Spec], shard_size: int = 4) -> Path:
+    """Write raw/shards + raw/posts.parquet and detections.parquet the way scrape and detect do."""
+    raw = root / "raw"
+    posts: list[dict[str, Any]] = []
+    dets: list[dict[str, Any]] = []
+    with images.ShardWriter(raw / "shards", shard_size) as writer:
+        for spec in specs:
+            data, ext = encode(spec)
+            iid = image_id(spec.name)
+            shard = writer.add(iid, data, ext)
+            try:
+                img, fmt = images.decode(data, IMAGES.max_pixels), ext[1:].upper()
+                status, detail, (w, h) = "ok", None, img.size
+            except images.DecodeError as e:
+                status, detail, fmt, (w, h) = e.status, e.detail, None, (None, None)
+            posts.append({"image_id": iid, "source": "test", "source_id": spec.name, "url": None,
+                          "owner": None, "timestamp": datetime(2024, 1, 1, tzinfo=UTC), "likes": None,
+                          "width": w, "height": h, "format": fmt, "sha256": images.sha256(data),
+                          "num_bytes": len(data), "decode_status": status, "decode_detail": detail,
+                          "shard": shard})
+            for x0, y0, x1, y1, conf in spec.boxes:
+                dets.append({"image_id": iid, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+                             "confidence": conf, "class_id": 0})
+    tables.write_table("posts", posts, raw / "posts.parquet")
+    tables.write_table("detections", dets, root / "detections.parquet")
+    return raw
+
+
+# Expected reason (None: kept) for each planted image under FILTER.
+CASES: list[tuple[Spec, str | None]] = [
+    (Spec("kept_a", (200, 150), [(60, 40, 120, 100, 0.9)], seed=1), None),
+    (Spec("kept_png", (160, 120), [(40, 30, 120, 90, 0.8)], kind="png", seed=2), None),
+    # stored 120x160, EXIF-rotated to 160x120; the box is in the oriented image
+    (Spec("kept_exif", (120, 160), [(30, 20, 110, 100, 0.7)], seed=3, exif_orientation=6), None),
+    (Spec("kept_weak_extra", (200, 150), [(60, 40, 120, 100, 0.9), (0, 0, 20, 20, 0.2)], seed=4), None),
+    (Spec("undecodable", (0, 0), [], kind="bytes", data=b"this is not an image"), "decode_error"),
+    (Spec("empty", (0, 0), [], kind="bytes", data=b""), "decode_error"),
+    (Spec("small", (90, 200), [(10, 10, 80, 80, 0.9)], seed=5), "too_small"),
+    (Spec("nodog", (200, 150), [], seed=6), "no_dog"),
+    (Spec("unsure", (200, 150), [(60, 40, 120, 100, 0.3)], seed=7), "low_confidence"),
+    (Spec("pack", (200, 150), [(10, 10, 70, 70, 0.9), (100, 50, 180, 130, 0.8)], seed=8), "multiple_dogs"),
+    (Spec("huge", (200, 120), [(10, 5, 190, 115, 0.9)], seed=9), "partial"),
+    (Spec("tiny", (200, 150), [(90, 70, 100, 80, 0.9)], seed=10), "low_cover"),
+    (Spec("corner", (100, 100), [(0, 0, 28, 28, 0.9)], seed=11), "off_center"),
+]
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> tuple[Path, Path]:
+    raw = make_raw(tmp_path, [spec for spec, _ in CASES])
+    return raw, tmp_path / "detections.parquet"
+
+
+def _run(raw: Path, det: Path, out: Path, p: FilterParams = FILTER) -> Any:
+    filter_stage.run(p, IMAGES, raw=raw, detections=det, out=out)
+    return tables.read_table("filter", out / "filter.parquet")
+
+
+def test_every_reason_is_produced_and_counts_add_up(planted, tmp_path):
+    raw, det = planted
+    table = _run(raw, det, tmp_path / "filter")
+    expected = {image_id(spec.name): reason for spec, reason in CASES}
+    got = dict(zip(table["image_id"], table["reason"]))
+    assert got == expected
+    assert list(table["image_id"]) == [image_id(s.name) for s, _ in CASES]   # posts order
+    assert (table["kept"] == table["reason"].isna()).all()
+    assert set(table["reason"].dropna()) == set(tables.REASONS) - {"duplicate"}
+    assert len(table) == int(table["kept"].sum()) + int(table["reason"].notna().sum())
+
+
+def test_geometry_columns_follow_the_checks(planted, tmp_path):
+    raw, det = planted
+    table = _run(raw, det, tmp_path / "filter").set_index("image_id")
+    kept = table.loc[image_id("kept_a")]
+    assert (kept["crop_x0"], kept["crop_y0"], kept["crop_side"]) == (50, 30, 80)
+    assert kept["cover"] == pytest.approx(60 * 60 / 80**2)
+    assert kept["num_dogs"] == 1 and kept["confidence"] == pytest.approx(0.9)
+    assert table.loc[image_id("kept_weak_extra"), "num_dogs"] == 1
+    assert table.loc[image_id("pack"), "num_dogs"] == 2
+    assert np.isnan(table.loc[image_id("pack"), "cover"])          # geometry not reached
+    corner = table.loc[image_id("corner")]
+    assert corner["center_shift_x"] == pytest.approx((40 - 14) / 100)
+    assert np.isnan(table.loc[image_id("undecodable"), "width"])
+
+
+def test_crops_are_the_oriented_window_resized(planted, tmp_path):
+    raw, det = planted
+    out = tmp_path / "filter"
+    table = _run(raw, det, out).set_index("image_id")
+    crops = {i: d for _, i, d in images.iter_shards(out / "shards")}
+    kept_ids = [image_id(s.name) for s, r in CASES if r is None]
+    assert list(crops) == kept_ids
+    posts = tables.read_table("posts", raw / "posts.parquet").set_index("image_id")
+    for iid in kept_ids:
+        crop = images.decode(crops[iid], 10**6)
+        assert crop.size == (32, 32)
+        row = table.loc[iid]
+        shard = raw / "shards" / posts.loc[iid, "shard"]
+        with zipfile.ZipFile(shard) as zf:
+            data = next(zf.read(n) for n in zf.namelist() if n.startswith(iid))
+        src = images.decode(data, 10**7)
+        assert src.size == (posts.loc[iid, "width"], posts.loc[iid, "height"])
+        x0, y0, s = int(row["crop_x0"]), int(row["crop_y0"]), int(row["crop_side"])
+        want = src.resize((32, 32), Image.Resampling.LANCZOS, box=(x0, y0, x0 + s, y0 + s))
+        assert np.array_equal(np.asarray(crop), np.asarray(want))
+    assert posts.loc[image_id("kept_exif"), "width"] == 160    # oriented
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_rerun_is_byte_identical_and_drops_stale_shards(planted, tmp_path):
+    raw, det = planted
+    out = tmp_path / "filter"
+    _run(raw, det, out)
+    first = _tree_bytes(out)
+    (out / "shards" / "shard-00099.zip").write_bytes(b"stale")
+    _run(raw, det, out)
+    assert _tree_bytes(out) == first
+    assert sorted(first) == ["filter.parquet", "shards/shard-00000.zip", "shards/shard-00001.zip"]
+
+
+def test_allow_partial_keeps_the_big_dog(planted, tmp_path):
+    raw, det = planted
+    table = _run(raw, det, tmp_path / "filter", dataclasses.replace(FILTER, allow_partial=True))
+    row = table.set_index("image_id").loc[image_id("huge")]
+    assert row["kept"] and row["partial"]
+
+
+def test_no_kept_images_gives_empty_shards(planted, tmp_path):
+    raw, det = planted
+    out = tmp_path / "filter"
+    table = _run(raw, det, out, dataclasses.replace(FILTER, min_confidence=1.0))
+    assert not table["kept"].any()
+    assert images.list_shards(out / "shards") == []
+
+
+def test_stale_detections_are_refused(planted, tmp_path):
+    raw, _ = planted
+    det = tmp_path / "other.parquet"
+    tables.write_table("detections", [{"image_id": "0" * 16, "x0": 0, "y0": 0, "x1": 1, "y1": 1,
+                                       "confidence": 0.9, "class_id": 0}], det)
+    with pytest.raises(StageError, match="re-run detect"):
+        _run(raw, det, tmp_path / "filter")
+
+
+def test_missing_inputs_say_which_stage_to_run(tmp_path):
+    with pytest.raises(StageError, match="dvc repro scrape"):
+        _run(tmp_path / "raw", tmp_path / "d.parquet", tmp_path / "filter")
+
+
+def test_decide_orders_checks():
+    post = {"image_id": "x", "decode_status": "ok", "width": 200, "height": 150}
+    # too_small wins over everything the boxes would say
+    row, _ = filter_stage.decide({**post, "width": 50}, [], FILTER)
+    assert row["reason"] == "too_small"
+    # a faint best box is low_confidence even when there are several boxes
+    row, _ = filter_stage.decide(post, [(0, 0, 10, 10, 0.3), (20, 20, 30, 30, 0.2)], FILTER)
+    assert row["reason"] == "low_confidence" and row["num_dogs"] == 0
+    row, win = filter_stage.decide(post, [(60, 40, 120, 100, 0.9)], FILTER)
+    assert row["kept"] and win is not None and win.side == 80
