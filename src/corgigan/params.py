@@ -31,9 +31,11 @@ class SyntheticParams:
     num_images: int                # ordinary single-dog photos; planted cases come on top
     min_short_side: int            # photo-like sizes: short side drawn in [min, max]
     max_short_side: int
+    planted_per_case: int          # images of each planted case (broken files, decoder cases, ...)
 
     def validate(self, key: str) -> None:
         _check(self.num_images >= 0, f"{key}.num_images", "must be >= 0")
+        _check(self.planted_per_case >= 0, f"{key}.planted_per_case", "must be >= 0")
         _check(16 <= self.min_short_side <= self.max_short_side, f"{key}.min_short_side",
                "must be >= 16 and <= max_short_side")
 
@@ -89,6 +91,9 @@ class DetectorParams:
     epochs: int
     imgsz: int
     batch: int
+    val_fraction: float            # held-out share of the labelled images (mAP50 is measured on it)
+    device: str                    # cpu | cuda | cuda:N
+    workers: int                   # DataLoader workers on GPU (ultralytics uses none on CPU)
 
     def validate(self, key: str) -> None:
         _check(self.dog_class >= 0, f"{key}.dog_class", "must be >= 0")
@@ -96,6 +101,9 @@ class DetectorParams:
         _check(self.epochs > 0, f"{key}.epochs", "must be > 0")
         _check(self.imgsz >= 32 and self.imgsz % 32 == 0, f"{key}.imgsz", "must be a multiple of 32")
         _check(self.batch > 0, f"{key}.batch", "must be > 0")
+        _check(0 < self.val_fraction < 1, f"{key}.val_fraction", "must be in (0, 1)")
+        _check(_is_device(self.device), f"{key}.device", f"must be cpu, cuda or cuda:N, got {self.device!r}")
+        _check(self.workers >= 0, f"{key}.workers", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,12 @@ class DetectParams:
         _check(0 <= self.iou <= 1, f"{key}.iou", "must be in [0, 1]")
         _check(self.imgsz >= 32 and self.imgsz % 32 == 0, f"{key}.imgsz", "must be a multiple of 32")
         _check(self.batch > 0, f"{key}.batch", "must be > 0")
+        _check(_is_device(self.device), f"{key}.device", f"must be cpu, cuda or cuda:N, got {self.device!r}")
+
+
+def _is_device(text: str) -> bool:
+    """cpu, cuda or cuda:N (the devices the detector stages accept)."""
+    return text in ("cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())
 
 
 @dataclass(frozen=True)
@@ -124,9 +138,11 @@ class FilterParams:
     allow_partial: bool            # keep dogs larger than the crop window
     resolution: int                # output side in pixels
     resize_filter: Literal["lanczos", "bicubic", "bilinear", "box"]
+    shard_size: int                # crops per output shard file
 
     def validate(self, key: str) -> None:
         _check(self.min_side > 0, f"{key}.min_side", "must be > 0")
+        _check(self.shard_size > 0, f"{key}.shard_size", "must be > 0")
         _check(0 < self.min_crop <= self.min_side, f"{key}.min_crop", "must be in (0, min_side]")
         _check(self.max_dogs >= 1, f"{key}.max_dogs", "must be >= 1")
         _check(0 <= self.min_confidence <= 1, f"{key}.min_confidence", "must be in [0, 1]")
@@ -162,6 +178,8 @@ class TrainParams:
     kimg: float                    # training length in thousands of real images shown
     batch: int                     # 0: the config's batch
     snapshot_kimg: float           # snapshot and image grid every this many kimg
+    tick_kimg: float               # training metrics every this many kimg
+    keep_snapshots: int            # keep the newest N snapshots; 0: all
     seed: int
     augment: Literal["ada", "fixed", "none"]
     augment_p: float               # initial p (the fixed p when augment is fixed)
@@ -177,6 +195,8 @@ class TrainParams:
         _check(self.kimg > 0, f"{key}.kimg", "must be > 0")
         _check(self.batch >= 0, f"{key}.batch", "must be >= 0")
         _check(self.snapshot_kimg > 0, f"{key}.snapshot_kimg", "must be > 0")
+        _check(self.tick_kimg > 0, f"{key}.tick_kimg", "must be > 0")
+        _check(self.keep_snapshots >= 0, f"{key}.keep_snapshots", "must be >= 0 (0: keep all)")
         _check(0 <= self.augment_p <= 1, f"{key}.augment_p", "must be in [0, 1]")
         _check(0 < self.ada_target < 1, f"{key}.ada_target", "must be in (0, 1)")
         _check(self.workers >= 0, f"{key}.workers", "must be >= 0")

@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from corgigan import images, tables
 from corgigan.errors import StageError
+from corgigan.parallel import workers
 from corgigan.params import DedupParams
-from corgigan.stages.filter import workers
 
 log = logging.getLogger(__name__)
 
