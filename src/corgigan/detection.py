@@ -1,0 +1,392 @@
+"""Everything that touches ultralytics: offline setup, YOLO datasets, training, saving and prediction.
+
+The rest of the project never imports ultralytics. A detector is stored as two files:
+``detector.pt`` (a plain torch.save of the model's state dict, its model yaml and class names, loadable
+with ``weights_only=True``) and ``meta.json``. Ultralytics' own ``.pt`` pickles whole modules and embeds
+a date, so the same weights would hash differently on every save; ours hash the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import logging
+import os
+import shutil
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from corgigan.errors import StageError
+from corgigan.images import DecodeError, decode, encode_png
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "detector.pt"
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+
+Box = tuple[float, float, float, float]         # pixel xyxy
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled training image: encoded bytes (PNG/JPEG) and its dog boxes in pixel xyxy."""
+
+    name: str                      # unique file stem inside the dataset
+    data: bytes
+    ext: str                       # ".png", ".jpg"
+    width: int
+    height: int
+    boxes: tuple[Box, ...]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One predicted box in the original image's pixels."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    confidence: float
+    class_id: int
+
+
+# ---------------------------------------------------------------------------------------------------
+# Offline setup
+
+
+_setup_done = False
+
+
+def setup_ultralytics(config_dir: str | Path | None = None) -> Any:
+    """Make ultralytics work offline and quietly, then import and return the `ultralytics` module.
+
+    Sets YOLO_OFFLINE / YOLO_AUTOINSTALL and, unless one is set, a project-local YOLO_CONFIG_DIR
+    (`config_dir`, else $CORGIGAN_CACHE/ultralytics, else .cache/corgigan/ultralytics); puts a
+    TTF font where training looks for Arial.ttf (otherwise it would download one) and switches off the
+    integrations that act by themselves (its DVC callback would create DVC experiments in our repo).
+    Must run before the first ultralytics import to take effect; later calls are cheap.
+    """
+    global _setup_done
+    if _setup_done:
+        import ultralytics
+        return ultralytics
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "false"
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        cache = Path(os.environ.get("CORGIGAN_CACHE", ".cache/corgigan"))
+        os.environ["YOLO_CONFIG_DIR"] = str(Path(config_dir or cache / "ultralytics").resolve())
+    Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
+
+    import ultralytics
+    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+
+    font = Path(USER_CONFIG_DIR) / "Arial.ttf"
+    if not font.exists():
+        import matplotlib
+        src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        font.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, font)
+    off = {k: False for k in ("sync", "dvc", "clearml", "comet", "mlflow", "raytune", "tensorboard", "wandb",
+                              "vscode_msg", "openvino_msg") if SETTINGS.get(k) is not False}
+    if off:
+        SETTINGS.update(off)
+    _setup_done = True
+    return ultralytics
+
+
+# ---------------------------------------------------------------------------------------------------
+# Labelled data
+
+
+# Short sides of the drawn training scenes: photo sizes, as the scraped images have. The detector sees
+# them shrunk to its imgsz by ultralytics, the same way it will see the photos at inference; scenes drawn
+# at the small size directly look different (line widths, blur) and do not transfer.
+_SCENE_SHORT_SIDE = (256, 1024)
+
+
+def synthetic_samples(seed: int, num_images: int) -> Iterator[Sample]:
+    """Drawn training scenes (JPEG): a sixth with no dog (distractors only), the rest 1-3 dogs."""
+    from corgigan.sources.synthetic import draw_scene
+
+    rng = np.random.default_rng(seed)
+    for i in range(num_images):
+        short = int(rng.integers(_SCENE_SHORT_SIDE[0], _SCENE_SHORT_SIDE[1] + 1))
+        aspect = float(rng.uniform(1.0, 1.6))
+        w, h = (int(short * aspect), short) if rng.random() < 0.5 else (short, int(short * aspect))
+        num_dogs = 0 if i % 6 == 5 else int(rng.choice([1, 1, 1, 2, 3]))
+        lo = float(rng.uniform(0.15, 0.45))
+        img, boxes = draw_scene(rng, w, h, num_dogs, dog_scale=(lo, min(0.95, lo + 0.4)))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=92)
+        yield Sample(f"scene-{i:06d}", buf.getvalue(), ".jpg", img.width, img.height,
+                     tuple(tuple(float(v) for v in b) for b in boxes))
+
+
+def read_voc_boxes(xml_path: str | Path) -> tuple[int, int, list[Box]]:
+    """Read a PASCAL-VOC annotation (Stanford Dogs style): (width, height, every object's xyxy box).
+
+    Every object counts as a dog: Stanford Dogs names the breed, and all 120 breeds are one class here.
+    Raises ValueError on a file that is not such an annotation.
+    """
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as e:
+        raise ValueError(f"{xml_path}: not XML ({e})") from e
+    size = root.find("size")
+    if size is None:
+        raise ValueError(f"{xml_path}: no <size>")
+    try:
+        width, height = int(size.findtext("width", "")), int(size.findtext("height", ""))
+        boxes: list[Box] = []
+        for obj in root.iter("object"):
+            bb = obj.find("bndbox")
+            if bb is None:
+                raise ValueError(f"{xml_path}: <object> without <bndbox>")
+            x0, y0, x1, y1 = (float(bb.findtext(k, "")) for k in ("xmin", "ymin", "xmax", "ymax"))
+            boxes.append((x0, y0, x1, y1))
+    except ValueError as e:
+        raise ValueError(f"{xml_path}: {e}") from e
+    return width, height, boxes
+
+
+def stanford_dogs_samples(root: str | Path, max_pixels: int = 100_000_000) -> Iterator[Sample]:
+    """Images and boxes of a Stanford Dogs folder (Images/<breed>/<id>.jpg + Annotation/<breed>/<id>).
+
+    Pairs are visited in sorted order. An annotation without its image, an image that does not decode,
+    or one whose size differs from its annotation is skipped with a warning (the counts are logged).
+    """
+    root = Path(root)
+    ann_dir, img_dir = root / "Annotation", root / "Images"
+    if not ann_dir.is_dir() or not img_dir.is_dir():
+        raise StageError(f"{root}: expected Images/ and Annotation/ folders of Stanford Dogs; download and "
+                         f"unpack the dataset there, or set detector.stanford_dogs_path")
+    skipped = 0
+    for ann in sorted(p for p in ann_dir.rglob("*") if p.is_file()):
+        rel = ann.relative_to(ann_dir).with_suffix("")
+        img_path = img_dir / rel.with_suffix(".jpg")
+        try:
+            width, height, boxes = read_voc_boxes(ann)
+            data = img_path.read_bytes()
+            img = decode(data, max_pixels)
+        except (ValueError, OSError, DecodeError) as e:
+            log.warning("stanford_dogs: skipping %s: %s", rel, e)
+            skipped += 1
+            continue
+        if img.size != (width, height):
+            log.warning("stanford_dogs: skipping %s: image %dx%d, annotation %dx%d", rel, *img.size,
+                        width, height)
+            skipped += 1
+            continue
+        # Re-encode the decoded (EXIF-oriented) pixels so training sees exactly what `decode` gives.
+        yield Sample(str(rel).replace("/", "__"), encode_png(img), ".png", width, height, tuple(boxes))
+    if skipped:
+        log.warning("stanford_dogs: skipped %d annotation(s) in total", skipped)
+
+
+def yolo_label_lines(boxes: Sequence[Box], width: int, height: int, class_id: int = 0) -> list[str]:
+    """YOLO label lines ``class cx cy w h`` (normalised), boxes clipped to the image; empty ones dropped."""
+    lines = []
+    for x0, y0, x1, y1 in boxes:
+        x0, x1 = sorted((min(max(x0, 0.0), width), min(max(x1, 0.0), width)))
+        y0, y1 = sorted((min(max(y0, 0.0), height), min(max(y1, 0.0), height)))
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            continue
+        cx, cy = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height
+        lines.append(f"{class_id} {cx:.6f} {cy:.6f} {(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}")
+    return lines
+
+
+def is_validation(name: str, val_fraction: float) -> bool:
+    """Held-out split by a hash of the sample name: stable whatever the order or count of samples."""
+    h = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    return h / 2**64 < val_fraction
+
+
+def write_yolo_dataset(samples: Iterable[Sample], root: str | Path, val_fraction: float = 0.2) -> Path:
+    """Write samples as a one-class ("dog") YOLO dataset under `root`; return its data.yaml path.
+
+    The split is by name (see `is_validation`); the yaml also records the image count of each split.
+    """
+    root = Path(root)
+    counts = {"train": 0, "val": 0}
+    for s in samples:
+        split = "val" if is_validation(s.name, val_fraction) else "train"
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        (root / "images" / split / f"{s.name}{s.ext}").write_bytes(s.data)
+        lines = yolo_label_lines(s.boxes, s.width, s.height)
+        (root / "labels" / split / f"{s.name}.txt").write_text("".join(line + "\n" for line in lines))
+        counts[split] += 1
+    if counts["train"] == 0 or counts["val"] == 0:
+        raise StageError(f"detector training needs images in both splits, got {counts}: add more images")
+    data = {"path": str(root.resolve()), "train": "images/train", "val": "images/val",
+            "names": {0: "dog"}, "num_train": counts["train"], "num_val": counts["val"]}
+    data_yaml = root / "data.yaml"
+    data_yaml.write_text(yaml.safe_dump(data, sort_keys=True))
+    log.info("YOLO dataset: %d training, %d held-out images", counts["train"], counts["val"])
+    return data_yaml
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: torch.nn.Module         # ultralytics DetectionModel (best epoch, EMA weights), float32, eval
+    map50: float                   # on the held-out split
+    map50_95: float
+    num_train: int
+    num_val: int
+
+
+def train(data_yaml: Path, model_cfg: str, *, epochs: int, imgsz: int, batch: int, seed: int,
+          device: str, workers: int, workdir: Path) -> TrainResult:
+    """Train `model_cfg` (an ultralytics model yaml) from scratch; validate on the dataset's val split."""
+    setup_ultralytics()
+    from ultralytics import YOLO
+
+    yolo = YOLO(model_cfg, task="detect")
+    metrics = yolo.train(
+        data=str(data_yaml), epochs=epochs, imgsz=imgsz, batch=batch, seed=seed, deterministic=True,
+        device=device, workers=workers, pretrained=False, amp=False, plots=False, val=True,
+        project=str(workdir), name="train", exist_ok=True, verbose=False, save=True,
+        # Ultralytics accumulates gradients up to a nominal batch of 64 and warms up for at least 100
+        # iterations: sized for big datasets. On a few hundred scenes that leaves a handful of optimizer
+        # steps per epoch, mostly in warm-up; step every batch and warm up for one epoch instead.
+        nbs=batch, warmup_epochs=min(1.0, epochs / 4),
+    )
+    data = yaml.safe_load(data_yaml.read_text())
+    model = yolo.model.float().eval()
+    return TrainResult(model=model, map50=float(metrics.box.map50), map50_95=float(metrics.box.map),
+                       num_train=int(data["num_train"]), num_val=int(data["num_val"]))
+
+
+def import_pretrained(weights: str | Path) -> torch.nn.Module:
+    """Load a local ultralytics weight file; nothing is downloaded."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise StageError(f"detector.pretrained_weights: {weights} not found. Put an ultralytics detection "
+                         f"weight file (e.g. yolo11n.pt) at that path yourself; nothing is downloaded. Set "
+                         f"detector.dog_class to its 'dog' class id (16 for COCO weights).")
+    setup_ultralytics()
+    from ultralytics import YOLO
+
+    try:
+        yolo = YOLO(str(weights))
+    except Exception as e:   # ultralytics raises many kinds for a bad file; all mean the same to the user
+        raise StageError(f"{weights}: not a loadable ultralytics weight file "
+                         f"({type(e).__name__}: {e})") from e
+    if yolo.task != "detect":
+        raise StageError(f"{weights}: a {yolo.task} model; the detector needs a detection model")
+    return yolo.model.float().eval()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Deterministic save and load
+
+
+def _state_bytes(model: torch.nn.Module) -> bytes:
+    """Serialize what rebuilds `model`: model yaml, class names and float32 weights, deterministically."""
+    names = {int(k): str(v) for k, v in dict(model.names).items()}
+    cfg = copy.deepcopy(model.yaml)
+    state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+             for k, v in model.state_dict().items()}
+    ckpt = {"format_version": FORMAT_VERSION, "yaml": cfg, "names": names, "state_dict": state}
+    buf = io.BytesIO()
+    # A BytesIO rather than the file: torch names the archive's records after the file, and ours are
+    # temporary files with random names.
+    torch.save(ckpt, buf)
+    return buf.getvalue()
+
+
+def save_detector(model: torch.nn.Module, out: Path, meta: dict[str, Any]) -> str:
+    """Write detector.pt and meta.json into `out`; return the weights' sha256 (also put in meta)."""
+    from corgigan.tables import atomic_path, write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    data = _state_bytes(model)
+    digest = hashlib.sha256(data).hexdigest()
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        tmp.write_bytes(data)
+    names = {int(k): str(v) for k, v in dict(model.names).items()}
+    write_json({**meta, "format_version": FORMAT_VERSION, "names": {str(k): v for k, v in names.items()},
+                "weights_sha256": digest}, out / META_FILE)
+    return digest
+
+
+def read_meta(detector_dir: Path) -> dict[str, Any]:
+    """The detector's meta.json; StageError when the folder holds no detector."""
+    import json
+
+    meta_path, weights = detector_dir / META_FILE, detector_dir / WEIGHTS_FILE
+    if not meta_path.is_file() or not weights.is_file():
+        raise StageError(f"{detector_dir}: no detector ({META_FILE} and {WEIGHTS_FILE}); "
+                         f"run `corgigan detector`")
+    return json.loads(meta_path.read_text())
+
+
+def build_model(detector_dir: Path) -> torch.nn.Module:
+    """Rebuild the ultralytics DetectionModel saved in `detector_dir` (float32, eval mode)."""
+    setup_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    read_meta(detector_dir)
+    ckpt = torch.load(detector_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise StageError(f"{detector_dir}: detector format {ckpt.get('format_version')} is not "
+                         f"{FORMAT_VERSION}; re-run `corgigan detector`")
+    names = {int(k): v for k, v in ckpt["names"].items()}
+    model = DetectionModel(cfg=copy.deepcopy(ckpt["yaml"]), nc=len(names), verbose=False)
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    model.names = names
+    return model.float().eval()
+
+
+def load_yolo(detector_dir: Path) -> Any:
+    """The saved detector as an ultralytics YOLO object, ready for `predict`."""
+    setup_ultralytics()
+    from ultralytics import YOLO
+
+    model = build_model(detector_dir)
+    # YOLO() takes a path; hand it the model in ultralytics' own checkpoint layout through a temporary
+    # file (never kept: only our deterministic detector.pt is an output).
+    with tempfile.TemporaryDirectory(prefix="corgigan-detector-") as tmp:
+        path = Path(tmp) / "detector.pt"
+        torch.save({"model": model, "train_args": {"task": "detect"}}, path)
+        return YOLO(str(path), task="detect")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prediction
+
+
+def predict(yolo: Any, images: Sequence[Image.Image], *, classes: Sequence[int], conf: float, iou: float,
+            imgsz: int, device: str) -> list[list[Detection]]:
+    """Detect `classes` in a batch of RGB images; one list of boxes (original pixels) per image."""
+    if not images:
+        return []
+    results = yolo.predict(list(images), stream=True, batch=len(images), classes=list(classes), conf=conf,
+                           iou=iou, imgsz=imgsz, device=device, verbose=False)
+    out: list[list[Detection]] = []
+    for res in results:
+        boxes = res.boxes
+        xyxy = boxes.xyxy.cpu().numpy().astype(np.float64)
+        confs = boxes.conf.cpu().numpy().astype(np.float64)
+        cls = boxes.cls.cpu().numpy().astype(np.int64)
+        out.append([Detection(*map(float, xyxy[i]), float(confs[i]), int(cls[i])) for i in range(len(cls))])
+    if len(out) != len(images):
+        raise RuntimeError(f"ultralytics returned {len(out)} results for {len(images)} images")
+    return out

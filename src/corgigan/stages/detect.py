@@ -1,0 +1,113 @@
+"""Stage `detect`: run the detector over every scraped image; one detections.parquet row per dog box.
+
+Images stream shard by shard in batches of detect.batch, so memory stays bounded whatever the number of
+images. Images that do not decode are skipped here: filter rejects them from posts.decode_status.
+Rows are sorted by image_id, then by falling confidence, so the table is byte-stable.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from PIL import Image
+from tqdm import tqdm
+
+from corgigan import detection, tables
+from corgigan.errors import StageError
+from corgigan.images import DecodeError, decode, iter_shards, list_shards
+from corgigan.params import DetectParams, ImagesParams
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def run(p: DetectParams, images: ImagesParams, raw: Path, detector: Path, out: Path) -> None:
+    """Detect dogs in every image of `raw`/shards with the detector in `detector`; write `out`."""
+    shard_dir = raw / "shards"
+    if not shard_dir.is_dir():
+        raise StageError(f"{shard_dir}: no image shards; run `corgigan scrape` first")
+    _check_device(p.device)
+    meta = detection.read_meta(detector)
+    dog_class = int(meta["dog_class"])
+    yolo = detection.load_yolo(detector)
+    rows = detect_shards(yolo, shard_dir, p, max_pixels=images.max_pixels, dog_class=dog_class)
+    rows.sort(key=lambda r: (r["image_id"], -r["confidence"], r["x0"], r["y0"], r["x1"], r["y1"]))
+    tables.write_table("detections", rows, out)
+    log.info("detect: %d boxes written to %s", len(rows), out)
+
+
+def detect_shards(yolo: Any, shard_dir: Path, p: DetectParams, *, max_pixels: int,
+                  dog_class: int) -> list[dict[str, Any]]:
+    """Detection rows (unsorted) for every decodable image in the shards of `shard_dir`."""
+    paths = list_shards(shard_dir)
+    total = sum(len(zipfile.ZipFile(path).infolist()) for path in paths)
+    rows: list[dict[str, Any]] = []
+    skipped = 0
+    with tqdm(total=total, desc="detect", unit="img") as bar:
+        for batch_ids, batch_imgs, num_skipped in _prefetched(_batches(shard_dir, p.batch, max_pixels)):
+            skipped += num_skipped
+            found = detection.predict(yolo, batch_imgs, classes=[dog_class], conf=p.conf, iou=p.iou,
+                                      imgsz=p.imgsz, device=p.device)
+            for image_id, img, dets in zip(batch_ids, batch_imgs, found, strict=True):
+                rows.extend(_rows(image_id, img, dets))
+            bar.update(len(batch_ids) + num_skipped)
+    if skipped:
+        log.info("detect: %d undecodable image(s) skipped (see posts.decode_status)", skipped)
+    return rows
+
+
+def _batches(shard_dir: Path, batch: int, max_pixels: int
+             ) -> Iterator[tuple[list[str], list[Image.Image], int]]:
+    """Decoded images in groups of `batch`, with the number of undecodable ones met since the last group."""
+    ids: list[str] = []
+    imgs: list[Image.Image] = []
+    skipped = 0
+    for _shard, image_id, data in iter_shards(shard_dir):
+        try:
+            img = decode(data, max_pixels)
+        except DecodeError:
+            skipped += 1
+            continue
+        ids.append(image_id)
+        imgs.append(img)
+        if len(ids) == batch:
+            yield ids, imgs, skipped
+            ids, imgs, skipped = [], [], 0
+    if ids or skipped:
+        yield ids, imgs, skipped
+
+
+def _prefetched(items: Iterator[T]) -> Iterator[T]:
+    """Produce `items` one ahead in a worker thread, so the next batch decodes while this one is detected
+    (Pillow and torch release the GIL). At most two batches are decoded at any time."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="detect-decode") as pool:
+        pending = pool.submit(next, items, None)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(next, items, None)
+            yield item
+
+
+def _rows(image_id: str, img: Image.Image, dets: list[detection.Detection]) -> list[dict[str, Any]]:
+    """Table rows for one image's boxes, clipped to the image (pixel xyxy in the oriented original)."""
+    w, h = img.size
+    rows = []
+    for d in dets:
+        x0, x1 = min(max(d.x0, 0.0), w), min(max(d.x1, 0.0), w)
+        y0, y1 = min(max(d.y0, 0.0), h), min(max(d.y1, 0.0), h)
+        rows.append({"image_id": image_id, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+                     "confidence": d.confidence, "class_id": d.class_id})
+    return rows
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise StageError(f"detect.device={device} but no CUDA device is available; "
+                             f"set detect.device: cpu")
