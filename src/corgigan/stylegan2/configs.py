@@ -1,0 +1,216 @@
+"""Training configurations: the StyleGAN2-ADA reference presets, the resolution-based "auto" rule, and
+a tiny CPU "demo".
+
+A preset is plain code that fills one frozen TrainingConfig; snapshots store it as plain data
+(config_to_dict) and rebuild the networks from it (config_from_dict + build_networks).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from corgigan.stylegan2.networks import Discriminator, Generator
+
+CONFIG_NAMES = ("demo", "auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar")
+
+# Shared by every preset (the reference's values).
+NUM_FP16_RES = 4          # float16 in the 4 highest resolutions (CUDA only)
+CONV_CLAMP = 256          # activations clamped to +-256
+CHANNEL_MAX = 512
+PL_WEIGHT = 2.0           # path-length regularisation weight
+STYLE_MIXING_PROB = 0.9
+G_REG_INTERVAL = 4        # lazy path-length regularisation every 4 minibatches
+D_REG_INTERVAL = 16       # lazy R1 every 16 minibatches
+BETAS = (0.0, 0.99)       # Adam
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything that defines a training run's networks and optimisation (not its data or length)."""
+
+    name: str                      # preset name (CONFIG_NAMES)
+    resolution: int                # image side the networks are built for
+    batch: int                     # images per step, over all GPUs
+    batch_gpu: int                 # images per GPU per pass; batch / gpus / batch_gpu accumulation rounds
+    mbstd_group: int               # minibatch-stddev group size (also in D_kwargs)
+    G_kwargs: dict                 # Generator keywords except c_dim, img_resolution, img_channels
+    D_kwargs: dict                 # Discriminator keywords except c_dim, img_resolution, img_channels
+    G_lr: float
+    D_lr: float
+    betas: tuple[float, float]     # Adam betas
+    r1_gamma: float                # R1 weight
+    ema_kimg: float                # half-life of G_ema in thousands of images
+    ema_rampup: float | None       # G_ema half-life at most this fraction of the images seen; None: off
+    pl_weight: float               # path-length regularisation weight; 0: off
+    style_mixing_prob: float       # chance that a generated sample mixes two latents; 0: off
+    G_reg_interval: int | None     # lazy path-length regularisation period; None: every step, no lazy scaling
+    D_reg_interval: int            # lazy R1 period
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """One row of the reference table."""
+
+    ref_gpus: int        # GPUs the batch_gpu of the preset was chosen for
+    batch: int
+    mbstd: int
+    fmaps: float         # channel_base = fmaps * 32768
+    lr: float
+    gamma: float
+    ema_kimg: float
+    ema_rampup: float | None
+    map_layers: int
+
+
+# ref_gpus, batch, mbstd, fmaps, lr, gamma, ema kimg, ema rampup, mapping layers
+_PRESETS = {
+    "stylegan2": _Spec(8, 32, 4, 1, 0.002, 10, 10, None, 8),
+    "paper256": _Spec(8, 64, 8, 0.5, 0.0025, 1, 20, None, 8),
+    "paper512": _Spec(8, 64, 8, 1, 0.0025, 0.5, 20, None, 8),
+    "paper1024": _Spec(8, 32, 4, 1, 0.002, 2, 10, None, 8),
+    "cifar": _Spec(2, 64, 32, 1, 0.0025, 0.01, 500, 0.05, 2),
+}
+
+# The demo: small enough that a G+D step with regularisation at 64 px, batch 8 takes a fraction of a
+# second on 2 CPU cores, large enough to learn colours and coarse shapes within a few kimg.
+DEMO_LATENT = 64
+DEMO_CHANNEL_BASE = 1024
+DEMO_CHANNEL_MAX = 64
+DEMO_BATCH_GPU = 8
+
+
+def _demo_spec(resolution: int, gpus: int) -> _Spec:
+    """The demo follows the auto formulas at a batch of 8 per GPU."""
+    batch = DEMO_BATCH_GPU * gpus
+    gamma = 0.0002 * resolution**2 / batch
+    return _Spec(ref_gpus=gpus, batch=batch, mbstd=4, fmaps=0, lr=0.0025, gamma=gamma,
+                 ema_kimg=batch * 10 / 32, ema_rampup=0.05, map_layers=2)
+
+
+def _auto_spec(resolution: int, gpus: int) -> _Spec:
+    """The reference's "auto" rule: batch, group, width, lr, gamma and EMA from resolution and GPUs."""
+    batch = max(min(gpus * min(4096 // resolution, 32), 64), gpus)
+    return _Spec(
+        ref_gpus=gpus,
+        batch=batch,
+        mbstd=min(batch // gpus, 4),
+        fmaps=1 if resolution >= 512 else 0.5,
+        lr=0.002 if resolution >= 1024 else 0.0025,
+        gamma=0.0002 * resolution**2 / batch,
+        ema_kimg=batch * 10 / 32,
+        ema_rampup=0.05,
+        map_layers=2,
+    )
+
+
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)
+
+
+def make_config(name: str, resolution: int, gpus: int = 1, batch: int = 0) -> TrainingConfig:
+    """Build the named preset for images of `resolution` on `gpus` GPUs; batch 0 keeps the preset's batch.
+
+    batch_gpu follows the reference: the preset's batch / ref_gpus (so one GPU accumulates gradients over
+    several rounds), capped by the per-GPU batch; an explicit batch sets batch_gpu = batch / gpus.
+    """
+    if name not in CONFIG_NAMES:
+        raise ValueError(f"unknown training config {name!r}; choose one of {', '.join(CONFIG_NAMES)}")
+    if resolution < 8 or resolution & (resolution - 1):
+        raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    if batch < 0:
+        raise ValueError(f"batch must be >= 0 (0: the config's own), got {batch}")
+
+    if name == "demo":
+        spec = _demo_spec(resolution, gpus)
+    elif name == "auto":
+        spec = _auto_spec(resolution, gpus)
+    else:
+        spec = _PRESETS[name]
+
+    total = batch or spec.batch
+    if total % gpus:
+        raise ValueError(f"batch {total} does not split evenly over {gpus} GPUs; pass a multiple of {gpus}")
+    per_gpu = total // gpus
+    batch_gpu = per_gpu if batch else _largest_divisor_at_most(per_gpu, max(spec.batch // spec.ref_gpus, 1))
+    mbstd_group = min(spec.mbstd, batch_gpu)
+
+    if name == "demo":
+        latent, channel_base, channel_max = DEMO_LATENT, DEMO_CHANNEL_BASE, DEMO_CHANNEL_MAX
+        num_fp16_res = 0  # the demo targets the CPU, which always computes in float32
+    else:
+        latent, channel_base, channel_max = 512, int(spec.fmaps * 32768), CHANNEL_MAX
+        num_fp16_res = NUM_FP16_RES
+    G_kwargs = {
+        "z_dim": latent,
+        "w_dim": latent,
+        "mapping_kwargs": {"num_layers": spec.map_layers},
+        "synthesis_kwargs": {"channel_base": channel_base, "channel_max": channel_max,
+                             "num_fp16_res": num_fp16_res, "conv_clamp": CONV_CLAMP},
+    }
+    D_kwargs = {
+        "channel_base": channel_base,
+        "channel_max": channel_max,
+        "num_fp16_res": num_fp16_res,
+        "conv_clamp": CONV_CLAMP,
+        "mbstd_group_size": mbstd_group,
+        "mbstd_num_channels": 1,
+        "architecture": "orig" if name == "cifar" else "resnet",
+    }
+    plain = name == "cifar"  # cifar: no path-length regularisation and no style mixing
+    return TrainingConfig(
+        name=name, resolution=resolution, batch=total, batch_gpu=batch_gpu, mbstd_group=mbstd_group,
+        G_kwargs=G_kwargs, D_kwargs=D_kwargs, G_lr=spec.lr, D_lr=spec.lr, betas=BETAS, r1_gamma=spec.gamma,
+        ema_kimg=spec.ema_kimg, ema_rampup=spec.ema_rampup,
+        pl_weight=0.0 if plain else PL_WEIGHT, style_mixing_prob=0.0 if plain else STYLE_MIXING_PROB,
+        G_reg_interval=G_REG_INTERVAL, D_reg_interval=D_REG_INTERVAL,
+    )
+
+
+def build_networks(cfg: TrainingConfig, img_channels: int = 3,
+                   c_dim: int = 0) -> tuple[Generator, Discriminator]:
+    """Construct (G, D) for `cfg` on the CPU, initialised from torch's global generator."""
+    G_kwargs = copy.deepcopy(cfg.G_kwargs)
+    G = Generator(c_dim=c_dim, img_resolution=cfg.resolution, img_channels=img_channels, **G_kwargs)
+    D = Discriminator(c_dim=c_dim, img_resolution=cfg.resolution, img_channels=img_channels,
+                      **copy.deepcopy(cfg.D_kwargs))
+    return G, D
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingConfig))
+
+
+def config_to_dict(cfg: TrainingConfig) -> dict[str, Any]:
+    """Plain data (dicts, lists, str, numbers, None) that torch.load(weights_only=True) can read back."""
+    d = {name: copy.deepcopy(getattr(cfg, name)) for name in _FIELDS}
+    d["betas"] = list(cfg.betas)
+    return d
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainingConfig:
+    """Inverse of config_to_dict; a missing or unknown key is a ValueError naming it."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a training config must be a dict, got {type(d).__name__}")
+    missing = [k for k in _FIELDS if k not in d]
+    unknown = sorted(set(d) - set(_FIELDS))
+    if missing or unknown:
+        raise ValueError(f"training config dict: missing keys {missing}, unknown keys {unknown}")
+    values = {k: copy.deepcopy(d[k]) for k in _FIELDS}
+    betas = values["betas"]
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2):
+        raise ValueError(f"training config dict: betas must be two numbers, got {betas!r}")
+    values["betas"] = (float(betas[0]), float(betas[1]))
+    if not (isinstance(values["G_kwargs"], dict) and isinstance(values["D_kwargs"], dict)):
+        raise ValueError("training config dict: G_kwargs and D_kwargs must be dicts")
+    if values["name"] not in CONFIG_NAMES:
+        raise ValueError(f"training config dict: unknown config {values['name']!r}; "
+                         f"choose one of {', '.join(CONFIG_NAMES)}")
+    if not (isinstance(values["resolution"], int) and math.log2(values["resolution"]).is_integer()):
+        raise ValueError(f"training config dict: resolution must be a power of two, "
+                         f"got {values['resolution']!r}")
+    return TrainingConfig(**values)

@@ -1,0 +1,150 @@
+"""Training presets: the reference table, the auto formulas, batch splitting and snapshot round trips."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from corgigan.stylegan2.configs import (
+    CONFIG_NAMES,
+    TrainingConfig,
+    build_networks,
+    config_from_dict,
+    config_to_dict,
+    make_config,
+)
+from corgigan.stylegan2.networks import count_parameters
+
+# name: (batch, batch_gpu on 1 GPU, mbstd, channel_base, lr, gamma, ema kimg, ema rampup, mapping layers)
+REFERENCE = {
+    "stylegan2": (32, 4, 4, 32768, 0.002, 10, 10, None, 8),
+    "paper256": (64, 8, 8, 16384, 0.0025, 1, 20, None, 8),
+    "paper512": (64, 8, 8, 32768, 0.0025, 0.5, 20, None, 8),
+    "paper1024": (32, 4, 4, 32768, 0.002, 2, 10, None, 8),
+    "cifar": (64, 32, 32, 32768, 0.0025, 0.01, 500, 0.05, 2),
+}
+
+
+def table_row(cfg: TrainingConfig) -> tuple:
+    channel_base = cfg.G_kwargs["synthesis_kwargs"]["channel_base"]
+    map_layers = cfg.G_kwargs["mapping_kwargs"]["num_layers"]
+    return (cfg.batch, cfg.batch_gpu, cfg.mbstd_group, channel_base, cfg.G_lr, cfg.r1_gamma, cfg.ema_kimg,
+            cfg.ema_rampup, map_layers)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_presets_match_the_reference_table(name):
+    cfg = make_config(name, 256)
+    assert table_row(cfg) == REFERENCE[name]
+    assert cfg.D_lr == cfg.G_lr
+    assert cfg.D_kwargs["channel_base"] == cfg.G_kwargs["synthesis_kwargs"]["channel_base"]
+    assert cfg.D_kwargs["mbstd_group_size"] == cfg.mbstd_group
+    assert cfg.G_kwargs["z_dim"] == cfg.G_kwargs["w_dim"] == 512
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_shared_settings(name):
+    cfg = make_config(name, 64)
+    s = cfg.G_kwargs["synthesis_kwargs"]
+    assert cfg.betas == (0.0, 0.99)
+    assert (cfg.G_reg_interval, cfg.D_reg_interval) == (4, 16)
+    assert s["conv_clamp"] == cfg.D_kwargs["conv_clamp"] == 256
+    assert s["channel_max"] == cfg.D_kwargs["channel_max"]
+    if name == "cifar":
+        assert (cfg.pl_weight, cfg.style_mixing_prob, cfg.D_kwargs["architecture"]) == (0.0, 0.0, "orig")
+    else:
+        assert (cfg.pl_weight, cfg.style_mixing_prob, cfg.D_kwargs["architecture"]) == (2.0, 0.9, "resnet")
+    if name != "demo":
+        assert s["num_fp16_res"] == cfg.D_kwargs["num_fp16_res"] == 4
+        assert s["channel_max"] == 512
+
+
+@pytest.mark.parametrize(
+    ("res", "gpus", "batch", "mbstd", "channel_base", "lr", "gamma", "ema"),
+    [
+        (128, 1, 32, 4, 16384, 0.0025, 0.0002 * 128**2 / 32, 10.0),
+        (512, 1, 8, 4, 32768, 0.0025, 0.0002 * 512**2 / 8, 2.5),
+        (1024, 1, 4, 4, 32768, 0.002, 0.0002 * 1024**2 / 4, 1.25),
+        (256, 8, 64, 4, 16384, 0.0025, 0.0002 * 256**2 / 64, 20.0),
+        (1024, 8, 32, 4, 32768, 0.002, 0.0002 * 1024**2 / 32, 10.0),
+    ],
+)
+def test_auto_follows_the_formulas(res, gpus, batch, mbstd, channel_base, lr, gamma, ema):
+    cfg = make_config("auto", res, gpus=gpus)
+    assert cfg.batch == batch
+    assert cfg.batch_gpu == batch // gpus
+    assert cfg.mbstd_group == mbstd
+    assert cfg.G_kwargs["synthesis_kwargs"]["channel_base"] == channel_base
+    assert cfg.G_lr == lr
+    assert cfg.r1_gamma == pytest.approx(gamma)
+    assert cfg.ema_kimg == pytest.approx(ema)
+    assert cfg.ema_rampup == 0.05
+    assert cfg.G_kwargs["mapping_kwargs"]["num_layers"] == 2
+
+
+def test_demo_is_small_and_follows_the_auto_formulas():
+    cfg = make_config("demo", 64)
+    assert (cfg.batch, cfg.batch_gpu, cfg.mbstd_group) == (8, 8, 4)
+    assert cfg.r1_gamma == pytest.approx(0.0002 * 64**2 / 8)
+    assert cfg.G_kwargs["mapping_kwargs"]["num_layers"] == 2
+    G, D = build_networks(cfg)
+    assert count_parameters(G) < 1_000_000 and count_parameters(D) < 1_000_000
+    img = G(torch.randn(cfg.batch, G.z_dim), None)
+    assert img.shape == (8, 3, 64, 64)
+    assert D(img, None).shape == (8, 1)
+
+
+def test_batch_and_gpu_splitting():
+    cfg = make_config("paper256", 256, gpus=2)
+    assert (cfg.batch, cfg.batch_gpu) == (64, 8)          # 4 accumulation rounds per GPU
+    cfg = make_config("paper256", 256, gpus=16)
+    assert (cfg.batch, cfg.batch_gpu) == (64, 4)          # never more than a GPU's share
+    cfg = make_config("paper256", 256, gpus=4, batch=32)
+    assert (cfg.batch, cfg.batch_gpu, cfg.mbstd_group) == (32, 8, 8)
+    cfg = make_config("stylegan2", 256, batch=2)
+    assert (cfg.batch, cfg.batch_gpu, cfg.mbstd_group) == (2, 2, 2)  # mbstd groups fit the GPU batch
+    with pytest.raises(ValueError, match="split evenly"):
+        make_config("paper256", 256, gpus=4, batch=30)
+    with pytest.raises(ValueError, match="power of two"):
+        make_config("auto", 96)
+
+
+def test_unknown_config_name_lists_the_names():
+    with pytest.raises(ValueError) as err:
+        make_config("paper2048", 256)
+    for name in CONFIG_NAMES:
+        assert name in str(err.value)
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_dict_round_trip_through_torch_save_weights_only(name):
+    cfg = make_config(name, 128)
+    d = config_to_dict(cfg)
+    buf = io.BytesIO()
+    torch.save({"config": d}, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)["config"]
+    assert config_from_dict(loaded) == cfg
+    assert config_to_dict(config_from_dict(loaded)) == d
+    d["G_kwargs"]["z_dim"] = 3                            # the dict is a copy, not a view of cfg
+    assert cfg.G_kwargs["z_dim"] != 3
+
+
+def test_config_from_dict_rejects_bad_dicts():
+    d = config_to_dict(make_config("demo", 64))
+    with pytest.raises(ValueError, match="missing keys \\['batch'\\]"):
+        config_from_dict({k: v for k, v in d.items() if k != "batch"})
+    with pytest.raises(ValueError, match="unknown keys \\['colour'\\]"):
+        config_from_dict({**d, "colour": "red"})
+    with pytest.raises(ValueError, match="unknown config"):
+        config_from_dict({**d, "name": "nope"})
+
+
+def test_build_networks_for_config_f_at_1024_has_the_reference_sizes():
+    torch.manual_seed(0)
+    G, D = build_networks(make_config("paper1024", 1024))
+    assert (G.img_resolution, G.img_channels, G.c_dim, G.num_ws) == (1024, 3, 0, 18)
+    assert count_parameters(G) == 30_370_060
+    assert count_parameters(D) == 29_012_513
