@@ -1,0 +1,110 @@
+"""Stage train: StyleGAN2-ADA on the dataset zip -> snapshots and grids in `out`, metrics in `metrics`.
+
+`out` is a persisted DVC output, so a killed run resumes on the next `dvc repro`. Resuming is safe:
+the loop resumes a snapshot only when it was trained on this very dataset zip with this config and run
+settings; otherwise it logs why and starts fresh (so `dvc exp run -S filter...` never continues a model
+trained on other data). `train.resume_from` starts from another snapshot's weights instead (transfer
+learning; a snapshot of another dataset needs `train.allow_other_data: true`).
+
+Several GPUs: `torchrun --nproc_per_node N -m corgigan.cli train ...`; rank 0 writes every file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from corgigan.errors import StageError
+from corgigan.params import TrainParams
+from corgigan.stylegan2 import configs, distributed
+from corgigan.stylegan2.data import DatasetError, ZipDataset
+from corgigan.stylegan2.loop import Hooks, TrainingError, training_loop
+from corgigan.stylegan2.ops.build import CudaOpsError
+from corgigan.stylegan2.snapshot import SnapshotError
+from corgigan.tables import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class _Reporter:
+    """Rank 0's progress bar (kimg) and dvclive metrics (one step per tick)."""
+
+    def __init__(self, metrics: Path):
+        self.metrics = metrics
+        self.live: Any = None
+        self.bar: tqdm | None = None
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        from dvclive import Live  # imported here: only rank 0 of the train stage needs it
+
+        # A resumed run continues its history from the snapshot's tick (rows a killed run logged after
+        # its last snapshot are dropped: the resumed run logs those ticks again); a fresh one starts anew.
+        if info["resumed"]:
+            truncate_history(self.metrics / "plots" / "metrics", info["tick"])
+        self.live = Live(str(self.metrics), resume=info["resumed"], dvcyaml=False, save_dvc_exp=False)
+        self.bar = tqdm(total=info["total_nimg"] / 1000, initial=info["nimg"] / 1000, desc="train",
+                        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]")
+
+    def on_progress(self, nimg: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(nimg / 1000 - self.bar.n)
+
+    def on_tick(self, tick: int, stats: dict[str, float]) -> None:
+        self.live.step = tick
+        for name, value in sorted(stats.items()):
+            self.live.log_metric(name, value)
+        self.live.next_step()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.live is not None:
+            self.live.end()
+
+
+def truncate_history(plots_dir: Path, last_step: int) -> None:
+    """Drop rows with step > last_step from every dvclive metric history (.tsv) under plots_dir."""
+    for tsv in sorted(plots_dir.rglob("*.tsv")):
+        lines = tsv.read_text().splitlines()
+        if not lines:
+            continue
+        header = lines[0].split("\t")
+        if "step" not in header:
+            continue
+        col = header.index("step")
+        kept = [lines[0]] + [row for row in lines[1:] if int(row.split("\t")[col]) <= last_step]
+        if len(kept) != len(lines):
+            with atomic_path(tsv) as tmp:
+                tmp.write_text("\n".join(kept) + "\n")
+
+
+def run(p: TrainParams, dataset: Path, out: Path, metrics: Path) -> None:
+    """Train or resume StyleGAN2-ADA on `dataset`; snapshots and grids go to `out`, metrics to `metrics`."""
+    on_gpu = p.device == "cuda" or (p.device == "auto" and torch.cuda.is_available())
+    info = distributed.init_from_env("cuda" if on_gpu else "cpu")
+    try:
+        try:
+            resolution = ZipDataset(dataset).resolution
+            cfg = configs.make_config(p.config, resolution, gpus=info.world_size, batch=p.batch)
+        except (DatasetError, ValueError) as e:
+            raise StageError(f"train: {e}") from e
+        reporter = _Reporter(metrics)
+        hooks = Hooks(reporter.on_start, reporter.on_progress, reporter.on_tick) if info.is_main else None
+        try:
+            last = training_loop(
+                dataset, out, cfg, kimg=p.kimg, snapshot_kimg=p.snapshot_kimg, seed=p.seed, augment=p.augment,
+                augment_p=p.augment_p, ada_target=p.ada_target, mirror=p.mirror, workers=p.workers,
+                device=p.device, require_cuda_ops=p.require_cuda_ops, resume_from=p.resume_from or None,
+                allow_other_data=p.allow_other_data, tick_kimg=p.tick_kimg, keep_snapshots=p.keep_snapshots,
+                hooks=hooks)
+        except (DatasetError, SnapshotError, TrainingError, CudaOpsError) as e:
+            raise StageError(f"train: {e}") from e
+        finally:
+            reporter.close()
+        log.info("last snapshot: %s", last)
+    finally:
+        distributed.shutdown()

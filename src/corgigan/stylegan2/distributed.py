@@ -1,0 +1,117 @@
+"""Multi-process training with torch.distributed (torchrun): NCCL on GPUs, gloo on CPU.
+
+Gradients are averaged by hand (flatten, all-reduce, unflatten) rather than through
+DistributedDataParallel: R1 and path-length regularisation need double backward, which DDP does not
+support, and G's mapping and synthesis are called separately. Every function here is a no-op in a
+single process, so the training loop is written once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands in the job."""
+
+    rank: int = 0          # global rank; rank 0 writes snapshots, grids and metrics
+    world_size: int = 1    # number of processes
+    local_rank: int = 0    # rank on this node: the CUDA device index
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that writes files."""
+        return self.rank == 0
+
+
+def init_from_env(device_type: str) -> DistInfo:
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+
+    Without WORLD_SIZE > 1 this is a single process and nothing is initialised.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        if device_type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+        log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), world, backend)
+    return current()
+
+
+def current() -> DistInfo:
+    """This process's rank and world size (a single process when no group is initialised)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistInfo()
+    return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def shutdown() -> None:
+    """Leave the process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if current().world_size > 1:
+        dist.barrier()
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over ranks in place and return it."""
+    if current().world_size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
+    """Overwrite `tensors` on every rank with rank `src`'s values (one call per dtype and device)."""
+    if current().world_size <= 1:
+        return
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for group in groups.values():
+        flat = torch.cat([t.detach().flatten() for t in group])
+        dist.broadcast(flat, src=src)
+        offset = 0
+        for t in group:
+            with torch.no_grad():
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def reduce_gradients_(params: Iterable[torch.nn.Parameter], divisor: float) -> None:
+    """Sum the gradients of `params` over ranks, divide by `divisor`, replace NaN/inf by finite values.
+
+    Missing gradients count as zeros so that every rank reduces the same flat vector. The NaN/inf
+    clean-up keeps an overflowing fp16 step from poisoning the weights; losses are checked separately.
+    """
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.flatten() for p in params])
+    all_reduce_sum_(flat)
+    flat.div_(divisor)
+    torch.nan_to_num(flat, nan=0.0, posinf=1e5, neginf=-1e5, out=flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p))
+        offset += n

@@ -1,0 +1,211 @@
+"""Training snapshots: everything needed to resume a run exactly, as state dicts and plain data.
+
+A snapshot is a dict saved with torch.save and read back with ``weights_only=True`` (no pickled code):
+
+    format      SNAPSHOT_FORMAT
+    config      configs.config_to_dict(cfg): rebuilds the networks
+    run         the loop arguments that shape the trajectory (seed, augment, mirror, ...)
+    dataset     {"hash": sha256 of the zip, "resolution", "num_channels", "label_dim", "num_images"}
+    progress    {"nimg", "batch_idx", "tick"}
+    G, D, G_ema, G_opt, D_opt   state dicts
+    augment_p, ada_signs [sum, count], pl_mean
+    rng         torch CPU/CUDA, numpy and python generator states
+
+Files are named by the images shown so far, ``snapshot-<nimg, 9 digits>.pt``, and written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from corgigan.stylegan2 import configs
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = "corgigan-stylegan2-snapshot/1"
+REQUIRED_KEYS = ("format", "config", "run", "dataset", "progress", "G", "D", "G_ema", "G_opt", "D_opt",
+                 "augment_p", "ada_signs", "pl_mean", "rng")
+_NAME = re.compile(r"^snapshot-(\d{9,})\.pt$")
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot is missing, corrupt, or belongs to another config or dataset; the message says which."""
+
+
+def snapshot_name(nimg: int) -> str:
+    """File name of the snapshot taken after `nimg` images."""
+    return f"snapshot-{nimg:09d}.pt"
+
+
+def grid_name(nimg: int) -> str:
+    """File name of the fixed-latent image grid taken with the snapshot after `nimg` images."""
+    return f"grid-{nimg:09d}.png"
+
+
+def list_snapshots(directory: str | Path) -> list[tuple[int, Path]]:
+    """(nimg, path) of every snapshot file in `directory`, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return sorted(found)
+
+
+def latest_snapshot(directory: str | Path) -> Path | None:
+    """The snapshot with the most images shown in `directory`, or None."""
+    found = list_snapshots(directory)
+    return found[-1][1] if found else None
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary readable files
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_snapshot(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` with torch.save to a temporary file beside `path`, then rename it into place."""
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"snapshot state lacks {missing}")
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        torch.save(_canonical(state), f)
+
+
+def _canonical(obj: Any) -> Any:
+    """A fresh copy of the containers with every string interned.
+
+    Pickle shares repeated objects by identity, so equal states built differently (fresh vs. loaded
+    from a snapshot) would otherwise serialise to different bytes.
+    """
+    if isinstance(obj, dict):
+        return {_canonical(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_canonical(v) for v in obj)
+    if isinstance(obj, str):
+        return sys.intern(str(obj))
+    return obj
+
+
+def load_snapshot(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a snapshot (weights_only=True). Raises SnapshotError if missing, truncated or not ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise SnapshotError(f"{path}: snapshot not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zips, bad pickles and foreign objects all land here
+        raise SnapshotError(f"{path}: snapshot is truncated or corrupt ({type(e).__name__}: {e}); "
+                            "delete it to fall back to the previous one") from e
+    if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"{path}: not a corgigan StyleGAN2 snapshot (format {SNAPSHOT_FORMAT} expected)")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise SnapshotError(f"{path}: snapshot is incomplete, it lacks {missing}")
+    return state
+
+
+def differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable list of keys whose values differ between two nested dicts (empty if equal)."""
+    out: list[str] = []
+    for key in sorted(set(stored) | set(current), key=str):
+        name = f"{prefix}{key}"
+        a, b = stored.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(differences(a, b, f"{name}."))
+        elif _normalise(a) != _normalise(b):
+            out.append(f"{name}: snapshot {a!r}, now {b!r}")
+    return out
+
+
+def _normalise(v: Any) -> Any:
+    # Tuples come back from torch.load as tuples, from configs as tuples or lists: compare as lists.
+    if isinstance(v, (list, tuple)):
+        return [_normalise(x) for x in v]
+    return v
+
+
+def architecture(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config dict that fixes the networks' shapes (what weights can be loaded into)."""
+    return {k: config[k] for k in ("resolution", "G_kwargs", "D_kwargs") if k in config}
+
+
+def capture_rng() -> dict[str, Any]:
+    """States of the torch (CPU and CUDA), numpy and python generators as weights_only-safe data."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore generator states captured by capture_rng (CUDA only when the device count matches)."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def load_generator(path_or_dir: str | Path, device: str | torch.device = "cpu"
+                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild G_ema from a snapshot file (or the latest one in a folder) for generation.
+
+    Returns the generator in eval mode without gradients, and info: path, config, nimg, kimg,
+    dataset_hash, resolution, num_channels, label_dim.
+    """
+    path = Path(path_or_dir)
+    if path.is_dir():
+        latest = latest_snapshot(path)
+        if latest is None:
+            raise SnapshotError(f"{path}: no snapshot-*.pt in this folder (run the train stage first)")
+        path = latest
+    state = load_snapshot(path, map_location="cpu")
+    cfg = configs.config_from_dict(state["config"])
+    data = state["dataset"]
+    G, _ = configs.build_networks(cfg, img_channels=data["num_channels"], c_dim=data["label_dim"])
+    try:
+        G.load_state_dict(state["G_ema"])
+    except RuntimeError as e:
+        raise SnapshotError(f"{path}: G_ema does not fit the networks of its own config ({e})") from e
+    G = G.to(device).eval().requires_grad_(False)
+    nimg = int(state["progress"]["nimg"])
+    info = {"path": path, "config": state["config"], "nimg": nimg, "kimg": nimg / 1000,
+            "dataset_hash": data["hash"], "resolution": data["resolution"],
+            "num_channels": data["num_channels"], "label_dim": data["label_dim"]}
+    return G, info

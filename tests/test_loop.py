@@ -1,0 +1,225 @@
+"""The losses and the training loop: loss math, learning direction, exact resume, NaN stop, resume rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from corgigan.stylegan2 import configs
+from corgigan.stylegan2.loop import Hooks, TrainingError, ema_beta, make_optimizer, training_loop
+from corgigan.stylegan2.loss import StyleGAN2Loss, path_lengths, pl_mean_update, r1_penalty
+from corgigan.stylegan2.snapshot import grid_name, list_snapshots, load_snapshot, snapshot_name
+from tests.test_snapshot import tiny_config
+from tests.test_train_data import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks run fastest on one thread, and OpenMP threads spin badly on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# ---------------------------------------------------------------------------------------------------------
+# Loss math on networks whose gradients are known in closed form
+
+
+def test_r1_penalty_of_a_linear_critic_is_its_squared_weight_norm():
+    w = torch.randn(1, 3, 4, 4)
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)
+    logits = (x * w).sum(dim=[1, 2, 3])
+    assert torch.allclose(r1_penalty(logits, x), w.square().sum().expand(5))
+
+
+def test_path_length_of_a_linear_synthesis():
+    # img = (mean over ws of w) @ M  =>  J^T y = M y / num_ws for each w; the length averages over ws.
+    M = torch.randn(6, 12)
+    ws = torch.randn(3, 4, 6, requires_grad=True)
+    img = (ws.mean(dim=1) @ M).view(3, 3, 2, 2)
+    y = torch.randn(3, 3, 2, 2)
+    want = (y.flatten(1) @ M.T / 4).square().sum(dim=1).sqrt()
+    assert torch.allclose(path_lengths(img, ws, y), want, atol=1e-6)
+
+
+def test_running_means_and_lazy_correction():
+    assert pl_mean_update(0.0, 2.0, 0.01) == pytest.approx(0.02)
+    opt = make_optimizer(iter([torch.nn.Parameter(torch.zeros(1))]), 0.002, (0.0, 0.99), reg_interval=4)
+    group = opt.param_groups[0]
+    assert group["lr"] == pytest.approx(0.002 * 0.8)
+    assert group["betas"] == pytest.approx((0.0, 0.99 ** 0.8))
+    assert make_optimizer(iter([torch.nn.Parameter(torch.zeros(1))]), 0.002, (0.0, 0.99),
+                          None).param_groups[0]["lr"] == 0.002
+    assert ema_beta(4, 0, 10, 0.05) == 0.0                                  # rampup: G_ema starts as G
+    assert ema_beta(4, 10**6, 10, 0.05) == pytest.approx(0.5 ** (4 / 10000))  # then the 10 kimg half-life
+    assert ema_beta(4, 0, 10, None) == pytest.approx(0.5 ** (4 / 10000))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The losses move the way the game says
+
+
+def _nets(seed: int = 0):
+    cfg = tiny_config()
+    torch.manual_seed(seed)
+    G, D = configs.build_networks(cfg)
+    return cfg, G, D
+
+
+def test_d_steps_lower_d_loss_and_g_steps_lower_g_loss():
+    _, G, D = _nets()
+    loss = StyleGAN2Loss(G, D, r1_gamma=1.0, pl_weight=2.0)
+    loss.pl_mean = torch.zeros([])
+    reals = torch.ones(4, 3, 8, 8) * torch.tensor([0.8, -0.5, 0.1]).view(1, 3, 1, 1)
+    c = torch.zeros(4, 0)
+    z = torch.randn(4, G.z_dim)
+
+    def phase(name: str, module: torch.nn.Module, opt: torch.optim.Optimizer, stat: str) -> float:
+        module.requires_grad_(True)
+        opt.zero_grad(set_to_none=True)
+        value = loss.accumulate_gradients(name, reals, c, z, c, gain=1.0)[stat].mean().item()
+        opt.step()
+        module.requires_grad_(False)
+        return value
+
+    G.requires_grad_(False)
+    D.requires_grad_(False)
+    opt_D = torch.optim.Adam(D.parameters(), lr=0.002, betas=(0.0, 0.99))
+    d_losses = [phase("Dboth", D, opt_D, "Loss/D/loss") for _ in range(12)]
+    assert d_losses[-1] < d_losses[0] - 0.1
+    opt_G = torch.optim.Adam(G.parameters(), lr=0.002, betas=(0.0, 0.99))
+    g_losses = [phase("Gmain", G, opt_G, "Loss/G/loss") for _ in range(12)]
+    assert g_losses[-1] < g_losses[0] - 0.1
+    G.requires_grad_(True)
+    stats = loss.accumulate_gradients("Greg", reals, c, z, c, gain=4.0)
+    assert stats["Loss/pl"].shape == (2,) and torch.isfinite(stats["Loss/pl"]).all()  # batch shrink 2
+    with pytest.raises(ValueError, match="unknown phase"):
+        loss.accumulate_gradients("Gfoo", reals, c, z, c, gain=1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+
+
+KW = dict(seed=3, augment="ada", augment_p=0.2, ada_target=0.6, mirror=True, workers=0, device="cpu",
+          require_cuda_ops=False, resume_from=None, allow_other_data=False)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return write_dataset(root / "a.zip", n=6, seed=0), write_dataset(root / "b.zip", n=6, seed=1)
+
+
+def test_resume_continues_bit_identically(tmp_path, data):
+    cfg = tiny_config(batch=4, batch_gpu=2)  # 2 accumulation rounds per step
+    ticks: list[tuple[int, dict]] = []
+    straight = training_loop(data[0], tmp_path / "straight", cfg, kimg=0.032, snapshot_kimg=0.016,
+                             tick_kimg=0.008, hooks=Hooks(on_tick=lambda t, s: ticks.append((t, s))), **KW)
+    assert straight.name == snapshot_name(32)
+    assert [t for t, _ in ticks] == [1, 2, 3, 4]
+    want = {"Loss/G/loss", "Loss/D/loss", "Loss/r1", "Loss/pl", "ADA/p", "Timing/sec_per_kimg"}
+    assert want <= set(ticks[0][1])
+
+    starts: list[dict] = []
+    hooks = Hooks(on_start=starts.append)
+    training_loop(data[0], tmp_path / "split", cfg, kimg=0.016, snapshot_kimg=0.016, tick_kimg=0.008,
+                  hooks=hooks, **KW)
+    resumed = training_loop(data[0], tmp_path / "split", cfg, kimg=0.032, snapshot_kimg=0.016,
+                            tick_kimg=0.008, hooks=hooks, **KW)
+    assert [s["resumed"] for s in starts] == [False, True] and starts[1]["nimg"] == 16
+
+    a, b = load_snapshot(straight), load_snapshot(resumed)
+    assert a["progress"] == b["progress"] == {"nimg": 32, "batch_idx": 8, "tick": 4}
+    assert a["augment_p"] != 0.2                      # ADA moved p ...
+    for key in ("G", "D", "G_ema"):                   # ... and the split run ended in the very same place
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name}"
+    assert straight.read_bytes() == resumed.read_bytes()
+    grid = grid_name(32)
+    assert (tmp_path / "straight" / grid).read_bytes() == (tmp_path / "split" / grid).read_bytes()
+    # Asking for no more than is done returns the last snapshot without training.
+    assert training_loop(data[0], tmp_path / "split", cfg, kimg=0.032, snapshot_kimg=0.016, **KW) == resumed
+
+
+def test_snapshot_of_other_data_is_not_resumed(tmp_path, data, caplog):
+    cfg = tiny_config()
+    run_dir = tmp_path / "run"
+    training_loop(data[0], run_dir, cfg, kimg=0.008, snapshot_kimg=0.008, **KW)
+    with caplog.at_level(logging.WARNING):
+        last = training_loop(data[1], run_dir, cfg, kimg=0.004, snapshot_kimg=0.004, **KW)
+    assert "belongs to another run" in caplog.text and "dataset" in caplog.text
+    assert [n for n, _ in list_snapshots(run_dir)] == [4]    # the stale 8-image snapshot is gone
+    assert load_snapshot(last)["progress"]["nimg"] == 4
+
+
+def test_resume_from_starts_over_from_the_weights(tmp_path, data):
+    cfg = tiny_config()
+    first = training_loop(data[0], tmp_path / "a", cfg, kimg=0.008, snapshot_kimg=0.008, **KW)
+    kw = dict(KW, resume_from=str(first))
+    with pytest.raises(Exception, match="allow_other_data"):
+        training_loop(data[1], tmp_path / "b", cfg, kimg=0.004, snapshot_kimg=0.004, **kw)
+    kw["allow_other_data"] = True
+    last = training_loop(data[1], tmp_path / "b", cfg, kimg=0.004, snapshot_kimg=0.004, **kw)
+    state = load_snapshot(last)
+    assert state["progress"]["nimg"] == 4 and state["run"]["resume_from"] == str(first)
+
+
+def test_keep_snapshots_prunes_old_ones_but_keeps_grids(tmp_path, data):
+    run_dir = tmp_path / "run"
+    training_loop(data[0], run_dir, tiny_config(), kimg=0.012, snapshot_kimg=0.004, keep_snapshots=1, **KW)
+    assert [n for n, _ in list_snapshots(run_dir)] == [12]
+    assert sorted(p.name for p in run_dir.glob("grid-*.png")) == [grid_name(n) for n in (4, 8, 12)]
+    assert (run_dir / "reals.png").is_file()
+
+
+def test_non_finite_loss_stops_with_its_name(tmp_path, data):
+    cfg = tiny_config(r1_gamma=math.inf)
+    with pytest.raises(TrainingError, match=r"Loss/D/reg at kimg 0\.000"):
+        training_loop(data[0], tmp_path / "run", cfg, kimg=0.008, snapshot_kimg=0.008, **KW)
+    assert list_snapshots(tmp_path / "run") == []
+
+
+def test_resolution_mismatch_is_refused(tmp_path, data):
+    cfg = configs.make_config("demo", 16)
+    with pytest.raises(TrainingError, match="8 px but config demo is for 16 px"):
+        training_loop(data[0], tmp_path / "run", cfg, kimg=0.008, snapshot_kimg=0.008, **KW)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The DVC stage
+
+
+def test_stage_writes_snapshots_and_dvclive_metrics_and_resumes(tmp_path, data):
+    from corgigan import params as params_mod
+    from corgigan.errors import StageError
+    from corgigan.stages import train
+
+    p = dataclasses.replace(params_mod.load(ROOT / "params.yaml").train, kimg=0.016, snapshot_kimg=0.016,
+                            tick_kimg=0.008, workers=1)
+    out, metrics = tmp_path / "models", tmp_path / "reports"
+    train.run(p, data[0], out, metrics)
+    assert [n for n, _ in list_snapshots(out)] == [16] and (out / grid_name(16)).is_file()
+    summary = json.loads((metrics / "metrics.json").read_text())
+    assert summary["step"] == 2 and summary["Progress"]["kimg"] == 0.016
+    assert len((metrics / "plots/metrics/Loss/G/loss.tsv").read_text().splitlines()) == 3  # header + 2 ticks
+    # As if a killed run had logged tick 3 after its last snapshot: resuming logs tick 3 again, once.
+    history = metrics / "plots/metrics/Loss/G/loss.tsv"
+    history.write_text(history.read_text() + "3\t99.0\n")
+    train.run(dataclasses.replace(p, kimg=0.024), data[0], out, metrics)
+    assert [n for n, _ in list_snapshots(out)] == [16, 24]
+    rows = history.read_text().splitlines()
+    assert [r.split("\t")[0] for r in rows] == ["step", "1", "2", "3"] and "99.0" not in rows[-1]
+    # A damaged snapshot is a stage error that says what to do.
+    last = list_snapshots(out)[-1][1]
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(StageError, match="truncated or corrupt.*delete it"):
+        train.run(dataclasses.replace(p, kimg=0.032), data[0], out, metrics)

@@ -1,0 +1,181 @@
+"""Snapshots: atomic save, weights_only load with clear errors, G_ema rebuild, and the resume rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from corgigan.stylegan2 import configs
+from corgigan.stylegan2.loop import decide_start
+from corgigan.stylegan2.snapshot import (
+    SNAPSHOT_FORMAT,
+    SnapshotError,
+    capture_rng,
+    latest_snapshot,
+    load_generator,
+    load_snapshot,
+    restore_rng,
+    save_snapshot,
+    snapshot_name,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks run fastest on one thread, and OpenMP threads spin badly on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(batch: int = 4, batch_gpu: int = 4, **changes) -> configs.TrainingConfig:
+    """The demo config at 8 px, shrunk to a few thousand parameters so tests train in seconds."""
+    cfg = configs.make_config("demo", 8, batch=batch)
+    G_kwargs = {"z_dim": 16, "w_dim": 16, "mapping_kwargs": {"num_layers": 2},
+                "synthesis_kwargs": {"channel_base": 64, "channel_max": 16, "num_fp16_res": 0,
+                                     "conv_clamp": 256}}
+    D_kwargs = dict(cfg.D_kwargs, channel_base=64, channel_max=16, mbstd_group_size=2)
+    fields = dict(batch_gpu=batch_gpu, mbstd_group=2, G_kwargs=G_kwargs, D_kwargs=D_kwargs, D_reg_interval=4,
+                  r1_gamma=1.0, ema_kimg=0.01)
+    return dataclasses.replace(cfg, **{**fields, **changes})
+
+
+def fake_state(cfg: configs.TrainingConfig, data_hash: str = "a" * 64, nimg: int = 8,
+               run: dict | None = None) -> dict:
+    """A complete snapshot state of freshly built networks (optimiser states empty)."""
+    torch.manual_seed(0)
+    G, D = configs.build_networks(cfg)
+    opt = torch.optim.Adam(G.parameters())
+    return {
+        "format": SNAPSHOT_FORMAT, "config": configs.config_to_dict(cfg),
+        "run": run or {"seed": 0},
+        "dataset": {"hash": data_hash, "resolution": cfg.resolution, "num_channels": 3, "label_dim": 0,
+                    "num_images": 4},
+        "progress": {"nimg": nimg, "batch_idx": nimg // cfg.batch, "tick": 1},
+        "G": G.state_dict(), "D": D.state_dict(), "G_ema": G.state_dict(),
+        "G_opt": opt.state_dict(), "D_opt": opt.state_dict(),
+        "augment_p": 0.25, "ada_signs": [1.0, 4.0], "pl_mean": 0.5, "rng": capture_rng(),
+    }
+
+
+def test_round_trip_is_atomic_and_weights_only(tmp_path):
+    cfg = tiny_config()
+    state = fake_state(cfg)
+    path = tmp_path / snapshot_name(8)
+    save_snapshot(path, state)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]   # no temporary file left behind
+    back = load_snapshot(path)
+    assert back["config"] == configs.config_to_dict(cfg)
+    assert back["augment_p"] == 0.25 and back["progress"]["nimg"] == 8
+    for k, v in state["G"].items():
+        assert torch.equal(back["G"][k], v)
+
+
+def test_same_state_gives_the_same_bytes(tmp_path):
+    state = fake_state(tiny_config())
+    save_snapshot(tmp_path / "a.pt", state)
+    save_snapshot(tmp_path / "b.pt", state)
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_truncated_missing_and_foreign_files(tmp_path):
+    path = tmp_path / snapshot_name(8)
+    save_snapshot(path, fake_state(tiny_config()))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SnapshotError, match="truncated or corrupt"):
+        load_snapshot(path)
+    with pytest.raises(SnapshotError, match="not found"):
+        load_snapshot(tmp_path / "nope.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(SnapshotError, match="not a corgigan"):
+        load_snapshot(tmp_path / "other.pt")
+
+
+def test_latest_snapshot_and_load_generator(tmp_path):
+    cfg = tiny_config()
+    assert latest_snapshot(tmp_path) is None
+    with pytest.raises(SnapshotError, match="no snapshot"):
+        load_generator(tmp_path)
+    for nimg in (8, 1000, 96):
+        save_snapshot(tmp_path / snapshot_name(nimg), fake_state(cfg, nimg=nimg))
+    (tmp_path / "snapshot-notes.pt").write_text("not a snapshot name")
+    assert latest_snapshot(tmp_path) == tmp_path / snapshot_name(1000)
+    G, info = load_generator(tmp_path, "cpu")
+    assert info["nimg"] == 1000 and info["kimg"] == 1.0 and info["dataset_hash"] == "a" * 64
+    assert not G.training and not any(p.requires_grad for p in G.parameters())
+    want = fake_state(cfg)["G_ema"]
+    for k, v in G.state_dict().items():
+        assert torch.equal(v, want[k])
+    img = G(torch.randn(2, G.z_dim), torch.zeros(2, 0), noise_mode="const")
+    assert img.shape == (2, 3, 8, 8)
+
+
+def test_rng_states_round_trip():
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    saved = capture_rng()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng(saved)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The resume rules (loop.decide_start)
+
+RUN = {"seed": 0, "augment": "ada", "augment_p": 0.0, "ada_target": 0.6, "mirror": False, "resume_from": ""}
+
+
+def _start(run_dir: Path, cfg=None, run=None, data_hash="a" * 64, resume_from=None, allow=False):
+    cfg = cfg or tiny_config()
+    return decide_start(run_dir, configs.config_to_dict(cfg), run or RUN, data_hash, resume_from, allow)
+
+
+def test_matching_snapshot_resumes(tmp_path):
+    save_snapshot(tmp_path / snapshot_name(8), fake_state(tiny_config(), run=RUN))
+    start = _start(tmp_path)
+    assert start.mode == "resume" and start.state["progress"]["nimg"] == 8 and not start.stale
+    # Another split of the same batch over processes is the same run.
+    assert _start(tmp_path, cfg=tiny_config(batch_gpu=2)).mode == "resume"
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"cfg": tiny_config(G_lr=0.001)}, "config.G_lr"),
+    ({"run": dict(RUN, seed=1)}, "run.seed"),
+    ({"data_hash": "b" * 64}, "dataset"),
+])
+def test_snapshot_of_another_run_starts_fresh(tmp_path, caplog, change, why):
+    save_snapshot(tmp_path / snapshot_name(8), fake_state(tiny_config(), run=RUN))
+    start = _start(tmp_path, **change)
+    assert start.mode == "fresh" and start.state is None
+    assert why in start.reason and why in caplog.text
+    assert start.stale == [tmp_path / snapshot_name(8)]
+
+
+def test_other_data_resumes_when_allowed(tmp_path):
+    save_snapshot(tmp_path / snapshot_name(8), fake_state(tiny_config(), run=RUN))
+    start = _start(tmp_path, data_hash="b" * 64, allow=True)
+    assert start.mode == "resume" and "another dataset" in start.reason
+
+
+def test_resume_from_rules(tmp_path):
+    src = tmp_path / "pretrained" / snapshot_name(8)
+    save_snapshot(src, fake_state(tiny_config(), data_hash="b" * 64))
+    run_dir = tmp_path / "run"
+    with pytest.raises(SnapshotError, match="no such snapshot"):
+        _start(run_dir, resume_from=tmp_path / "missing.pt")
+    with pytest.raises(SnapshotError, match="another dataset.*allow_other_data"):
+        _start(run_dir, resume_from=src)
+    start = _start(run_dir, resume_from=src.parent, allow=True)
+    assert start.mode == "transfer" and start.state["progress"]["nimg"] == 8
+    wider = dataclasses.replace(tiny_config(), G_kwargs={**tiny_config().G_kwargs, "z_dim": 32})
+    with pytest.raises(SnapshotError, match="another network config.*z_dim"):
+        _start(run_dir, cfg=wider, resume_from=src, allow=True)
