@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,17 @@ def run(args: list[str], cwd: Path, env: dict[str, str], check: bool = True,
 def ran_stages(output: str) -> list[str]:
     """Stage names from dvc's "Running stage 'x'" lines."""
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny networks run fastest on one torch thread; OpenMP threads spin badly on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,7 @@ from corgigan.stylegan2.snapshot import list_snapshots, load_snapshot
 from tests.test_snapshot import tiny_config
 from tests.test_train_data import write_dataset
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread, and OpenMP threads spin badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 KW = dict(kimg=0.024, snapshot_kimg=0.024, seed=5, augment="ada", augment_p=0.3, ada_target=0.6,
           mirror=True, workers=0, device="cpu", require_cuda_ops=False, resume_from=None,

@@ -77,8 +77,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def env(cli_env: dict[str, str]) -> dict[str, str]:
     e = dict(cli_env)
-    # rclone's server and botocore's default checksums disagree on large objects (NOTES.md).
-    e.update(AWS_REQUEST_CHECKSUM_CALCULATION="when_required", AWS_RESPONSE_CHECKSUM_VALIDATION="when_required")
+    # rclone's server and botocore's default checksums disagree on large objects.
+    e.update(AWS_REQUEST_CHECKSUM_CALCULATION="when_required",
+             AWS_RESPONSE_CHECKSUM_VALIDATION="when_required")
     return e
 
 

@@ -24,14 +24,7 @@ from corgigan.stylegan2.snapshot import (
     snapshot_name,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run fastest on one thread, and OpenMP threads spin badly on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(batch: int = 4, batch_gpu: int = 4, **changes) -> configs.TrainingConfig:

@@ -1,6 +1,6 @@
 """Crop-window math: where the square crop around one dog goes, and how good it is.
 
-The rule reconstructs the original project's crop (see NOTES.md, "Crop window"):
+The rule reconstructs the crop of the original "Did Somebody Say Corgi?" dataset:
 
 - an image whose short side is below ``min_side`` is too small;
 - the side is ``S = max(min_crop, longest side of the box)``, then ``S = min(S, short side)``: the
