@@ -165,3 +165,16 @@ def test_shards_round_trip_and_are_byte_identical(tmp_path) -> None:
     for a in images.list_shards(tmp_path / "a"):
         assert a.read_bytes() == (tmp_path / "b" / a.name).read_bytes()
         assert zipfile.ZipFile(a).testzip() is None
+
+
+def test_not_image_stays_not_image_after_ultralytics_patches_pillow(tmp_path, monkeypatch):
+    """ultralytics wraps PIL.Image.open on import; unknown bytes must still be not_image, not corrupt."""
+    monkeypatch.setenv("CORGIGAN_CACHE", str(tmp_path))
+    from corgigan.detection import setup_ultralytics
+
+    setup_ultralytics()
+    import ultralytics.utils.patches  # noqa: F401  (replaces PIL.Image.open)
+
+    with pytest.raises(images.DecodeError) as err:
+        images.decode(b"plain text, not an image", 10**8)
+    assert err.value.status == "not_image"

@@ -73,6 +73,18 @@ def decode(data: bytes, max_pixels: int) -> Image.Image:
     return decode_with_format(data, max_pixels)[0]
 
 
+def _open(data: bytes) -> Image.Image:
+    """Pillow's open on bytes.
+
+    ultralytics replaces PIL.Image.open with a wrapper that, on bytes Pillow cannot identify, tries to
+    load a HEIF plugin; offline that fails with ImportError. It is still an unidentified image.
+    """
+    try:
+        return Image.open(io.BytesIO(data))
+    except ImportError as e:
+        raise UnidentifiedImageError(f"unidentified ({e})") from e
+
+
 def decode_with_format(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
     """Like `decode`, and also return the Pillow format name of the bytes (JPEG, PNG, GIF, ...)."""
     if len(data) == 0:
@@ -81,7 +93,7 @@ def decode_with_format(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
         with warnings.catch_warnings():
             # We apply our own pixel limit below; Pillow's own bomb check only warns or raises.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = _open(data)
             fmt = img.format or "unknown"
             w, h = img.size
             # Checked on the header, before any pixel is allocated.
