@@ -25,7 +25,7 @@ def tiny_params() -> dict:
     """The demo params, shrunk so the whole pipeline runs in a couple of minutes on 2 cores."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["scrape"]["synthetic"].update(num_images=24, min_short_side=500, max_short_side=640)
-    raw["detector"].update(num_images=40, epochs=1, imgsz=128, batch=8)
+    raw["detector"].update(num_images=200, epochs=12, imgsz=128, batch=8)  # confident boxes, ~1 min
     raw["detect"].update(imgsz=128, batch=8)
     raw["filter"].update(resolution=16)
     raw["train"].update(kimg=0.064, snapshot_kimg=0.032, workers=0)
@@ -40,6 +40,15 @@ def run(args: list[str], cwd: Path, env: dict[str, str], check: bool = True,
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def stricter_cover(repo: Path) -> float:
+    """A filter.min_cover that rejects about half of the images the repo's last run kept (their median
+    cover), so an experiment with it changes the funnel but still leaves a dataset to train on."""
+    import pandas as pd
+
+    table = pd.read_parquet(repo / "data" / "interim" / "filter" / "filter.parquet")
+    return round(float(table.loc[table["kept"], "cover"].median()), 4)
 
 
 def ran_stages(output: str) -> list[str]:
