@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import DATA_STAGES, ran_stages, run
+from tests.conftest import DATA_STAGES, ran_stages, run, stricter_cover
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_forced_rebuild_is_byte_identical(repo: Path, env: dict[str, str]) -> No
 
 def test_filter_experiment_reruns_only_filter_and_later(repo: Path, env: dict[str, str]) -> None:
     funnel = json.loads((repo / "reports" / "funnel.json").read_text())
-    exp = run(["dvc", "exp", "run", "-S", "filter.min_cover=0.9"], repo, env)
+    exp = run(["dvc", "exp", "run", "-S", f"filter.min_cover={stricter_cover(repo)}"], repo, env)
     stages = ran_stages(exp.stdout)
     assert "filter" in stages
     assert not {"scrape", "detector", "detect"} & set(stages), exp.stdout
