@@ -230,3 +230,31 @@ def test_decide_orders_checks():
     assert row["reason"] == "low_confidence" and row["num_dogs"] == 0
     row, win = filter_stage.decide(post, [(60, 40, 120, 100, 0.9)], FILTER)
     assert row["kept"] and win is not None and win.side == 80
+
+
+def test_image_that_no_longer_decodes_becomes_a_decode_error_row(planted, tmp_path):
+    """images.max_pixels lowered after scrape: kept images now too large to decode are rejected rows."""
+    raw, det = planted
+    out = tmp_path / "filter"
+    filter_stage.run(FILTER, ImagesParams(max_pixels=160 * 120), raw=raw, detections=det, out=out)
+    table = tables.read_table("filter", out / "filter.parquet").set_index("image_id")
+    for name in ("kept_a", "kept_weak_extra"):   # 200x150 > the new limit; 160x120 still fits
+        row = table.loc[image_id(name)]
+        assert not row["kept"] and row["reason"] == "decode_error"
+        assert row[["crop_side", "cover", "confidence", "x0"]].isna().all()
+    assert table.loc[image_id("kept_png"), "kept"]
+    assert len(table) == len(CASES)
+    with zipfile.ZipFile(next((out / "shards").glob("*.zip"))) as zf:
+        assert image_id("kept_a") + ".png" not in zf.namelist()
+
+
+def test_raw_set_missing_an_image_stops(planted, tmp_path):
+    raw, det = planted
+    shard = sorted((raw / "shards").glob("*.zip"))[0]
+    with zipfile.ZipFile(shard) as zf:
+        members = {n: zf.read(n) for n in zf.namelist() if not n.startswith(image_id("kept_a"))}
+    with zipfile.ZipFile(shard, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    with pytest.raises(StageError, match="data/raw is inconsistent"):
+        _run(raw, det, tmp_path / "filter")

@@ -166,12 +166,11 @@ def write_table(name: str, rows: pa.Table | pd.DataFrame | Sequence[dict[str, An
         pq.write_table(table, tmp, compression="zstd")
 
 
-def read_table(name: str, path: str | Path) -> pd.DataFrame:
-    """Read a parquet table and check it has schema `name`."""
-    table = pq.read_table(path)
-    if not table.schema.equals(SCHEMAS[name], check_metadata=False):
+def read_table(name: str, path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read a parquet table (only `columns`, when given) and check the file has schema `name`."""
+    if not pq.read_schema(path).equals(SCHEMAS[name], check_metadata=False):
         raise SchemaError(f"{path}: schema differs from table {name}; re-run the stage that writes it")
-    return table.to_pandas()
+    return pq.read_table(path, columns=list(columns) if columns is not None else None).to_pandas()
 
 
 def write_json(obj: Any, path: str | Path) -> None:

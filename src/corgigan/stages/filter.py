@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 from PIL import Image
 from tqdm import tqdm
 
@@ -50,6 +51,8 @@ RESAMPLE = {
     "box": Image.Resampling.BOX,
 }
 CHUNK = 32          # images per worker task: small enough to bound memory at 1024 px
+ROW_BLOCK = 4096    # decisions turned into Arrow rows at a time
+_POSTS_COLS = ("image_id", "decode_status", "width", "height", "shard")   # all that filter reads
 _GEOMETRY_COLS = ("crop_x0", "crop_y0", "crop_side", "cover", "center_shift_x", "center_shift_y",
                   "partial")
 _BOX_COLS = ("x0", "y0", "x1", "y1")
@@ -117,7 +120,7 @@ def _read_inputs(raw: Path, detections: Path) -> tuple[pd.DataFrame, pd.DataFram
     for path, stage in ((posts_path, "scrape"), (detections, "detect")):
         if not path.is_file():
             raise StageError(f"{path} not found: run `dvc repro {stage}` first")
-    posts = tables.read_table("posts", posts_path)
+    posts = tables.read_table("posts", posts_path, columns=_POSTS_COLS)
     det = tables.read_table("detections", detections)
     if posts["image_id"].duplicated().any():
         dup = posts.loc[posts["image_id"].duplicated(), "image_id"].iloc[0]
@@ -159,7 +162,7 @@ def _crop_chunk(task: _Task) -> list[_Result]:
     return out
 
 
-def _tasks(posts: pd.DataFrame, windows: dict[str, geometry.CropWindow], shard_dir: Path,
+def _tasks(posts: pd.DataFrame, crop_boxes: dict[str, tuple[int, int, int, int]], shard_dir: Path,
            p: FilterParams, images_p: ImagesParams) -> list[_Task]:
     """Chunks of kept images, each from one raw shard, in posts order."""
     tasks: list[_Task] = []
@@ -167,14 +170,14 @@ def _tasks(posts: pd.DataFrame, windows: dict[str, geometry.CropWindow], shard_d
     shard = None
     for image_id, width, height, name in zip(posts["image_id"], posts["width"], posts["height"],
                                              posts["shard"]):
-        if image_id not in windows:
+        if image_id not in crop_boxes:
             continue
         if chunk and (name != shard or len(chunk) == CHUNK):
             tasks.append((str(shard_dir / shard), chunk, p.resolution, p.resize_filter,
                           images_p.max_pixels))
             chunk = []
         shard = name
-        chunk.append((image_id, int(width), int(height), windows[image_id].box))
+        chunk.append((image_id, int(width), int(height), crop_boxes[image_id]))
     if chunk:
         tasks.append((str(shard_dir / shard), chunk, p.resolution, p.resize_filter, images_p.max_pixels))
     return tasks
@@ -202,43 +205,65 @@ def _replace_dir(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
+def _decide_all(posts: pd.DataFrame, boxes: dict[str, list[tuple[float, float, float, float, float]]],
+                p: FilterParams) -> tuple[pa.Table, dict[str, tuple[int, int, int, int]]]:
+    """Every posts row's decision as one Arrow table (posts order), and the crop box of each kept image.
+
+    Rows become Arrow in blocks of ROW_BLOCK, so memory per image is a table row, not a Python dict.
+    """
+    blocks: list[pa.Table] = []
+    crop_boxes: dict[str, tuple[int, int, int, int]] = {}
+    for start in range(0, len(posts), ROW_BLOCK):
+        rows = []
+        for post in posts.iloc[start:start + ROW_BLOCK].to_dict("records"):
+            row, win = decide(post, boxes.get(post["image_id"], []), p)
+            rows.append(row)
+            if win is not None:
+                crop_boxes[row["image_id"]] = win.box
+        blocks.append(tables.to_arrow("filter", rows))
+    if not blocks:
+        return tables.to_arrow("filter", []), crop_boxes
+    return pa.concat_tables(blocks).combine_chunks(), crop_boxes
+
+
+def _mark_failures(table: pa.Table, failures: dict[str, _Result]) -> pa.Table:
+    """Rows of images that failed to crop become decode_error rejections (a broken raw set stops)."""
+    if not failures:
+        return table
+    df = table.to_pandas()
+    for image_id, _, status, detail in failures.values():
+        if status in ("missing", "size_changed"):
+            raise StageError(f"image {image_id} {detail}: data/raw is inconsistent; re-run scrape")
+        # scrape decoded these bytes; they fail now only if images.max_pixels changed in between.
+        log.warning("image %s no longer decodes (%s: %s)", image_id, status, detail)
+    failed = df["image_id"].isin(failures.keys())
+    df.loc[failed, [*_GEOMETRY_COLS, *_BOX_COLS, "confidence", "num_dogs"]] = None
+    df.loc[failed, ["kept", "reason"]] = [False, "decode_error"]
+    return tables.to_arrow("filter", df)
+
+
 def run(p: FilterParams, images_p: ImagesParams, raw: Path, detections: Path, out: Path) -> None:
     """Write out/filter.parquet (every posts row) and out/shards (crops of the kept images)."""
     posts, det = _read_inputs(Path(raw), Path(detections))
-    boxes = _boxes_by_image(det)
-    rows: list[dict[str, Any]] = []
-    windows: dict[str, geometry.CropWindow] = {}
-    for post in posts.to_dict("records"):
-        row, win = decide(post, boxes.get(post["image_id"], []), p)
-        rows.append(row)
-        if win is not None:
-            windows[row["image_id"]] = win
-    log.info("filter: %d images, %d to crop", len(rows), len(windows))
+    table, crop_boxes = _decide_all(posts, _boxes_by_image(det), p)
+    del det
+    log.info("filter: %d images, %d to crop", table.num_rows, len(crop_boxes))
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp_dir = out / ".shards.tmp"
     if tmp_dir.exists():
         shutil.rmtree(tmp_dir)
-    tasks = _tasks(posts, windows, Path(raw) / "shards", p, images_p)
-    failures = _write_crops(tasks, tmp_dir, p.shard_size, len(windows))
-    for row in rows:
-        fail = failures.get(row["image_id"])
-        if fail is None:
-            continue
-        if fail[2] in ("missing", "size_changed"):
-            raise StageError(f"image {row['image_id']} {fail[3]}: data/raw is inconsistent; re-run scrape")
-        # scrape decoded these bytes; they fail now only if images.max_pixels changed in between.
-        log.warning("image %s no longer decodes (%s: %s)", row["image_id"], fail[2], fail[3])
-        row.update({name: None for name in (*_GEOMETRY_COLS, *_BOX_COLS, "confidence", "num_dogs")})
-        row.update(kept=False, reason="decode_error")
+    tasks = _tasks(posts, crop_boxes, Path(raw) / "shards", p, images_p)
+    failures = _write_crops(tasks, tmp_dir, p.shard_size, len(crop_boxes))
+    table = _mark_failures(table, failures)
     _replace_dir(tmp_dir, out / "shards")
-    tables.write_table("filter", rows, out / "filter.parquet")
-    _log_counts(rows)
+    tables.write_table("filter", table, out / "filter.parquet")
+    _log_counts(table)
 
 
-def _log_counts(rows: list[dict[str, Any]]) -> None:
-    counts = collections.Counter(r["reason"] or "kept" for r in rows)
-    entered, kept = len(rows), counts.pop("kept", 0)
+def _log_counts(table: pa.Table) -> None:
+    counts = collections.Counter(r or "kept" for r in table.column("reason").to_pylist())
+    entered, kept = table.num_rows, counts.pop("kept", 0)
     log.info("filter: %d entered, %d kept; rejected %s", entered, kept,
              ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
