@@ -246,7 +246,7 @@ def run(p: FilterParams, images_p: ImagesParams, raw: Path, detections: Path, ou
     """Write out/filter.parquet (every posts row) and out/shards (crops of the kept images)."""
     posts, det = _read_inputs(Path(raw), Path(detections))
     table, crop_boxes = _decide_all(posts, _boxes_by_image(det), p)
-    del det
+    del det  # before the crop pool forks: workers need none of it
     log.info("filter: %d images, %d to crop", table.num_rows, len(crop_boxes))
 
     out = Path(out)
