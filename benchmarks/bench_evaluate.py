@@ -1,7 +1,8 @@
 """Benchmark: wall time of the evaluate stage on CPU: generation, feature extraction and FID/KID.
 
-A demo-config generator at 64 px with random weights (speed does not depend on training) and a
-dataset zip of smooth random pictures packed by the dataset stage's own `write_zip`. Wall seconds
+A demo-config generator at 64 px, trained for one minibatch by the real training loop (speed does not
+depend on training), and a dataset zip of smooth random pictures packed by the dataset stage's own
+`write_zip`. Wall seconds
 (time.perf_counter), median over --repeats runs after a warm-up, torch and numpy's BLAS on one thread
 each by default (--threads; OPENBLAS_NUM_THREADS); figures are ratios against a baseline measured in the
 same run:
@@ -49,8 +50,9 @@ from corgigan.errors import StageError
 from corgigan.params import EvaluateParams
 from corgigan.stages import dataset as dataset_stage
 from corgigan.stages import evaluate
-from corgigan.stylegan2 import configs, snapshot
+from corgigan.stylegan2 import configs
 from corgigan.stylegan2.data import dataset_hash
+from corgigan.stylegan2.loop import training_loop
 
 log = logging.getLogger("bench_evaluate")
 
@@ -73,30 +75,14 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 # ---- fixtures -----------------------------------------------------------------------------------
 
-def demo_generator(resolution: int) -> tuple[torch.nn.Module, configs.TrainingConfig]:
-    """The demo config's G at `resolution`, randomly initialised, in eval mode on the CPU."""
-    torch.manual_seed(0)
+def train_snapshot(data: Path, run_dir: Path, resolution: int) -> tuple[torch.nn.Module, Path]:
+    """One minibatch of the real training loop on `data` (demo config): its snapshot, loaded as the
+    stage loads it. Speed does not depend on training, so one step is enough."""
     cfg = configs.make_config("demo", resolution)
-    G, _ = configs.build_networks(cfg)
-    return G.eval().requires_grad_(False), cfg
-
-
-def write_snapshot(folder: Path, G: torch.nn.Module, cfg: configs.TrainingConfig, data_hash: str,
-                   num_images: int) -> Path:
-    """A loadable snapshot of G (as G_ema) for `evaluate.run`; optimiser and D entries are placeholders."""
-    nimg = 1000
-    state = {
-        "format": snapshot.SNAPSHOT_FORMAT, "config": configs.config_to_dict(cfg), "run": {"seed": 0},
-        "dataset": {"hash": data_hash, "resolution": cfg.resolution, "num_channels": 3, "label_dim": 0,
-                    "num_images": num_images},
-        "progress": {"nimg": nimg, "batch_idx": nimg // cfg.batch, "tick": 1},
-        "G": G.state_dict(), "D": {}, "G_ema": G.state_dict(), "G_opt": {}, "D_opt": {},
-        "augment_p": 0.0, "ada_signs": [0.0, 0.0], "pl_mean": 0.0, "rng": snapshot.capture_rng(),
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / snapshot.snapshot_name(nimg)
-    snapshot.save_snapshot(path, state)
-    return path
+    path = training_loop(data, run_dir, cfg, kimg=cfg.batch / 1000, snapshot_kimg=cfg.batch / 1000,
+                         seed=0, augment="none", workers=0, device="cpu")
+    G, _ = generate.load(path, CPU)
+    return G, path
 
 
 def smooth_picture(rng: np.random.Generator, side: int) -> Image.Image:
@@ -279,20 +265,19 @@ def main() -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""   # evaluate.run picks cuda when it sees one; this is a CPU bench
     if args.threads:
         torch.set_num_threads(args.threads)
-    G, cfg = demo_generator(args.resolution)
     base = params.load(ROOT / "params.yaml").evaluate
-    log.info("demo G at %d px (%.2fM parameters), %d images, %d torch threads, torch %s, wall seconds",
-             cfg.resolution, sum(t.numel() for t in G.parameters()) / 1e6, args.images,
-             torch.get_num_threads(), torch.__version__)
-    log.info("load average %.2f on %d CPUs (wall times grow with other work on the machine)",
-             os.getloadavg()[0], os.cpu_count() or 0)
     found = extractors(args.inception)
-    throughput(G, found, args.images, base.batch, args.repeats)
     with tempfile.TemporaryDirectory(prefix="bench_evaluate-") as tmp_name:
         tmp = Path(tmp_name)
         data = write_dataset(tmp, args.images, args.resolution)
         run_dir = tmp / "run"
-        write_snapshot(run_dir, G, cfg, dataset_hash(data), args.images)
+        G, _ = train_snapshot(data, run_dir, args.resolution)
+        log.info("demo G at %d px (%.2fM parameters), %d images, %d torch threads, torch %s, wall seconds",
+                 G.img_resolution, sum(t.numel() for t in G.parameters()) / 1e6, args.images,
+                 torch.get_num_threads(), torch.__version__)
+        log.info("load average %.2f on %d CPUs (wall times grow with other work on the machine)",
+                 os.getloadavg()[0], os.cpu_count() or 0)
+        throughput(G, found, args.images, base.batch, args.repeats)
         for ex in found:
             p = dataclasses.replace(base, num_images=args.images, features=ex.name,
                                     inception_path=args.inception or base.inception_path,

@@ -45,9 +45,10 @@ def run(args: list[str], cwd: Path, env: dict[str, str], check: bool = True,
 def stricter_cover(repo: Path) -> float:
     """A filter.min_cover that rejects about half of the images the repo's last run kept (their median
     cover), so an experiment with it changes the funnel but still leaves a dataset to train on."""
-    import pandas as pd
+    from corgigan import tables
 
-    table = pd.read_parquet(repo / "data" / "interim" / "filter" / "filter.parquet")
+    table = tables.read_table("filter", repo / "data" / "interim" / "filter" / "filter.parquet",
+                              columns=["kept", "cover"])
     return round(float(table.loc[table["kept"], "cover"].median()), 4)
 
 
