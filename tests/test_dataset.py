@@ -116,11 +116,23 @@ def test_stale_dedup_is_refused(params_file, tmp_path):
     assert not (out / "z.zip").exists()
 
 
-def test_nothing_kept_still_packs_and_counts(params_file, tmp_path):
-    make_raw(tmp_path, [Spec("nodog", (200, 150), [], seed=6)])
+def test_thresholds_that_reject_everything_stop_at_the_dataset_stage(params_file, tmp_path, caplog):
+    make_raw(tmp_path, [Spec("nodog", (200, 150), [], seed=6), Spec("tiny", (200, 150),
+                                                                     [(90, 70, 100, 80, 0.9)], seed=10)])
     out = tmp_path / "run"
-    _pipeline(params_file, tmp_path, out)
-    funnel = json.loads((out / "funnel.json").read_text())
-    assert (funnel["entered"], funnel["kept"], funnel["rejected"]["no_dog"]) == (1, 0, 1)
-    with zipfile.ZipFile(out / "corgis.zip") as zf:
-        assert zf.namelist() == ["dataset.json"]
+    args = ["--params", str(params_file)]
+    assert main([*args, "filter", "--raw", str(tmp_path / "raw"), "--detections",
+                 str(tmp_path / "detections.parquet"), "--out", str(out / "filter")]) == 0
+    assert main([*args, "dedup", "--crops", str(out / "filter"), "--out", str(out / "dedup.parquet")]) == 0
+    rc = main([*args, "dataset", "--raw", str(tmp_path / "raw"), "--filtered", str(out / "filter"),
+               "--dedup", str(out / "dedup.parquet"), "--out", str(out / "corgis.zip"),
+               "--funnel", str(out / "funnel.json"), "--figures", str(out / "figures")])
+    assert rc == 2
+    message = caplog.records[-1].getMessage()
+    assert "none of the 2 images survived" in message
+    assert "low_cover 1" in message and "no_dog 1" in message and "filter.min_cover" in message
+    assert not (out / "corgis.zip").exists() and not (out / "funnel.json").exists()
+
+
+def test_every_reason_names_the_params_that_loosen_it():
+    assert set(dataset.LOOSEN) == set(tables.REASONS)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import io
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +25,8 @@ from corgigan.images import ShardWriter, encode_png
 from corgigan.params import DetectorParams, DetectParams, ImagesParams
 from corgigan.sources.synthetic import draw_scene
 from corgigan.stages import detect, detector
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = DetectorParams(
     kind="train", pretrained_weights="", dog_class=0, labels="synthetic", stanford_dogs_path="",
@@ -131,6 +138,186 @@ def test_detect_without_detector_or_shards_is_a_stage_error(raw: Path, tmp_path:
         detect.run(DETECT, IMAGES, raw, tmp_path / "nothing", tmp_path / "d.parquet")
     with pytest.raises(StageError, match="corgigan scrape"):
         detect.run(DETECT, IMAGES, tmp_path / "noraw", tmp_path / "nothing", tmp_path / "d.parquet")
+
+
+# ---------------------------------------------------------------- files that must not run code when read
+
+
+class _OpenMarker:
+    """Unpickling this with plain pickle runs code: it opens (creates) `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open, (str(self.marker), "w")
+
+
+def _touching_yaml(marker: Path) -> dict[str, Any]:
+    """yolo11n's model yaml whose activation, eval()ed by ultralytics when it builds the model, runs code."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    cfg = copy.deepcopy(DetectionModel("yolo11n.yaml", nc=1, verbose=False).yaml)
+    cfg["activation"] = f"__import__('pathlib').Path({str(marker)!r}).touch() or nn.SiLU()"
+    return cfg
+
+
+class _CallsDetectionModel:
+    """Pickles as a call of DetectionModel(cfg): an allowed class, but calling it runs its __init__.
+
+    `through_torch`: the call goes through torch._tensor._rebuild_from_type_v2, one of torch's own
+    weights_only globals, which calls its first argument.
+    """
+
+    def __init__(self, cfg: dict[str, Any], through_torch: bool = False) -> None:
+        self.cfg, self.through_torch = cfg, through_torch
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        from ultralytics.nn.tasks import DetectionModel
+
+        if self.through_torch:
+            return torch._tensor._rebuild_from_type_v2, (DetectionModel, torch.Tensor, (self.cfg,), {})
+        return DetectionModel, (self.cfg,)
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A detector folder as the detector stage writes it, of an untrained one-class yolo11n (no training)."""
+    detection.setup_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    out = tmp_path_factory.mktemp("untrained")
+    model = DetectionModel("yolo11n.yaml", nc=1, verbose=False)
+    model.names = {0: "dog"}
+    detection.save_detector(model.eval(), out, {"kind": "train", "dog_class": 0})
+    return out
+
+
+def test_pretrained_in_ultralytics_own_format_is_accepted(tmp_path: Path) -> None:
+    detection.setup_ultralytics()
+    from ultralytics import YOLO
+
+    weights = tmp_path / "yolo11n.pt"
+    YOLO("yolo11n.yaml").save(weights)      # ultralytics' own writer: dates, half weights, train args
+    out = tmp_path / "out"
+    detector.run(dataclasses.replace(TINY, kind="pretrained", pretrained_weights=str(weights), dog_class=16),
+                 out)
+    assert json.loads((out / detection.META_FILE).read_text())["dog_class"] == 16
+    model = detection.build_model(out)
+    assert len(model.names) == 80
+    want = torch.load(weights, weights_only=False)["model"].float().state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("payload", ["global", "called_class", "called_after_use", "passed_on", "model_yaml",
+                                     "layer"])
+def test_pretrained_weights_with_a_payload_are_refused_without_running_it(
+        tmp_path: Path, payload: str) -> None:
+    detection.setup_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    marker = tmp_path / "ran"
+    if payload == "global":
+        ckpt: dict[str, Any] = {"model": _OpenMarker(marker), "train_args": {"task": "detect"}}
+        match = r"refused.*open.*Nothing from it ran"
+    elif payload == "called_class":
+        ckpt = {"model": _CallsDetectionModel(_touching_yaml(marker))}
+        match = r"refused.*DetectionModel \(called"
+    elif payload == "called_after_use":     # the class stored properly once, then called (pickle memo)
+        ckpt = {"model": DetectionModel("yolo11n.yaml", nc=1, verbose=False),
+                "ema": _CallsDetectionModel(_touching_yaml(marker))}
+        match = r"refused.*DetectionModel \(called"
+    elif payload == "passed_on":
+        ckpt = {"model": _CallsDetectionModel(_touching_yaml(marker), through_torch=True)}
+        match = r"refused.*DetectionModel \(called or passed on"
+    else:
+        model = DetectionModel("yolo11n.yaml", nc=1, verbose=False)
+        if payload == "model_yaml":
+            model.yaml = _touching_yaml(marker)
+            match = r"activation .*is not a torch.nn module"
+        else:       # a layer named after a function of ultralytics.nn.tasks (its own unrestricted loader)
+            model.yaml = copy.deepcopy(model.yaml)
+            model.yaml["backbone"][0] = [-1, 1, "torch_safe_load", [str(tmp_path / "other.pt")]]
+            match = r"names 'torch_safe_load', which is not a layer"
+        ckpt = {"model": model, "train_args": {"task": "detect"}}
+    weights = tmp_path / "evil.pt"
+    torch.save(ckpt, weights)
+    with pytest.raises(StageError, match=match):
+        detector.run(dataclasses.replace(TINY, kind="pretrained", pretrained_weights=str(weights)),
+                     tmp_path / "out")
+    assert not marker.exists()
+    assert not (tmp_path / "out" / detection.WEIGHTS_FILE).exists()
+
+
+def test_pretrained_weights_damaged_or_foreign(tmp_path: Path) -> None:
+    detection.setup_ultralytics()
+    from ultralytics import YOLO
+
+    weights = tmp_path / "yolo11n.pt"
+    YOLO("yolo11n.yaml").save(weights)
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    params = dataclasses.replace(TINY, kind="pretrained", pretrained_weights=str(weights))
+    with pytest.raises(StageError, match=r"not a loadable ultralytics weight file \(its zip archive cannot"):
+        detector.run(params, tmp_path / "out")
+    weights.write_text("not weights")
+    with pytest.raises(StageError, match=r"not a loadable ultralytics weight file \(not a torch.save zip"):
+        detector.run(params, tmp_path / "out")
+    torch.save({"weights": torch.zeros(2)}, weights)
+    with pytest.raises(StageError, match=r"not a loadable ultralytics weight file \(it holds no model"):
+        detector.run(params, tmp_path / "out")
+
+
+def _break_detector(folder: Path, case: str, marker: Path) -> None:
+    weights, meta = folder / detection.WEIGHTS_FILE, folder / detection.META_FILE
+    if case == "payload":
+        torch.save({"format_version": detection.FORMAT_VERSION, "names": {0: "dog"}, "yaml": {},
+                    "state_dict": {}, "extra": _OpenMarker(marker)}, weights)
+    elif case == "model_yaml":       # plain data (weights_only loads it), but its yaml runs code when built
+        ckpt = torch.load(weights, weights_only=True)
+        ckpt["yaml"] = _touching_yaml(marker)
+        torch.save(ckpt, weights)
+    elif case == "truncated":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif case == "no_dog_class":
+        m = json.loads(meta.read_text())
+        del m["dog_class"]
+        meta.write_text(json.dumps(m))
+    elif case == "meta_not_json":
+        meta.write_text("{not json")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("payload", "not a corgigan detector (it refers to"),
+    ("model_yaml", "activation"),
+    ("truncated", "not a corgigan detector (its archive cannot be read"),
+    ("no_dog_class", "no dog_class"),
+])
+def test_detect_cli_bad_detector_is_one_clear_line(untrained: Path, raw: Path, tmp_path: Path,
+                                                   cli_env: dict[str, str], case: str, message: str) -> None:
+    folder = tmp_path / "detector"
+    shutil.copytree(untrained, folder)
+    marker = tmp_path / "ran"
+    _break_detector(folder, case, marker)
+    out = tmp_path / "d.parquet"
+    proc = subprocess.run([sys.executable, "-m", "corgigan.cli", "--params", str(ROOT / "params.yaml"),
+                           "detect", "--raw", str(raw), "--detector", str(folder), "--out", str(out)],
+                          capture_output=True, text=True, env=cli_env, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and message in errors[0] and "corgigan detector" in errors[0], proc.stderr
+    assert "weights_only=False" not in proc.stderr
+    assert not marker.exists() and not out.exists()
+
+
+def test_detect_meta_not_json_is_a_stage_error(untrained: Path, raw: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "detector"
+    shutil.copytree(untrained, folder)
+    _break_detector(folder, "meta_not_json", tmp_path / "ran")
+    with pytest.raises(StageError, match=r"meta.json: not JSON.*corgigan detector"):
+        detect.run(DETECT, IMAGES, raw, folder, tmp_path / "d.parquet")
 
 
 def _voc(path: Path, width: int, height: int, boxes: list[tuple[int, int, int, int]]) -> None:

@@ -51,7 +51,8 @@ def test_evaluate_writes_metrics_figures_and_fid_per_snapshot(trained: tuple[Pat
     for name in ("grid.png", "truncation.png", "mixing.png", "interpolation.mp4", "interpolation.gif"):
         assert (figures / name).stat().st_size > 0, name
     assert Image.open(figures / "grid.png").size == (3 * 8, 3 * 8)        # 8 seeds in a 3x3 grid, 8 px
-    assert Image.open(figures / "truncation.png").size == (6 * 8, 4 * 8)  # 4 seeds x 6 psi
+    width, height = Image.open(figures / "truncation.png").size          # 4 seeds x 6 psi, labelled
+    assert width > 6 * 8 and height == generate.LABEL_BAND + 4 * 8
     per_snapshot = json.loads((figures / "fid_vs_kimg.json").read_text())
     assert [r["kimg"] for r in per_snapshot] == pytest.approx([0.008, 0.016])
 
@@ -71,6 +72,20 @@ def test_truncation_zero_gives_one_image_for_all_seeds(trained: tuple[Path, Path
     assert imgs.dtype == np.uint8 and imgs.shape == (3, 8, 8, 3)
     assert np.array_equal(imgs[0], imgs[1]) and np.array_equal(imgs[0], imgs[2])
     assert not np.array_equal(*generate.generate_images(G, [0, 1], psi=1.0))
+
+
+def test_truncation_and_mixing_figures_carry_labels(trained: tuple[Path, Path]) -> None:
+    G, _ = generate.load(trained[1], generate.pick_device("cpu"))
+    sweep = generate.truncation_sweep(G, [0, 1], psis=(1.0, 0.5))
+    plain = generate.image_grid(generate.generate_images(G, [0], 1.0), cols=1)
+    band = generate.LABEL_BAND
+    assert sweep.height == band + 2 * 8 and sweep.width > 2 * 8         # label strips above and left
+    left = sweep.width - 2 * 8
+    assert np.array_equal(np.asarray(sweep)[band:band + 8, left:left + 8], np.asarray(plain))
+    header = np.asarray(sweep)[:band, left:]
+    assert (header < 128).any()                                       # the psi labels are drawn
+    mixing = generate.style_mixing(G, [0, 1], [2, 3])
+    assert mixing.size[1] == band + 3 * 8 and (np.asarray(mixing)[:band] < 128).any()
 
 
 @pytest.mark.parametrize(("what", "expected"), [
@@ -110,7 +125,7 @@ def test_empty_dataset_and_missing_inception_weights(trained: tuple[Path, Path],
     empty = tmp_path / "empty.zip"
     with zipfile.ZipFile(empty, "w") as zf:
         zf.writestr("dataset.json", '{"labels": null}')
-    with pytest.raises(evaluate.StageError, match="0 images"):
+    with pytest.raises(evaluate.StageError, match="holds no PNG images"):
         evaluate.run(PARAMS, trained[1], empty, tmp_path / "m.json", tmp_path / "f")
     inception = EvaluateParams(**{**PARAMS.__dict__, "features": "inception",
                                   "inception_path": str(tmp_path / "inception-2015-12-05.pt")})

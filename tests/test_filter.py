@@ -35,7 +35,7 @@ class Spec:
     name: str
     size: tuple[int, int]
     boxes: list[tuple[float, float, float, float, float]] = dataclasses.field(default_factory=list)
-    kind: str = "jpeg"          # jpeg | png | bytes (stored as given in `data`)
+    kind: str = "jpeg"          # jpeg | png | bytes (stored as given in `data`) | refused (never read)
     data: bytes = b""
     seed: int = 0
     exif_orientation: int = 0   # 0: none
@@ -75,14 +75,18 @@ def make_raw(root: Path, specs: list[Spec], shard_size: int = 4) -> Path:
     dets: list[dict[str, Any]] = []
     with images.ShardWriter(raw / "shards", shard_size) as writer:
         for spec in specs:
-            data, ext = encode(spec)
             iid = image_id(spec.name)
-            shard = writer.add(iid, data, ext)
-            try:
-                img, fmt = images.decode(data, IMAGES.max_pixels), ext[1:].upper()
-                status, detail, (w, h) = "ok", None, img.size
-            except images.DecodeError as e:
-                status, detail, fmt, (w, h) = e.status, e.detail, None, (None, None)
+            if spec.kind == "refused":   # as scrape records an entry the source refused: no bytes stored
+                data, shard, fmt, (w, h) = b"", None, None, (None, None)
+                status, detail = "refused", "zip member escapes the archive folder"
+            else:
+                data, ext = encode(spec)
+                shard = writer.add(iid, data, ext)
+                try:
+                    img, fmt = images.decode(data, IMAGES.max_pixels), ext[1:].upper()
+                    status, detail, (w, h) = "ok", None, img.size
+                except images.DecodeError as e:
+                    status, detail, fmt, (w, h) = e.status, e.detail, None, (None, None)
             posts.append({"image_id": iid, "source": "test", "source_id": spec.name, "url": None,
                           "owner": None, "timestamp": datetime(2024, 1, 1, tzinfo=UTC), "likes": None,
                           "width": w, "height": h, "format": fmt, "sha256": images.sha256(data),
@@ -105,6 +109,7 @@ CASES: list[tuple[Spec, str | None]] = [
     (Spec("kept_weak_extra", (200, 150), [(60, 40, 120, 100, 0.9), (0, 0, 20, 20, 0.2)], seed=4), None),
     (Spec("undecodable", (0, 0), [], kind="bytes", data=b"this is not an image"), "decode_error"),
     (Spec("empty", (0, 0), [], kind="bytes", data=b""), "decode_error"),
+    (Spec("escape", (0, 0), [], kind="refused"), "refused"),
     (Spec("small", (90, 200), [(10, 10, 80, 80, 0.9)], seed=5), "too_small"),
     (Spec("nodog", (200, 150), [], seed=6), "no_dog"),
     (Spec("unsure", (200, 150), [(60, 40, 120, 100, 0.3)], seed=7), "low_confidence"),

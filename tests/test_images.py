@@ -133,6 +133,18 @@ def test_max_pixels_param_checked_on_header() -> None:
     assert decode(data, 6_000_000).size == (3000, 2000)
 
 
+def test_max_pixels_above_pillows_own_limit_is_honoured(monkeypatch) -> None:
+    # Pillow refuses images above twice its MAX_IMAGE_PIXELS: with a limit below images.max_pixels, the
+    # param must still decide (and a refusal must quote the param, not Pillow's number).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    data = bomb_png(100, 50)                                 # 5000 px: over 2 x 1000
+    assert decode(data, 6000).size == (100, 50)
+    with pytest.raises(DecodeError) as e:
+        decode(data, 4000)
+    assert e.value.status == "too_large" and "images.max_pixels=4000" in e.value.detail
+    assert Image.MAX_IMAGE_PIXELS == 1000                    # Pillow's own setting is left as it was
+
+
 @pytest.mark.parametrize(("make", "statuses"), [
     (lambda j: b"", {"empty"}),
     (lambda j: b"<html>429 Too Many Requests</html>", {"not_image"}),

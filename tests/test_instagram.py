@@ -459,6 +459,51 @@ def test_not_a_session_file(server, tmp_path):
         list(make_source(server, tmp_path / "cache", bad).items())
 
 
+class _Payload:
+    """Unpickling this runs code: it opens (creates) `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open, (str(self.marker), "w")
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_session_file_with_a_payload_is_refused_without_running_it(server, tmp_path, protocol):
+    marker = tmp_path / "ran"
+    cookies = {"sessionid": "s3cr3t", "csrftoken": "tok", "ds_user_id": "4242", "mid": _Payload(marker)}
+    bad = tmp_path / "session-evil"
+    bad.write_bytes(pickle.dumps(cookies, protocol=protocol))
+    server.pages["corgi"] = [[image_node(server, "S", 1)]]
+    with pytest.raises(StageError, match=r"not an instaloader session file.*open.*instaloader --login"):
+        list(make_source(server, tmp_path / "cache", bad).items())
+    assert not marker.exists()
+    assert server.total_requests() == 0
+
+
+def test_session_file_of_another_shape_is_refused(server, tmp_path):
+    bad = tmp_path / "session-list"
+    bad.write_bytes(pickle.dumps(["sessionid", "csrftoken"]))
+    with pytest.raises(StageError, match=r"not an instaloader session file \(it holds a list"):
+        list(make_source(server, tmp_path / "cache", bad).items())
+    bad.write_bytes(pickle.dumps({"sessionid": "s", "csrftoken": 7}))
+    with pytest.raises(StageError, match=r"not an instaloader session file \(cookie 'csrftoken'"):
+        list(make_source(server, tmp_path / "cache", bad).items())
+
+
+def test_session_file_written_by_instaloader_logs_in(server, tmp_path):
+    # instaloader's own writer (what `instaloader --login` ends with), not a hand-made pickle.
+    context = InstaloaderContext(quiet=True)
+    context.load_session("tester", {"sessionid": "s3cr3t", "csrftoken": "tok", "ds_user_id": "4242"})
+    path = tmp_path / "session-tester"
+    with path.open("wb") as f:
+        context.save_session_to_file(f)
+    server.pages["corgi"] = [[image_node(server, "S", 1)]]
+    items = list(make_source(server, tmp_path / "cache", path).items())
+    assert [it.source_id for it in items] == ["S_0"]
+
+
 def test_hashtag_without_login_is_refused_before_any_request(server, tmp_path):
     # An anonymous cookie jar (empty sessionid): Instagram lists hashtags only for logged-in users.
     anonymous = tmp_path / "session-anon"

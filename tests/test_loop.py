@@ -6,11 +6,16 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
+from corgigan.curves import draw_curves
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.loop import Hooks, TrainingError, ema_beta, make_optimizer, training_loop
 from corgigan.stylegan2.loss import StyleGAN2Loss, path_lengths, pl_mean_update, r1_penalty
@@ -144,6 +149,43 @@ def test_resume_continues_bit_identically(tmp_path, data):
     assert training_loop(data[0], tmp_path / "split", cfg, kimg=0.032, snapshot_kimg=0.016, **KW) == resumed
 
 
+_RUN_IN_A_FRESH_PROCESS = """
+import sys
+import torch
+from corgigan.stylegan2.loop import training_loop
+from tests.test_loop import KW
+from tests.test_snapshot import tiny_config
+torch.set_num_threads(1)
+training_loop(sys.argv[1], sys.argv[2], tiny_config(), kimg=0.008, snapshot_kimg=0.008, **KW)
+"""
+
+
+def test_identical_runs_in_two_processes_write_identical_bytes(tmp_path, data):
+    # Each process starts with its own OS-seeded numpy and python generators, whose states the snapshot
+    # stores: only seeding all of them makes DVC hashes of two identical runs agree.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src")]))
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", _RUN_IN_A_FRESH_PROCESS, str(data[0]), str(tmp_path / name)],
+                       check=True, env=env, cwd=ROOT, timeout=300)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert snapshot_name(8) in files and files == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_leftover_temp_files_of_a_killed_write_are_removed_on_restart(tmp_path, data):
+    run_dir = tmp_path / "run"
+    training_loop(data[0], run_dir, tiny_config(), kimg=0.004, snapshot_kimg=0.004, **KW)
+    # What a SIGKILL during save_snapshot / save_image_grid leaves behind (atomic_file's temp names).
+    leftovers = [run_dir / f".{snapshot_name(8)}.k2j4x.tmp", run_dir / f".{grid_name(8)}.a8qz1.tmp"]
+    for p in leftovers:
+        p.write_bytes(b"half a file")
+    training_loop(data[0], run_dir, tiny_config(), kimg=0.008, snapshot_kimg=0.004, **KW)
+    assert not any(p.exists() for p in leftovers)
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
+    assert [n for n, _ in list_snapshots(run_dir)] == [4, 8]
+
+
 def test_snapshot_of_other_data_is_not_resumed(tmp_path, data, caplog):
     cfg = tiny_config()
     run_dir = tmp_path / "run"
@@ -205,6 +247,10 @@ def test_stage_writes_snapshots_and_dvclive_metrics_and_resumes(tmp_path, data):
     summary = json.loads((metrics / "metrics.json").read_text())
     assert summary["step"] == 2 and summary["Progress"]["kimg"] == 0.016
     assert len((metrics / "plots/metrics/Loss/G/loss.tsv").read_text().splitlines()) == 3  # header + 2 ticks
+    curves = metrics / train.CURVES                     # the same curves as a picture, x in kimg
+    assert Image.open(curves).size == (800, 480)
+    assert draw_curves(metrics / "plots/metrics", tmp_path / "again.png")
+    assert (tmp_path / "again.png").read_bytes() == curves.read_bytes()
     # As if a killed run had logged tick 3 after its last snapshot: resuming logs tick 3 again, once.
     history = metrics / "plots/metrics/Loss/G/loss.tsv"
     history.write_text(history.read_text() + "3\t99.0\n")

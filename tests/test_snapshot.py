@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +92,43 @@ def test_truncated_missing_and_foreign_files(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(SnapshotError, match="not a corgigan"):
         load_snapshot(tmp_path / "other.pt")
+
+
+class _Payload:
+    """Unpickling this runs code: it creates `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_cli_refuses_a_snapshot_with_a_payload_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+    state = fake_state(tiny_config())
+    state["G_ema"] = _Payload(marker)
+    path = tmp_path / snapshot_name(8)
+    torch.save(state, path)
+    proc = subprocess.run([sys.executable, "-m", "corgigan.cli", "generate", "--checkpoint", str(path),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "not a corgigan snapshot" in proc.stderr and "system" in proc.stderr
+    assert "corgigan train" in proc.stderr            # says what a snapshot is
+    assert "weights_only=False" not in proc.stderr     # never passes on torch's advice to run the code
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_files_that_are_not_torch_files(tmp_path):
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(SnapshotError, match=r"not a corgigan snapshot \(not a torch file\).*corgigan train"):
+        load_snapshot(text)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(SnapshotError, match=r"not a corgigan snapshot \(an empty file\)"):
+        load_snapshot(empty)
 
 
 def test_latest_snapshot_and_load_generator(tmp_path):

@@ -92,13 +92,13 @@ def test_bad_zips_give_clear_errors(tmp_path, case, message):
         ZipDataset(path)
 
 
-def test_image_of_another_size_is_named(tmp_path):
+def test_image_of_another_size_is_named_before_any_is_read(tmp_path):
+    # Checked on every member's header up front: a run stops at once, not when the sampler draws it.
     path = write_dataset(tmp_path / "d.zip", n=2, res=8)
     with zipfile.ZipFile(path, "a") as zf:
         zf.writestr("zzz.png", png_bytes(np.zeros((16, 16, 3), np.uint8)))
-    ds = ZipDataset(path)
-    with pytest.raises(DatasetError, match="zzz.png"):
-        ds[2]
+    with pytest.raises(DatasetError, match="zzz.png: 16x16 RGB differs from the first image"):
+        ZipDataset(path)
 
 
 def test_dataset_hash_is_sha256_of_the_file(tmp_path):

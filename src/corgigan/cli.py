@@ -14,8 +14,19 @@ from pathlib import Path
 
 from corgigan import params as params_mod
 from corgigan.errors import StageError
+from corgigan.stylegan2.data import DatasetError
+from corgigan.stylegan2.loop import TrainingError
+from corgigan.stylegan2.ops.build import CudaOpsError
+from corgigan.stylegan2.snapshot import SnapshotError
+from corgigan.tables import REASONS, SchemaError
 
 log = logging.getLogger("corgigan")
+
+# Failures a user can fix, each raised with a message that says how: one line and rc 2, no traceback.
+# Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (
+    params_mod.ParamsError, StageError, SchemaError, DatasetError, SnapshotError, TrainingError, CudaOpsError,
+)
 
 # stage -> (help, [(argument, help)]); every argument is a required path.
 STAGES: dict[str, tuple[str, list[tuple[str, str]]]] = {
@@ -80,18 +91,33 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, args) in STAGES.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=_stage_description(name, help_text),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         for arg, arg_help in args:
             p.add_argument(arg, type=Path, required=True, help=arg_help)
-    g = sub.add_parser("generate", help="images, truncation sweep, style mixing or video from a snapshot")
+    what = "images, truncation sweep, style mixing or video from a snapshot"
+    g = sub.add_parser("generate", help=what, description=f"Draw {what}. Latents come from the seeds: the "
+                       "same seed gives the same image on any machine.")
     g.add_argument("--checkpoint", type=Path, required=True, help="snapshot file or checkpoint folder")
     g.add_argument("--out", type=Path, required=True, help="output folder")
-    g.add_argument("--what", choices=["images", "truncation", "mixing", "video"], default="images")
-    g.add_argument("--seeds", default="0-7", help="seeds: '0-7' or '1,5,9'")
-    g.add_argument("--psi", type=float, default=1.0, help="truncation psi")
-    g.add_argument("--frames", type=int, default=48, help="video frames")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    g.add_argument("--what", choices=["images", "truncation", "mixing", "video"], default="images",
+                   help="images: one PNG per seed; truncation: rows of psi; mixing: style-mixing grid; "
+                   "video: interpolation through the seeds (default: %(default)s)")
+    g.add_argument("--seeds", default="0-7", help="seeds: '0-7', '1,5,9' or a mix (default: %(default)s)")
+    g.add_argument("--psi", type=float, default=1.0, help="truncation psi, 1 for none (default: %(default)s)")
+    g.add_argument("--frames", type=int, default=48, help="video frames (default: %(default)s)")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     return parser
+
+
+def _stage_description(name: str, help_text: str) -> str:
+    """A stage's --help text: what it does, the params.yaml sections it reads, and filter's reasons."""
+    lines = [help_text[0].upper() + help_text[1:] + ".", "",
+             f"Reads params.yaml sections: {', '.join(SECTIONS[name])}."]
+    if name == "filter":
+        lines += ["", "Rejection reasons (filter.parquet `reason`; dedup adds `duplicate`):"]
+        lines += [f"  {reason:<15} {why}" for reason, why in REASONS.items() if reason != "duplicate"]
+    return "\n".join(lines)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -99,13 +125,18 @@ def parse_seeds(text: str) -> list[int]:
     seeds: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            seeds.extend(range(int(lo), int(hi) + 1))
-        elif part:
-            seeds.append(int(part))
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise StageError(f"--seeds {text!r}: range {part} runs backwards (write {hi}-{lo})")
+                seeds.extend(range(lo, hi + 1))
+            elif part:
+                seeds.append(int(part))
+        except ValueError:
+            raise StageError(f"--seeds {text!r}: {part!r} is not a seed; use '0-7' or '1,5,9'") from None
     if not seeds:
-        raise ValueError(f"no seeds in {text!r}")
+        raise StageError(f"--seeds {text!r}: no seeds; use '0-7' or '1,5,9'")
     return seeds
 
 
@@ -126,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         paths = {a.lstrip("-"): getattr(args, a.lstrip("-")) for a, _ in STAGES[args.command][1]}
         stage = importlib.import_module(f"corgigan.stages.{args.command}")
         stage.run(*sections, **paths)
-    except (params_mod.ParamsError, StageError) as e:
+    except EXPECTED_ERRORS as e:
         log.error("%s", e)
+        return 2
+    except OSError as e:   # disk full, permission denied, a path that is a folder: the system says why
+        log.error("%s: %s", e.filename or type(e).__name__, e.strerror or e)
         return 2
     return 0
 

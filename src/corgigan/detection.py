@@ -4,6 +4,10 @@ The rest of the project never imports ultralytics. A detector is stored as two f
 ``detector.pt`` (a plain torch.save of the model's state dict, its model yaml and class names, loadable
 with ``weights_only=True``) and ``meta.json``. Ultralytics' own ``.pt`` pickles whole modules and embeds
 a date, so the same weights would hash differently on every save; ours hash the same.
+
+No weight file is trusted: a pretrained ultralytics file is checked before it is unpickled and then read
+with weights_only, and every model yaml, ours included, is checked before ultralytics builds from it,
+because ultralytics evaluates parts of it (yolo_weights.py).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import io
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
@@ -28,6 +33,7 @@ from PIL import Image
 
 from corgigan.errors import StageError
 from corgigan.images import DecodeError, decode, encode_png
+from corgigan.yolo_weights import ZIP_MAGIC, check_model_yaml, read_ultralytics_weights, unsafe_globals
 
 log = logging.getLogger(__name__)
 
@@ -275,23 +281,40 @@ def train(data_yaml: Path, model_cfg: str, *, epochs: int, imgsz: int, batch: in
 
 
 def import_pretrained(weights: str | Path) -> torch.nn.Module:
-    """Load a local ultralytics weight file; nothing is downloaded."""
+    """Load a local ultralytics weight file without running anything from it; nothing is downloaded.
+
+    The file is checked before it is unpickled (see `read_ultralytics_weights`); the model is then rebuilt
+    from its (checked) model yaml and given the file's tensors, so no object from the file is used as code.
+    """
     weights = Path(weights)
     if not weights.is_file():
         raise StageError(f"detector.pretrained_weights: {weights} not found. Put an ultralytics detection "
                          f"weight file (e.g. yolo11n.pt) at that path yourself; nothing is downloaded. Set "
                          f"detector.dog_class to its 'dog' class id (16 for COCO weights).")
     setup_ultralytics()
-    from ultralytics import YOLO
+    from ultralytics.nn.tasks import guess_model_task
 
+    ckpt = read_ultralytics_weights(weights)
+    bad = f"{weights}: not a loadable ultralytics weight file"
+    model = next((m for m in (ckpt.get("ema"), ckpt.get("model")) if isinstance(m, torch.nn.Module)), None)
+    if model is None:
+        raise StageError(f"{bad} (it holds no model); use a detection weight file written by ultralytics")
+    cfg = model.__dict__.get("yaml")
     try:
-        yolo = YOLO(str(weights))
-    except Exception as e:   # ultralytics raises many kinds for a bad file; all mean the same to the user
-        raise StageError(f"{weights}: not a loadable ultralytics weight file "
-                         f"({type(e).__name__}: {e})") from e
-    if yolo.task != "detect":
-        raise StageError(f"{weights}: a {yolo.task} model; the detector needs a detection model")
-    return yolo.model.float().eval()
+        check_model_yaml(cfg)
+        names = _class_names(model.__dict__.get("names"))
+    except ValueError as e:
+        raise StageError(f"{bad} ({e}); use a detection weight file written by ultralytics") from e
+    try:
+        # Read from the module tree directly: state_dict() would call hooks stored in the file.
+        tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    except Exception as e:  # a module tree from the file that is not a well-formed one
+        raise StageError(f"{bad} (its module tree is malformed: {type(e).__name__}); use a detection weight "
+                         f"file written by ultralytics") from e
+    task = guess_model_task(cfg)
+    if task != "detect":
+        raise StageError(f"{weights}: a {task} model; the detector needs a detection model")
+    return _rebuild(cfg, names, tensors, bad)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -335,22 +358,90 @@ def read_meta(detector_dir: Path) -> dict[str, Any]:
     if not meta_path.is_file() or not weights.is_file():
         raise StageError(f"{detector_dir}: no detector ({META_FILE} and {WEIGHTS_FILE}); "
                          f"run `corgigan detector`")
-    return json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StageError(f"{meta_path}: not JSON ({e}); delete {detector_dir} and re-run "
+                         f"`corgigan detector`") from e
+    if not isinstance(meta, dict):
+        raise StageError(f"{meta_path}: not a detector's meta.json (a JSON object); delete {detector_dir} "
+                         f"and re-run `corgigan detector`")
+    return meta
 
 
 def build_model(detector_dir: Path) -> torch.nn.Module:
-    """Rebuild the ultralytics DetectionModel saved in `detector_dir` (float32, eval mode)."""
+    """Rebuild the ultralytics DetectionModel saved in `detector_dir` (float32, eval mode).
+
+    StageError when detector.pt is not one that `save_detector` wrote: damaged, of another format, or
+    holding anything but tensors and plain data (weights_only refuses that, and nothing from it runs).
+    """
     setup_ultralytics()
+    read_meta(detector_dir)
+    path = detector_dir / WEIGHTS_FILE
+    redo = f"delete {detector_dir} and re-run `corgigan detector` (or `dvc pull` it)"
+    not_ours = f"{path}: not a corgigan detector"
+    data = path.read_bytes()
+    try:
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message would advise weights_only=False, i.e. running the file's code: name what it holds.
+        refused = sorted(unsafe_globals(data))
+        what = f"it refers to {', '.join(refused[:3])}" if refused else "not a file of tensors and plain data"
+        raise StageError(f"{not_ours} ({what}; a corgigan detector holds only tensors and plain data, and "
+                         f"nothing in this one was run); {redo}") from e
+    except Exception as e:  # truncated or damaged archives, files that are not torch files at all
+        what = ("its archive cannot be read: truncated or damaged" if data[:4] == ZIP_MAGIC
+                else "not a torch file")
+        raise StageError(f"{not_ours} ({what}); {redo}") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format_version") != FORMAT_VERSION:
+        version = ckpt.get("format_version") if isinstance(ckpt, dict) else None
+        raise StageError(f"{not_ours} (format {version!r}, expected {FORMAT_VERSION}); {redo}")
+    state = ckpt.get("state_dict")
+    try:
+        check_model_yaml(ckpt.get("yaml"))
+        names = _class_names(ckpt.get("names"))
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError("its state_dict is not a dict of tensors")
+    except ValueError as e:
+        raise StageError(f"{not_ours} ({e}); {redo}") from e
+    return _rebuild(ckpt["yaml"], names, state, not_ours, advice=redo)
+
+
+def _class_names(names: Any) -> dict[int, str]:
+    """A model's class names as {id: name}; ValueError unless a mapping (or list) of ids to strings."""
+    if isinstance(names, (list, tuple)):
+        names = dict(enumerate(names))
+    if not isinstance(names, dict) or not names:
+        raise ValueError("it has no class names")
+    out: dict[int, str] = {}
+    for k, v in names.items():
+        if isinstance(k, bool) or not isinstance(k, (int, str)) or not isinstance(v, str):
+            raise ValueError(f"class name {k!r}: {v!r} is not an id and a string")
+        try:
+            out[int(k)] = v
+        except ValueError as e:
+            raise ValueError(f"class id {k!r} is not a number") from e
+    if sorted(out) != list(range(len(out))):
+        raise ValueError(f"class ids are not 0..{len(out) - 1}")
+    return out
+
+
+def _rebuild(cfg: dict[str, Any], names: dict[int, str], tensors: dict[str, torch.Tensor], what: str,
+             advice: str = "use a detection weight file written by ultralytics") -> torch.nn.Module:
+    """A fresh DetectionModel built from `cfg` (already checked) holding `tensors`; StageError on mismatch."""
     from ultralytics.nn.tasks import DetectionModel
 
-    read_meta(detector_dir)
-    ckpt = torch.load(detector_dir / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    if ckpt.get("format_version") != FORMAT_VERSION:
-        raise StageError(f"{detector_dir}: detector format {ckpt.get('format_version')} is not "
-                         f"{FORMAT_VERSION}; re-run `corgigan detector`")
-    names = {int(k): v for k, v in ckpt["names"].items()}
-    model = DetectionModel(cfg=copy.deepcopy(ckpt["yaml"]), nc=len(names), verbose=False)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
+    try:
+        model = DetectionModel(cfg=copy.deepcopy(cfg), nc=len(names), verbose=False)
+        want = model.state_dict()
+        missing = [k for k in want if k not in tensors]
+        wrong = [k for k in want if k in tensors and tuple(tensors[k].shape) != tuple(want[k].shape)]
+        if missing or wrong:
+            raise ValueError(f"its weights do not fit its own model yaml ({len(missing)} missing, "
+                             f"{len(wrong)} of another shape, e.g. {(missing + wrong)[0]})")
+        model.load_state_dict({k: tensors[k] for k in want}, strict=True)
+    except Exception as e:  # a yaml that passed the check can still describe an unbuildable network
+        raise StageError(f"{what} ({type(e).__name__}: {e}); {advice}") from e
     model.names = names
     return model.float().eval()
 

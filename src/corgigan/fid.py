@@ -11,7 +11,6 @@ Two feature sets:
 from __future__ import annotations
 
 import logging
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,10 @@ import torch
 from cleanfid import fid as cfid
 from cleanfid.inception_torchscript import InceptionV3W
 from cleanfid.resize import make_resizer
-from PIL import Image
 from tqdm import tqdm
 
 from corgigan.errors import StageError
+from corgigan.stylegan2.data import DatasetError, ZipDataset
 from corgigan.tables import atomic_path
 
 log = logging.getLogger(__name__)
@@ -71,22 +70,12 @@ def build_extractor(features: str, inception_path: str | Path, device: torch.dev
     return Extractor("inception", make_resizer("PIL", False, "bicubic", (299, 299)), net, device)
 
 
-def iter_zip_images(path: str | Path, batch: int) -> Iterator[np.ndarray]:
-    """Yield batches of uint8 RGB images [n, H, W, 3] from a dataset zip, in sorted member order."""
-    with zipfile.ZipFile(path) as zf:
-        names = sorted(n for n in zf.namelist() if n.lower().endswith(".png"))
-        for i in range(0, len(names), batch):
-            imgs = []
-            for name in names[i:i + batch]:
-                with zf.open(name) as f:
-                    imgs.append(np.asarray(Image.open(f).convert("RGB")))
-            yield np.stack(imgs)
-
-
-def zip_image_count(path: str | Path) -> int:
-    """Number of PNG images in a dataset zip."""
-    with zipfile.ZipFile(path) as zf:
-        return sum(n.lower().endswith(".png") for n in zf.namelist())
+def iter_dataset_images(dataset: ZipDataset, batch: int) -> Iterator[np.ndarray]:
+    """Yield batches of uint8 RGB images [n, H, W, 3] of a dataset zip, in its (sorted) member order."""
+    for i in range(0, dataset.num_images, batch):
+        imgs = [dataset.image(k).transpose(1, 2, 0) for k in range(i, min(i + batch, dataset.num_images))]
+        arr = np.stack(imgs)                                   # [n, H, W, C]
+        yield np.repeat(arr, 3, axis=3) if arr.shape[3] == 1 else arr
 
 
 def features_of(batches: Iterator[np.ndarray], extractor: Extractor, total: int, desc: str) -> np.ndarray:
@@ -108,10 +97,17 @@ def dataset_features(dataset: Path, dataset_sha: str, extractor: Extractor, cach
     if cache.is_file():
         log.info("reference features from cache %s", cache)
         return np.load(cache)
-    n = zip_image_count(dataset)
+    try:
+        data = ZipDataset(dataset)   # the reader training uses: one check, one message per defect
+    except DatasetError as e:
+        raise StageError(str(e)) from e
+    n = data.num_images
     if n < 2:
         raise StageError(f"{dataset}: {n} images; FID/KID need at least 2 real images")
-    feats = features_of(iter_zip_images(dataset, batch), extractor, n, "real features")
+    try:
+        feats = features_of(iter_dataset_images(data, batch), extractor, n, "real features")
+    except DatasetError as e:
+        raise StageError(str(e)) from e
     with atomic_path(cache) as tmp, tmp.open("wb") as f:
         np.save(f, feats)
     return feats

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from corgigan.errors import StageError
 from corgigan.stylegan2 import snapshot
@@ -24,10 +24,16 @@ VIDEO_FPS = 24
 
 
 def pick_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu."""
+    """auto -> cuda when available, else cpu; a device torch cannot use is a StageError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise StageError(f"device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StageError(f"device {name!r}: torch sees no CUDA device here; use cpu (or auto)")
+    return device
 
 
 def seed_latents(seeds: list[int], z_dim: int) -> torch.Tensor:
@@ -78,11 +84,31 @@ def image_grid(images: np.ndarray, cols: int) -> Image.Image:
     return Image.fromarray(grid)
 
 
+LABEL_BAND = 16          # pixels of the label strips above and left of a labelled grid
+
+
+def labelled(grid: Image.Image, tile: int, col_labels: list[str], row_labels: list[str],
+             corner: str = "") -> Image.Image:
+    """`grid` (tiles of side `tile`) with a label over each column and left of each row."""
+    font = ImageFont.load_default()
+    left = max([LABEL_BAND, *(int(font.getlength(t)) + 6 for t in [*row_labels, corner])])
+    out = Image.new("RGB", (left + grid.width, LABEL_BAND + grid.height), (255, 255, 255))
+    out.paste(grid, (left, LABEL_BAND))
+    draw = ImageDraw.Draw(out)
+    draw.text((3, 3), corner, fill=(0, 0, 0), font=font)
+    for i, text in enumerate(col_labels):
+        draw.text((left + i * tile + 3, 3), text, fill=(0, 0, 0), font=font)
+    for i, text in enumerate(row_labels):
+        draw.text((3, LABEL_BAND + i * tile + tile // 2 - 5), text, fill=(0, 0, 0), font=font)
+    return out
+
+
 def truncation_sweep(G: torch.nn.Module, seeds: list[int], psis: tuple[float, ...] = TRUNCATION_PSIS
                      ) -> Image.Image:
-    """A grid: one row per seed, one column per psi."""
+    """A grid: one row per seed, one column per psi, labelled with both."""
     rows = [generate_images(G, [s], psi) for s in seeds for psi in psis]
-    return image_grid(np.concatenate(rows), cols=len(psis))
+    grid = image_grid(np.concatenate(rows), cols=len(psis))
+    return labelled(grid, G.img_resolution, [f"psi {p:g}" for p in psis], [f"seed {s}" for s in seeds])
 
 
 def style_mixing(G: torch.nn.Module, row_seeds: list[int], col_seeds: list[int], psi: float = 1.0,
@@ -98,7 +124,10 @@ def style_mixing(G: torch.nn.Module, row_seeds: list[int], col_seeds: list[int],
         mixed[:, :cutoff] = w_rows[i:i + 1, :cutoff]
         cells.append(synthesize_w(G, w_rows[i:i + 1]))
         cells.append(synthesize_w(G, mixed))
-    return image_grid(np.concatenate(cells), cols=len(col_seeds) + 1)
+    grid = image_grid(np.concatenate(cells), cols=len(col_seeds) + 1)
+    # Columns give the fine styles, rows the coarse ones (layers < cutoff of num_ws).
+    return labelled(grid, G.img_resolution, ["", *(f"fine {s}" for s in col_seeds)],
+                    ["", *(f"coarse {s}" for s in row_seeds)], corner=f"ws<{cutoff}")
 
 
 def interpolation_frames(G: torch.nn.Module, seeds: list[int], frames: int, psi: float) -> np.ndarray:

@@ -8,6 +8,7 @@ images give byte-identical shards. `image_id` addresses an image; its shard is r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -85,13 +86,25 @@ def _open(data: bytes) -> Image.Image:
         raise UnidentifiedImageError(f"unidentified ({e})") from e
 
 
+@contextlib.contextmanager
+def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Let Pillow open images up to `max_pixels` (Pillow raises above twice its MAX_IMAGE_PIXELS)."""
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max(before or 0, max_pixels)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
 def decode_with_format(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
     """Like `decode`, and also return the Pillow format name of the bytes (JPEG, PNG, GIF, ...)."""
     if len(data) == 0:
         raise DecodeError("empty", "zero bytes")
     try:
-        with warnings.catch_warnings():
-            # We apply our own pixel limit below; Pillow's own bomb check only warns or raises.
+        with warnings.catch_warnings(), _pillow_pixel_limit(max_pixels):
+            # images.max_pixels is applied below, on the header; Pillow's own bomb check, with its own
+            # limit, would otherwise cap the param silently and quote its own number.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = _open(data)
             fmt = img.format or "unknown"

@@ -8,12 +8,15 @@ Stages receive only the section they need.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 
 class ParamsError(ValueError):
@@ -256,6 +259,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
                f"must be a number, got {value!r}")
         value = float(value)
+        _check(math.isfinite(value), key, f"must be a finite number, got {value!r}")
     elif tp is str:
         _check(isinstance(value, str), key, f"must be a string, got {value!r}")
     return value
@@ -283,10 +287,30 @@ def from_dict(raw: dict[str, Any]) -> Params:
 
 
 def load(path: str | Path = "params.yaml") -> Params:
-    """Read, check and return params.yaml. Raises ParamsError naming the first bad key."""
+    """Read, check and return params.yaml; a ParamsError names the file and line, or the first bad key."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the project root)")
-    with path.open() as f:
-        raw = yaml.safe_load(f)
-    return from_dict(raw)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise ParamsError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    return from_dict(parse_yaml(text, str(path)))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML as DVC does (ruamel.yaml, YAML 1.2); duplicate keys and syntax errors are ParamsErrors.
+
+    PyYAML would silently keep the last of two equal keys, and reads some scalars differently from DVC
+    (``yes``, ``1e-3``), so `dvc params diff` and the stages would disagree.
+    """
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
+        what = "duplicate key (each key may appear once): " if isinstance(e, DuplicateKeyError) else ""
+        raise ParamsError(f"{at}: invalid YAML: {what}{e.problem or e.context}") from e
+    except YAMLError as e:
+        raise ParamsError(f"{where}: invalid YAML: {str(e).splitlines()[0]}") from e

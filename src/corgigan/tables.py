@@ -19,18 +19,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# Why an image was dropped; `None` in a `reason` column means kept.
-REASONS = (
-    "decode_error",     # empty, truncated, not an image, too large (posts.decode_status says which)
-    "too_small",        # short side < filter.min_side
-    "no_dog",           # no box of the dog class
-    "multiple_dogs",    # more than filter.max_dogs boxes
-    "low_confidence",   # best box below filter.min_confidence
-    "low_cover",        # dog covers too little of the crop window
-    "off_center",       # the border slide moved the window too far from the dog
-    "partial",          # dog larger than the crop window (unless filter.allow_partial)
-    "duplicate",        # near-duplicate of a kept image (dedup)
-)
+# Why an image was dropped (the contact sheet's row order); `None` in a `reason` column means kept.
+REASONS: dict[str, str] = {
+    "decode_error": "empty, truncated, not an image or too large (posts.decode_status says which)",
+    "refused": "never read: the source refused the entry (a path escaping the folder, an outside link)",
+    "too_small": "short side < filter.min_side",
+    "no_dog": "no box of the dog class",
+    "multiple_dogs": "more than filter.max_dogs boxes at or above filter.min_confidence",
+    "low_confidence": "best box below filter.min_confidence",
+    "low_cover": "dog covers less than filter.min_cover of the crop window",
+    "off_center": "the border slide moved the window more than filter.max_center_shift",
+    "partial": "dog larger than the crop window (unless filter.allow_partial)",
+    "duplicate": "near-duplicate of a kept image (dedup.max_distance)",
+}
 
 # posts.decode_status values besides "ok"
 DECODE_STATUSES = ("ok", "empty", "not_image", "truncated", "too_large", "corrupt",

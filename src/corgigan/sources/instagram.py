@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -125,6 +126,45 @@ class CappedRateController(RateController):
             self._sleep(secs)
 
 
+# A session file holds a few dozen short cookies; anything much bigger is not one.
+MAX_SESSION_BYTES = 1 << 20
+
+
+class _CookieUnpickler(pickle.Unpickler):
+    """Unpickles only built-in containers and strings: a pickle that names any class or function is refused.
+
+    instaloader writes a session as ``pickle.dump(requests.utils.dict_from_cookiejar(cookies))``: a plain
+    dict of cookie name -> value, which needs no global. Every way a pickle runs code goes through a
+    global (REDUCE, NEWOBJ, INST and BUILD act on something found by find_class; the copyreg extension
+    codes resolve through it too), so refusing all of them means reading the file runs nothing from it.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"it names {module}.{name}, and a session file names no class or "
+                                     f"function (reading it would run code)")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("it refers to persistent objects, which a session file never does")
+
+
+def read_session_file(path: Path) -> dict[str, str]:
+    """The cookies of an instaloader session file, read without running anything from the file.
+
+    Raises pickle.UnpicklingError (or ValueError / EOFError) when the file is not a pickled dict of
+    string cookies. A cookie without a value (None in the cookie jar) is dropped.
+    """
+    data = path.read_bytes()
+    if len(data) > MAX_SESSION_BYTES:
+        raise ValueError(f"{len(data)} bytes, far more than a session's cookies")
+    cookies = _CookieUnpickler(io.BytesIO(data)).load()
+    if not isinstance(cookies, dict):
+        raise ValueError(f"it holds a {type(cookies).__name__}, not a dict of cookies")
+    bad = [k for k, v in cookies.items() if not isinstance(k, str) or not isinstance(v, str | None)]
+    if bad:
+        raise ValueError(f"cookie {bad[0]!r} is not a name with a string value")
+    return {k: v for k, v in cookies.items() if v is not None}
+
+
 def load_session(env_name: str, environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
     """Read the instaloader session file named by `environ[env_name]`.
 
@@ -140,19 +180,19 @@ def load_session(env_name: str, environ: Mapping[str, str]) -> tuple[str, dict[s
         raise StageError(f"Instagram session file {path} (from {env_name}) does not exist. "
                          + session_help(env_name))
     try:
-        with path.open("rb") as f:
-            cookies = pickle.load(f)
-    except Exception as err:  # any unpickling failure means the same thing: not a session file
+        cookies = read_session_file(path)
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError) as err:
+        # Whatever the reason (not a pickle, a pickle of something else, a payload), it is not a session.
         raise StageError(f"{path} (from {env_name}) is not an instaloader session file ({err}). "
                          + session_help(env_name)) from err
-    if not isinstance(cookies, dict) or "csrftoken" not in cookies:
+    if "csrftoken" not in cookies:
         raise StageError(f"{path} (from {env_name}) is not an instaloader session file (no csrftoken "
                          f"cookie). " + session_help(env_name))
     if not cookies.get("sessionid"):
         raise StageError(f"{path} (from {env_name}) holds no login (empty sessionid); Instagram shows "
                          f"hashtags only to logged-in users. " + session_help(env_name))
     # The user id names the login in frozen iterators (instaloader refuses to thaw another user's).
-    return str(cookies.get("ds_user_id") or "unknown"), {str(k): str(v) for k, v in cookies.items()}
+    return str(cookies.get("ds_user_id") or "unknown"), cookies
 
 
 def hashtag_posts(context: InstaloaderContext, tag: str) -> NodeIterator[Post]:

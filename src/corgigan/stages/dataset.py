@@ -104,6 +104,33 @@ def funnel_counts(filt: pd.DataFrame, dd: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+# The params that loosen each rejection reason: named when an experiment's thresholds reject everything.
+LOOSEN = {
+    "decode_error": "the source's files (see posts.decode_status) or images.max_pixels",
+    "refused": "the source's files (see posts.decode_detail)",
+    "too_small": "filter.min_side",
+    "no_dog": "detect.conf or a better detector",
+    "multiple_dogs": "filter.max_dogs or filter.min_confidence",
+    "low_confidence": "filter.min_confidence",
+    "low_cover": "filter.min_cover",
+    "off_center": "filter.max_center_shift",
+    "partial": "filter.allow_partial",
+    "duplicate": "dedup.max_distance",
+}
+
+
+def check_not_empty(counts: dict[str, Any]) -> None:
+    """Stop when no image survived filter and dedup, naming the reasons that emptied the set."""
+    if counts["kept"] > 0:
+        return
+    rejected = sorted(((n, r) for r, n in counts["rejected"].items() if n), reverse=True)
+    why = ", ".join(f"{r} {n}" for n, r in rejected) or "no image entered"
+    loosen = "; ".join(f"{r}: {LOOSEN[r]}" for _, r in rejected if r in LOOSEN)
+    raise StageError(f"dataset: none of the {counts['entered']} images survived filter and dedup "
+                     f"({why}); loosen the thresholds that rejected them ({loosen or 'see funnel'}) "
+                     "and re-run")
+
+
 # ---- dataset zip --------------------------------------------------------------------------------
 
 def write_zip(shards: Iterable[Path], keep: set[str], out: Path,
@@ -236,6 +263,7 @@ def run(p: DatasetParams, raw: Path, filtered: Path, dedup: Path, out: Path, fun
     raw, filtered, dedup, out, figures = Path(raw), Path(filtered), Path(dedup), Path(out), Path(figures)
     posts, filt, dd = _read(raw, filtered, dedup)
     counts = funnel_counts(filt, dd)
+    check_not_empty(counts)
     keep = set(dd.loc[dd["kept"], "image_id"])
     kept_examples = sorted(keep)[:p.examples_per_reason]
     n, crops = write_zip(images.list_shards(filtered / "shards"), keep, out, set(kept_examples))

@@ -34,8 +34,15 @@ def run(p: DetectParams, images: ImagesParams, raw: Path, detector: Path, out: P
         raise StageError(f"{shard_dir}: no image shards; run `corgigan scrape` first")
     _check_device(p.device)
     meta = detection.read_meta(detector)
-    dog_class = int(meta["dog_class"])
+    dog_class = meta.get("dog_class")
+    redo = f"delete {detector} and re-run `corgigan detector`"
+    if isinstance(dog_class, bool) or not isinstance(dog_class, int):
+        raise StageError(f"{detector / detection.META_FILE}: no dog_class (the detector's class id of 'dog', "
+                         f"an integer; got {dog_class!r}); {redo}")
     yolo = detection.load_yolo(detector)
+    if dog_class not in yolo.names:
+        raise StageError(f"{detector / detection.META_FILE}: dog_class {dog_class} is not a class of "
+                         f"{detection.WEIGHTS_FILE} (classes 0..{len(yolo.names) - 1}); {redo}")
     rows = detect_shards(yolo, shard_dir, p, max_pixels=images.max_pixels, dog_class=dog_class)
     rows.sort(key=lambda r: (r["image_id"], -r["confidence"], r["x0"], r["y0"], r["x1"], r["y1"]))
     tables.write_table("detections", rows, out)

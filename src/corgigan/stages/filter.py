@@ -5,7 +5,8 @@ the kept images at ``filter.resolution``, named ``<image_id>.png``, in posts ord
 
 The checks run in this order; the first that fails is the row's reason:
 
-1. ``decode_error``   posts.decode_status is not ok (or the bytes no longer decode);
+1. ``refused``        the source refused to read the entry (posts.decode_status refused);
+   ``decode_error``   posts.decode_status is otherwise not ok (or the bytes no longer decode);
 2. ``too_small``      short side < min_side: needs only the image size, so it comes before the boxes;
 3. ``no_dog``         no detected box;
 4. ``low_confidence`` the best box is below min_confidence: no dog we trust;
@@ -76,6 +77,8 @@ def decide(post: dict[str, Any], boxes: list[tuple[float, float, float, float, f
     first (ties broken by coordinates). Pure: tables in, decision out.
     """
     row = _empty_row(post)
+    if post["decode_status"] == "refused":
+        return {**row, "reason": "refused"}, None
     if post["decode_status"] != "ok":
         return {**row, "reason": "decode_error"}, None
     width, height = row["width"], row["height"]

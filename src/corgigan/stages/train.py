@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from corgigan.curves import draw_curves
 from corgigan.errors import StageError
 from corgigan.params import TrainParams
 from corgigan.stylegan2 import configs, distributed
@@ -28,6 +29,8 @@ from corgigan.stylegan2.snapshot import SnapshotError
 from corgigan.tables import atomic_path
 
 log = logging.getLogger(__name__)
+
+CURVES = "curves.png"     # in the metrics folder: the training curves as a picture (a DVC image plot)
 
 
 class _Reporter:
@@ -58,6 +61,7 @@ class _Reporter:
         for name, value in sorted(stats.items()):
             self.live.log_metric(name, value)
         self.live.next_step()
+        draw_curves(self.metrics / "plots" / "metrics", self.metrics / CURVES)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -66,6 +66,33 @@ def _decode_png(data: bytes, where: str) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+def _header_channels(mode: str) -> int:
+    """Channels an image of Pillow `mode` has after _decode_png (1 for grey, 3 for everything else)."""
+    return 1 if mode == "L" else 3
+
+
+def _check_headers(zf: zipfile.ZipFile, names: list[str], size: tuple[int, int], channels: int,
+                   where: str) -> None:
+    """Every member is a PNG of `size` and `channels`: read from the headers, no pixels decoded.
+
+    Checked once, up front, so a bad member stops the run before training rather than whenever the
+    sampler first draws it.
+    """
+    for name in names:
+        try:
+            with zf.open(name) as f, Image.open(f) as im:
+                fmt, got, mode = im.format, im.size, im.mode
+        except (zipfile.BadZipFile, EOFError) as e:
+            raise DatasetError(f"{where}:{name}: corrupt zip member ({e}); re-run the dataset stage") from e
+        except Exception as e:  # PIL raises many types on bytes that are not an image
+            raise DatasetError(f"{where}:{name}: not a readable PNG ({type(e).__name__}: {e})") from e
+        if fmt != "PNG":
+            raise DatasetError(f"{where}:{name}: not a PNG (format {fmt})")
+        if got != size or _header_channels(mode) != channels:
+            raise DatasetError(f"{where}:{name}: {got[0]}x{got[1]} {mode} differs from the first image "
+                               f"({size[0]}x{size[1]}, {channels} channels): all images must be alike")
+
+
 def _read_labels(zf: zipfile.ZipFile, names: list[str], where: str) -> np.ndarray:
     """Labels from dataset.json, as float32 [N, c_dim] in `names` order (c_dim 0 without labels)."""
     if "dataset.json" not in zf.namelist():
@@ -114,7 +141,7 @@ class ZipDataset(torch.utils.data.Dataset):
         if not self.path.is_file():
             raise DatasetError(f"{where}: dataset zip not found (run the dataset stage first)")
         if not zipfile.is_zipfile(self.path):
-            raise DatasetError(f"{where}: not a zip file")
+            raise DatasetError(f"{where}: not a zip file, or a truncated one (re-run the dataset stage)")
         try:
             with zipfile.ZipFile(self.path) as zf:
                 self.names = sorted(n for n in zf.namelist() if _is_image(n))
@@ -122,14 +149,16 @@ class ZipDataset(torch.utils.data.Dataset):
                     raise DatasetError(f"{where}: the zip holds no PNG images")
                 self.labels = _read_labels(zf, self.names, where)
                 first = _decode_png(zf.read(self.names[0]), f"{where}:{self.names[0]}")
-        except zipfile.BadZipFile as e:
-            raise DatasetError(f"{where}: corrupt zip ({e})") from e
-        h, w, c = first.shape
-        if h != w or h < 4 or h & (h - 1):
-            raise DatasetError(f"{where}: images must be square with a power-of-two side, "
-                               f"{self.names[0]} is {w}x{h}")
-        if c not in (1, 3):
-            raise DatasetError(f"{where}: images must be grayscale or RGB, {self.names[0]} has {c} channels")
+                h, w, c = first.shape
+                if h != w or h < 4 or h & (h - 1):
+                    raise DatasetError(f"{where}: images must be square with a power-of-two side, "
+                                       f"{self.names[0]} is {w}x{h}")
+                if c not in (1, 3):
+                    raise DatasetError(f"{where}: images must be grayscale or RGB, {self.names[0]} has "
+                                       f"{c} channels")
+                _check_headers(zf, self.names, (w, h), c, where)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
+            raise DatasetError(f"{where}: corrupt or truncated zip ({e}); re-run the dataset stage") from e
         self.resolution = h
         self.num_channels = c
         self._zip: zipfile.ZipFile | None = None

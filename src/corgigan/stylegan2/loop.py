@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
 import resource
 import sys
 import time
@@ -50,6 +51,7 @@ from corgigan.stylegan2.snapshot import (
     latest_snapshot,
     list_snapshots,
     load_snapshot,
+    remove_stale_temps,
     restore_rng,
     save_snapshot,
     snapshot_name,
@@ -317,7 +319,12 @@ class _Trainer:
                                 f"x {world} processes")
         self.rounds = cfg.batch // (cfg.batch_gpu * world)
         self.num_chunks = cfg.batch // cfg.batch_gpu
-        torch.manual_seed(seeded(self.seed, _SEED_INIT))
+        init_seed = seeded(self.seed, _SEED_INIT)
+        # Snapshots store every global generator's state (capture_rng): seed numpy's and python's too,
+        # or two identical runs write snapshots whose bytes differ.
+        torch.manual_seed(init_seed)
+        np.random.seed(init_seed % 2**32)
+        random.seed(init_seed)
         G, D = configs.build_networks(cfg, img_channels=dataset.num_channels, c_dim=dataset.label_dim)
         self.G = G.to(device).train().requires_grad_(False)
         self.D = D.to(device).train().requires_grad_(False)
@@ -543,6 +550,7 @@ def training_loop(
         trainer.load(start)
     distributed.barrier()  # every rank has read run_dir before rank 0 removes anything
     if info.is_main:
+        remove_stale_temps(run_dir)
         for p in start.stale:
             log.warning("removing %s of another run", p)
             p.unlink()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import random
 import re
 import sys
@@ -87,6 +88,22 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the temporary files that a killed `atomic_file` write left in `directory`; return them.
+
+    A SIGKILL skips the cleanup in atomic_file, and the folder is a persisted DVC output: a leftover
+    would stay forever and be committed with the snapshots.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = sorted(p for p in directory.glob(".*.tmp") if p.is_file())
+    for p in stale:
+        log.warning("removing %s left by an interrupted write", p)
+        p.unlink()
+    return stale
+
+
 def save_snapshot(path: str | Path, state: dict[str, Any]) -> None:
     """Write `state` with torch.save to a temporary file beside `path`, then rename it into place."""
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -118,11 +135,27 @@ def load_snapshot(path: str | Path, map_location: str | torch.device = "cpu") ->
     path = Path(path)
     if not path.is_file():
         raise SnapshotError(f"{path}: snapshot not found")
+    what = (f"a corgigan snapshot is a file of state dicts and plain data ({SNAPSHOT_FORMAT}) that "
+            f"`corgigan train` writes as snapshot-NNNNNNNNN.pt, read with weights_only")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zips, bad pickles and foreign objects all land here
-        raise SnapshotError(f"{path}: snapshot is truncated or corrupt ({type(e).__name__}: {e}); "
-                            "delete it to fall back to the previous one") from e
+    except pickle.UnpicklingError as e:
+        # weights_only refused what the pickle asks for (a class or function, i.e. code) or it is no pickle
+        # at all. torch's message advises retrying with weights_only=False, which would run that code: give
+        # only what was refused.
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        detail = (f"it holds a reference to {found.group(1)}, code that no snapshot contains" if found
+                  else "not a torch file of tensors and plain data")
+        raise SnapshotError(f"{path}: not a corgigan snapshot ({detail}); {what}. It was not loaded, "
+                            f"and nothing in it ran") from e
+    except Exception as e:  # damaged archives and files that are not torch files at all
+        with path.open("rb") as f:
+            head = f.read(4)
+        if head == b"PK\x03\x04":  # torch.save's zip, cut short or damaged (torch's own text is noise)
+            raise SnapshotError(f"{path}: snapshot is truncated or corrupt (its archive cannot be read); "
+                                f"delete it to fall back to the previous one") from e
+        kind = "an empty file" if not head else "not a torch file"
+        raise SnapshotError(f"{path}: not a corgigan snapshot ({kind}); {what}") from e
     if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT:
         raise SnapshotError(f"{path}: not a corgigan StyleGAN2 snapshot (format {SNAPSHOT_FORMAT} expected)")
     missing = [k for k in REQUIRED_KEYS if k not in state]
