@@ -381,3 +381,16 @@ def test_yolo_dataset_needs_both_splits(tmp_path: Path) -> None:
     s = detection.Sample("only", encode_png(Image.new("RGB", (8, 8))), ".png", 8, 8, ())
     with pytest.raises(StageError, match="both splits"):
         detection.write_yolo_dataset([s], tmp_path)
+
+
+def test_real_photos_with_a_detector_trained_on_drawings_warn(tmp_path: Path, caplog) -> None:
+    posts = tmp_path / "posts.parquet"
+    row = {name: None for name in tables.SCHEMAS["posts"].names}
+    for source, warns in (("synthetic", False), ("folder", True)):
+        tables.write_table("posts", [{**row, "image_id": "a", "source": source, "decode_status": "ok"}],
+                           posts)
+        caplog.clear()
+        assert detect.warn_if_trained_on_drawings({"kind": "train", "labels": "synthetic"}, posts) is warns
+        assert ("trained on drawn scenes" in caplog.text) is warns
+    assert not detect.warn_if_trained_on_drawings({"kind": "train", "labels": "stanford_dogs"}, posts)
+    assert not detect.warn_if_trained_on_drawings({"kind": "pretrained"}, posts)

@@ -43,10 +43,29 @@ def run(p: DetectParams, images: ImagesParams, raw: Path, detector: Path, out: P
     if dog_class not in yolo.names:
         raise StageError(f"{detector / detection.META_FILE}: dog_class {dog_class} is not a class of "
                          f"{detection.WEIGHTS_FILE} (classes 0..{len(yolo.names) - 1}); {redo}")
+    warn_if_trained_on_drawings(meta, raw / "posts.parquet")
     rows = detect_shards(yolo, shard_dir, p, max_pixels=images.max_pixels, dog_class=dog_class)
     rows.sort(key=lambda r: (r["image_id"], -r["confidence"], r["x0"], r["y0"], r["x1"], r["y1"]))
     tables.write_table("detections", rows, out)
     log.info("detect: %d boxes written to %s", len(rows), out)
+
+
+def warn_if_trained_on_drawings(meta: dict[str, Any], posts: Path) -> bool:
+    """Warn (and return True) when real photos meet a detector trained only on drawn scenes.
+
+    Such a detector calls many things a dog (a person's portrait, a bus's passengers): fine for the demo,
+    not for real photos.
+    """
+    if meta.get("kind") != "train" or meta.get("labels") != "synthetic" or not posts.is_file():
+        return False
+    sources = set(tables.read_table("posts", posts, columns=["source"])["source"])
+    real = sorted(sources - {"synthetic"})
+    if not real:
+        return False
+    log.warning("detect: photos from %s meet a detector trained on drawn scenes only (detector.labels: "
+                "synthetic); it will call many non-dogs dogs. For real photos set detector.labels: "
+                "stanford_dogs or detector.kind: pretrained", ", ".join(real))
+    return True
 
 
 def detect_shards(yolo: Any, shard_dir: Path, p: DetectParams, *, max_pixels: int,
