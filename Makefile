@@ -11,7 +11,7 @@ export YOLO_AUTOINSTALL := false
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test lint bench clean-venv
+.PHONY: venv demo test lint bench gpu-check clean-venv
 
 venv: $(STAMP)
 
@@ -35,6 +35,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	python -m benchmarks.run $(BENCH)
+
+# The prepared check for a GPU machine (benchmarks/gpu_check.py): needs only python3 with torch, numpy and
+# Pillow, so it does not depend on the venv (it uses one when present). Without a GPU: toy sizes on the CPU.
+OUT ?= reports/gpu-check
+gpu-check:
+	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_check.py --out $(OUT)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -54,3 +54,23 @@ def test_two_gloo_processes_match_one(tmp_path: Path):
     for key in ("G", "D", "G_ema"):
         for name, tensor in a[key].items():
             torch.testing.assert_close(b[key][name], tensor, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
+
+
+def test_a_step_changes_only_the_buffers_that_are_synced(tmp_path: Path):
+    """After each step only MOVING_BUFFERS are broadcast: every other buffer must stay as initialised."""
+    from corgigan.stylegan2.data import ZipDataset
+    from corgigan.stylegan2.loop import MOVING_BUFFERS, _Trainer
+
+    dataset = ZipDataset(write_dataset(tmp_path / "d.zip", n=6))
+    run = {"seed": 0, "augment": "ada", "augment_p": 0.3, "ada_target": 0.6}
+    trainer = _Trainer(dataset, "0" * 64, tiny_config(batch=4, batch_gpu=2), run, torch.device("cpu"), 0, 1)
+    nets = (("G", trainer.G), ("D", trainer.D))
+    before = {(k, n): b.clone() for k, m in nets for n, b in m.named_buffers()}
+    reals = [(torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8), torch.zeros(2, 0))] * trainer.rounds
+    for _ in range(3):
+        trainer.step(reals)
+        trainer.after_step()
+    after = {(k, n): b for k, m in nets for n, b in m.named_buffers()}
+    changed = {name for name, b in after.items() if not torch.equal(b, before[name])}
+    assert changed == {name for name in after if name[1].rsplit(".", 1)[-1] in MOVING_BUFFERS}
+    assert len(trainer._moving_buffers) == len(changed) > 0

@@ -34,6 +34,12 @@ def pl_mean_update(pl_mean: float | torch.Tensor, batch_mean: float | torch.Tens
     return pl_mean + (batch_mean - pl_mean) * decay
 
 
+# The first-order passes below ask autograd.grad for the gradient of one input only. The engine then runs
+# each convolution's backward for its input alone (convolution_backward's output_mask), skipping the weight
+# gradients, which only the second pass needs: what the reference's conv2d_gradfix.no_weight_gradients()
+# did by hand for older torch. tests/test_loss.py checks that it stays so; bench_train measures it.
+
+
 def r1_penalty(logits: torch.Tensor, reals: torch.Tensor) -> torch.Tensor:
     """Squared norm of dD/dx per sample [N]; keeps the graph so the penalty itself can be differentiated."""
     (grads,) = torch.autograd.grad(outputs=[logits.sum()], inputs=[reals], create_graph=True,
