@@ -264,3 +264,19 @@ def test_shape_checks_name_the_mismatch():
         G(torch.randn(2, 31), None)
     with pytest.raises(ValueError, match="power of two"):
         tiny_generator(48)
+
+
+def test_conv_clamp_bounds_activations_as_the_reference_does():
+    """clamp(act(x + b) * gain, +-conv_clamp * forward's gain): the clamp is not scaled by lrelu's sqrt(2)."""
+    torch.manual_seed(15)
+    conv = nw.Conv2dLayer(4, 8, 3, activation="lrelu", conv_clamp=256)
+    layer = nw.SynthesisLayer(4, 8, 16, 8, conv_clamp=256)
+    with torch.no_grad():
+        conv.weight.mul_(1e4)
+        layer.weight.mul_(1e4)
+        layer.bias.fill_(1e4)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert conv(x).abs().max().item() == 256
+        assert conv(x, gain=math.sqrt(0.5)).abs().max().item() == pytest.approx(256 * math.sqrt(0.5))
+        assert layer(x, torch.randn(2, 16), noise_mode="none", fused=True).abs().max().item() == 256

@@ -65,7 +65,7 @@ STAGES: dict[str, tuple[str, list[tuple[str, str]]]] = {
         ("--metrics", "folder for training metrics (dvclive)"),
     ]),
     "evaluate": ("FID/KID, sample grid and interpolation video of the last snapshot", [
-        ("--checkpoints", "checkpoint folder"),
+        ("--checkpoints", "checkpoint folder (or one snapshot file or reference .pkl)"),
         ("--dataset", "dataset zip"),
         ("--metrics", "metrics.json to write"),
         ("--figures", "folder for grids and video"),
@@ -98,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     what = "images, truncation sweep, style mixing or video from a snapshot"
     g = sub.add_parser("generate", help=what, description=f"Draw {what}. Latents come from the seeds: the "
                        "same seed gives the same image on any machine.")
-    g.add_argument("--checkpoint", type=Path, required=True, help="snapshot file or checkpoint folder")
+    g.add_argument("--checkpoint", type=Path, required=True,
+                   help="snapshot file, checkpoint folder, or a StyleGAN2(-ADA) PyTorch or TensorFlow .pkl")
     g.add_argument("--out", type=Path, required=True, help="output folder")
     g.add_argument("--what", choices=["images", "truncation", "mixing", "video"], default="images",
                    help="images: one PNG per seed; truncation: rows of psi; mixing: style-mixing grid; "
@@ -107,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--psi", type=float, default=1.0, help="truncation psi, 1 for none (default: %(default)s)")
     g.add_argument("--frames", type=int, default=48, help="video frames (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    what = "a StyleGAN2(-ADA) PyTorch or TensorFlow pickle into a corgigan snapshot"
+    c = sub.add_parser("convert", help=f"convert {what}",
+                       description=f"Convert {what} (weights_only-loadable, so DVC and the pipeline deal "
+                       "only in plain weights). The pickle is read without running any of its code.")
+    c.add_argument("pickle", type=Path,
+                   help="network-snapshot-NNNNNN.pkl, a pretrained .pkl, or a TensorFlow (G, D, Gs) pickle")
+    c.add_argument("--out", type=Path, required=True, help="snapshot file to write (e.g. models/ffhq.pt)")
+    c.add_argument("--config", default="",
+                   help="train.config the snapshot carries (its networks must take the weights); default: "
+                   "the preset with exactly the pickle's networks, else auto's settings")
     return parser
 
 
@@ -151,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             generate.main(checkpoint=args.checkpoint, out=args.out, what=args.what,
                           seeds=parse_seeds(args.seeds), psi=args.psi, frames=args.frames,
                           device=args.device)
+            return 0
+        if args.command == "convert":
+            from corgigan.stylegan2 import importer
+            importer.convert(args.pickle, args.out, args.config or None)
             return 0
         cfg = params_mod.load(args.params)
         sections = [getattr(cfg, s) for s in SECTIONS[args.command]]

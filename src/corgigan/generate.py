@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from corgigan.errors import StageError
-from corgigan.stylegan2 import snapshot
+from corgigan.stylegan2 import importer, snapshot
 from corgigan.tables import atomic_path
 
 log = logging.getLogger(__name__)
@@ -181,10 +181,13 @@ def save_png(img: Image.Image, path: Path) -> None:
 
 
 def load(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """G_ema and its info from a snapshot file or folder; a bad snapshot is a StageError."""
+    """G_ema and its info from a snapshot file or folder, or from a reference StyleGAN2(-ADA) pickle (.pkl,
+    read without running any of its code); a bad file is a StageError."""
     if not checkpoint.exists():
         raise StageError(f"{checkpoint}: no such snapshot or folder (train first, or `dvc pull` it)")
     try:
+        if importer.is_pickle(checkpoint) and checkpoint.is_file():
+            return importer.load_generator(checkpoint, device)
         return snapshot.load_generator(checkpoint, device)
     except snapshot.SnapshotError as e:
         raise StageError(str(e)) from e

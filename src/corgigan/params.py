@@ -191,8 +191,11 @@ class TrainParams:
     workers: int                   # DataLoader workers
     device: Literal["auto", "cpu", "cuda"]
     require_cuda_ops: bool         # stop when the fused CUDA ops fail to build
-    resume_from: str               # snapshot to start from (transfer learning); "" for none
+    allow_tf32: bool               # TF32 float32 matmul/conv on CUDA (the reference's default: false)
+    resume_from: str               # snapshot or reference StyleGAN2(-ADA) .pkl to start from (transfer
+                                   # learning); "" for none
     allow_other_data: bool         # allow resuming a snapshot trained on another dataset
+    freeze_d: int                  # Freeze-D: D's first N layers stay fixed (the reference's --freezed)
 
     def validate(self, key: str) -> None:
         _check(self.kimg > 0, f"{key}.kimg", "must be > 0")
@@ -203,6 +206,7 @@ class TrainParams:
         _check(0 <= self.augment_p <= 1, f"{key}.augment_p", "must be in [0, 1]")
         _check(0 < self.ada_target < 1, f"{key}.ada_target", "must be in (0, 1)")
         _check(self.workers >= 0, f"{key}.workers", "must be >= 0")
+        _check(self.freeze_d >= 0, f"{key}.freeze_d", "must be >= 0 (0: train every layer of D)")
 
 
 @dataclass(frozen=True)

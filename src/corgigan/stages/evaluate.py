@@ -66,8 +66,15 @@ def write_figures(G: torch.nn.Module, p: EvaluateParams, figures: Path) -> None:
 
 
 def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figures: Path) -> None:
-    """Score the latest snapshot in `checkpoints` and draw its pictures."""
-    last = snapshot.latest_snapshot(checkpoints) if checkpoints.is_dir() else None
+    """Score the latest snapshot in `checkpoints` and draw its pictures.
+
+    `checkpoints` may also be one file: a snapshot, or a reference StyleGAN2(-ADA) PyTorch or TensorFlow
+    pickle (read without running its code), e.g. to score a pretrained model on this dataset.
+    """
+    if checkpoints.is_file():
+        last: Path | None = checkpoints
+    else:
+        last = snapshot.latest_snapshot(checkpoints) if checkpoints.is_dir() else None
     if last is None:
         raise StageError(f"no snapshot in {checkpoints}: run the train stage first (`dvc repro train`)")
     if not dataset.is_file():
@@ -83,7 +90,7 @@ def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figu
     log.info("kimg %.1f: fid_%s %.4f, kid_%s %.6f", info["kimg"], extractor.name, fid_value,
              extractor.name, kid_value)
     write_figures(G, p, figures)
-    if p.fid_every_snapshot:
+    if p.fid_every_snapshot and checkpoints.is_dir():
         write_json(fid_per_snapshot(checkpoints, p, extractor, real, device), figures / "fid_vs_kimg.json")
     write_json({
         f"fid_{extractor.name}": round(fid_value, 6),

@@ -4,7 +4,9 @@
 the loop resumes a snapshot only when it was trained on this very dataset zip with this config and run
 settings; otherwise it logs why and starts fresh (so `dvc exp run -S filter...` never continues a model
 trained on other data). `train.resume_from` starts from another snapshot's weights instead (transfer
-learning; a snapshot of another dataset needs `train.allow_other_data: true`).
+learning; a snapshot of another dataset needs `train.allow_other_data: true`), or from a reference
+StyleGAN2(-ADA) PyTorch or TensorFlow pickle, read without running its code; `train.freeze_d` keeps D's
+first layers fixed while fine-tuning.
 
 Several GPUs: `torchrun --nproc_per_node N -m corgigan.cli train ...`; rank 0 writes every file.
 """
@@ -102,7 +104,8 @@ def run(p: TrainParams, dataset: Path, out: Path, metrics: Path) -> None:
             last = training_loop(
                 dataset, out, cfg, kimg=p.kimg, snapshot_kimg=p.snapshot_kimg, seed=p.seed, augment=p.augment,
                 augment_p=p.augment_p, ada_target=p.ada_target, mirror=p.mirror, workers=p.workers,
-                device=p.device, require_cuda_ops=p.require_cuda_ops, resume_from=p.resume_from or None,
+                device=p.device, require_cuda_ops=p.require_cuda_ops, allow_tf32=p.allow_tf32,
+                resume_from=p.resume_from or None, freeze_d=p.freeze_d,
                 allow_other_data=p.allow_other_data, tick_kimg=p.tick_kimg, keep_snapshots=p.keep_snapshots,
                 hooks=hooks)
         except (DatasetError, SnapshotError, TrainingError, CudaOpsError) as e:

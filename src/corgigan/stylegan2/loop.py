@@ -14,7 +14,10 @@ Resume rules (decide_start):
     allow_other_data, which resumes it on the new data;
   * otherwise, resume_from names a snapshot -> start from its weights (transfer learning: counters,
     optimisers and ADA p start over). Another dataset there is refused unless allow_other_data;
-    another architecture is refused always.
+    another architecture is refused always;
+  * resume_from names a reference StyleGAN2(-ADA) .pkl, or a snapshot `corgigan convert` made of one ->
+    transfer learning from a model trained elsewhere: its dataset is not compared, but its resolution,
+    channels and labels must be the dataset's and its weight shapes those of the config's networks.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import torch
 from PIL import Image
 
 from corgigan.stylegan2 import augment as augment_mod
-from corgigan.stylegan2 import configs, distributed
+from corgigan.stylegan2 import configs, distributed, importer
 from corgigan.stylegan2.data import StreamSampler, ZipDataset, dataset_hash, make_loader
 from corgigan.stylegan2.loss import StyleGAN2Loss, pl_mean_update, sample_latents, seeded
 from corgigan.stylegan2.ops import build as ops_build
@@ -63,6 +66,7 @@ ADA_INTERVAL = 4          # minibatches between ADA adjustments
 ADA_KIMG = 500            # p can cross [0, 1] in this many kimg
 PL_DECAY = 0.01           # path-length running-mean decay
 PL_BATCH_SHRINK = 2       # path-length reg on half the batch
+MOVING_BUFFERS = ("w_avg",)   # buffer names a training step changes (synced across ranks after each step)
 # Seed purposes: independent streams for initialisation, training steps and the sample grid.
 _SEED_INIT, _SEED_STEP, _SEED_GRID = 0, 1, 2
 
@@ -172,6 +176,18 @@ def make_phases(G: torch.nn.Module, D: torch.nn.Module, cfg: configs.TrainingCon
     return phases
 
 
+def frozen_d_parameters(D: torch.nn.Module, num_layers: int) -> list[torch.nn.Parameter]:
+    """The parameters of D's first `num_layers` layers, counted as the reference's Freeze-D counts them:
+    block by block from the highest resolution, each block's fromrgb (first block only), conv0, conv1 and
+    skip (resnet). The epilogue and the label mapping are never frozen."""
+    layers = [layer for block in D.blocks for layer in (block.fromrgb, block.conv0, block.conv1, block.skip)
+              if layer is not None]
+    if not 0 <= num_layers <= len(layers):
+        raise TrainingError(f"freeze_d {num_layers}: D has {len(layers)} layers to freeze (its blocks' "
+                            "fromrgb, conv0, conv1 and skip, from the highest resolution down)")
+    return [p for layer in layers[:num_layers] for p in layer.parameters()]
+
+
 def make_augment_pipe(mode: str, p: float, device: torch.device) -> torch.nn.Module | None:
     """'ada' and 'fixed': the bgc pipe starting at p; 'none': no augmentation."""
     if mode == "none":
@@ -258,8 +274,13 @@ def _without(d: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def decide_start(run_dir: Path, config: dict[str, Any], run: dict[str, Any], data_hash: str,
-                 resume_from: str | Path | None, allow_other_data: bool) -> Start:
-    """Apply the resume rules (module docstring) and return how to start. Raises SnapshotError."""
+                 resume_from: str | Path | None, allow_other_data: bool,
+                 data: dict[str, Any] | None = None) -> Start:
+    """Apply the resume rules (module docstring) and return how to start. Raises SnapshotError.
+
+    `data` ({"resolution", "num_channels", "label_dim"} of the dataset) is what a model from elsewhere
+    (a reference pickle, or a snapshot converted from one) must match.
+    """
     latest = latest_snapshot(run_dir)
     stale: list[Path] = []
     reason = "no snapshot to resume"
@@ -284,12 +305,21 @@ def decide_start(run_dir: Path, config: dict[str, Any], run: dict[str, Any], dat
         if not path.exists():
             raise SnapshotError(f"resume_from {path}: no such snapshot (set train.resume_from to an existing "
                                 "snapshot file or folder, or to \"\")")
+        if importer.is_pickle(path) and path.is_file():
+            # A reference StyleGAN2(-ADA) pickle: fine-tuning a model trained elsewhere is the point, so its
+            # dataset is not compared; its image format and weight shapes must fit this run.
+            return Start("transfer", importer.transfer_state(path, config, data),
+                         f"weights of the reference pickle {path}; {reason}", stale)
         if path.is_dir():
             found = latest_snapshot(path)
             if found is None:
                 raise SnapshotError(f"resume_from {path}: the folder holds no snapshot-*.pt")
             path = found
         state = load_snapshot(path)
+        if importer.is_imported(state):   # written by `corgigan convert`: the same rules as its pickle
+            importer.check_transfer(importer.snapshot_networks(state), config, data, str(path))
+            return Start("transfer", state, f"weights of {path} (converted from "
+                         f"{state['run']['imported_from']}); {reason}", stale)
         diffs = differences(architecture(state["config"]), architecture(config), "config.")
         if diffs:
             raise SnapshotError(f"resume_from {path}: snapshot of another network config, its weights do not "
@@ -335,6 +365,7 @@ class _Trainer:
                                   pl_batch_shrink=PL_BATCH_SHRINK, pl_decay=PL_DECAY)
         self.loss.pl_mean = torch.zeros([], device=device)
         self.phases = make_phases(self.G, self.D, cfg)
+        self.frozen_d = frozen_d_parameters(self.D, int(run.get("freeze_d", 0)))
         self.augment_p = float(run["augment_p"]) if self.augment_pipe is not None else 0.0
         self.ada_signs = torch.zeros(2, dtype=torch.float64, device=device)  # [sum, count] since last adjust
         self.progress = Progress()
@@ -344,6 +375,10 @@ class _Trainer:
                           lambda idx: torch.from_numpy(labels[idx.numpy() % len(labels)]))
         # Identical start on every rank, whatever the seeding did.
         distributed.broadcast_(self._synced_tensors())
+        # The only buffers a step changes: w_avg, moved on rank 0's first chunk. The resampling filters
+        # and constant noise never change, so re-sending them every step (megabytes at 1024 px) is waste.
+        self._moving_buffers = [b for m in (self.G, self.D) for name, b in m.named_buffers()
+                                if name.rsplit(".", 1)[-1] in MOVING_BUFFERS]
 
     def _synced_tensors(self) -> list[torch.Tensor]:
         return [t for m in (self.G, self.D, self.G_ema) for t in (*m.parameters(), *m.buffers())]
@@ -406,6 +441,9 @@ class _Trainer:
             if b % phase.interval:
                 continue
             phase.module.requires_grad_(True)
+            if phase.module is self.D:
+                for p in self.frozen_d:   # Freeze-D: no gradient, so Adam leaves them as they are
+                    p.requires_grad_(False)
             phase.opt.zero_grad(set_to_none=True)
             pl_sum = torch.zeros(2, dtype=torch.float64, device=self.device)
             has_pl = False
@@ -437,7 +475,7 @@ class _Trainer:
                 distributed.all_reduce_sum_(pl_sum)
                 mean = (pl_sum[0] / pl_sum[1]).float()
                 self.loss.pl_mean = pl_mean_update(self.loss.pl_mean, mean, PL_DECAY)
-        distributed.broadcast_([t for m in (self.G, self.D) for t in m.buffers()])
+        distributed.broadcast_(self._moving_buffers)
         return step_losses
 
     def after_step(self) -> None:
@@ -493,9 +531,10 @@ class _Trainer:
         save_image_grid(images.float() / 127.5 - 1, cols, path)
 
 
-def _cuda_setup(device: torch.device, require_cuda_ops: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+def _cuda_setup(device: torch.device, require_cuda_ops: bool, allow_tf32: bool = False) -> None:
+    # TF32 rounds float32 matmul/conv inputs to 10 mantissa bits on Ampere and later: faster, less exact.
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
     torch.backends.cudnn.benchmark = True
     ops_build.set_require_cuda_ops(require_cuda_ops)
     status = ops_build.cuda_ops_status()
@@ -504,7 +543,8 @@ def _cuda_setup(device: torch.device, require_cuda_ops: bool) -> None:
     missing = {op: s for op, s in status.items() if s != "built"}
     if require_cuda_ops and missing:
         raise TrainingError(f"require_cuda_ops is set but these ops are not built: {missing}")
-    log.info("device %s (%s), TF32 on", device, torch.cuda.get_device_name(device))
+    log.info("device %s (%s), TF32 %s", device, torch.cuda.get_device_name(device),
+             "on" if allow_tf32 else "off")
 
 
 def training_loop(
@@ -521,8 +561,11 @@ def training_loop(
     workers: int = 2,                  # DataLoader worker processes (0: load in the main process)
     device: str = "auto",              # auto | cpu | cuda | cuda:N
     require_cuda_ops: bool = False,    # on CUDA: stop when a fused op cannot be built
-    resume_from: str | Path | None = None,   # transfer learning: start from this snapshot's weights
+    allow_tf32: bool = False,          # on CUDA: TF32 float32 matmul/conv (the reference's default: off)
+    resume_from: str | Path | None = None,   # transfer learning: start from this snapshot's (or reference
+                                             # StyleGAN2(-ADA) .pkl's) weights
     allow_other_data: bool = False,    # accept snapshots trained on another dataset
+    freeze_d: int = 0,                 # Freeze-D: keep D's first N layers fixed (the reference's --freezed)
     tick_kimg: float = 4.0,            # stats are reported every this many kimg
     keep_snapshots: int = 0,           # keep only the newest N snapshots (0: keep all)
     hooks: Hooks | None = None,        # progress and metric callbacks (rank 0)
@@ -534,7 +577,7 @@ def training_loop(
     dev = resolve_device(device, info.local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-        _cuda_setup(dev, require_cuda_ops)
+        _cuda_setup(dev, require_cuda_ops, allow_tf32)
     dataset = ZipDataset(dataset_path, mirror=mirror)
     if dataset.resolution != cfg.resolution:
         raise TrainingError(f"{dataset_path}: images are {dataset.resolution} px but config {cfg.name} "
@@ -543,8 +586,12 @@ def training_loop(
     run = {"seed": int(seed), "augment": augment, "augment_p": float(augment_p),
            "ada_target": float(ada_target), "mirror": bool(mirror),
            "resume_from": str(resume_from or "")}
+    if freeze_d:  # only when set, so snapshots of runs without it keep resuming
+        run["freeze_d"] = int(freeze_d)
     trainer = _Trainer(dataset, data_hash, cfg, run, dev, info.rank, info.world_size)
-    start = decide_start(run_dir, configs.config_to_dict(cfg), run, data_hash, resume_from, allow_other_data)
+    start = decide_start(run_dir, configs.config_to_dict(cfg), run, data_hash, resume_from, allow_other_data,
+                         {"resolution": dataset.resolution, "num_channels": dataset.num_channels,
+                          "label_dim": dataset.label_dim})
     log.info("start: %s (%s)", start.mode, start.reason)
     if start.state is not None:
         trainer.load(start)

@@ -226,7 +226,7 @@ class Conv2dLayer(nn.Module):
         bias: bool = True,               # learn a bias
         activation: str = "linear",      # linear | lrelu
         down: int = 1,                   # 1 or 2
-        conv_clamp: float | None = None,  # clamp the output to +-conv_clamp (scaled by the gain)
+        conv_clamp: float | None = None,  # clamp the output to +-conv_clamp (times forward's gain)
     ) -> None:
         super().__init__()
         if down not in (1, 2):
@@ -252,8 +252,9 @@ class Conv2dLayer(nn.Module):
         else:
             x = F.conv2d(x, w, padding=w.shape[-1] // 2)
         b = None if self.bias is None else self.bias.to(x.dtype)
-        gain = self.act_gain * gain
+        # As in the reference: the clamp scales with the caller's gain, not with the activation's own gain.
         clamp = None if self.conv_clamp is None else self.conv_clamp * gain
+        gain = self.act_gain * gain
         return bias_act(x, b, act=self.activation, gain=gain, clamp=clamp)
 
     def extra_repr(self) -> str:
@@ -348,7 +349,7 @@ class SynthesisLayer(nn.Module):
         resolution: int,                   # output resolution
         up: int = 1,                       # 1 or 2
         use_noise: bool = True,            # add per-pixel noise with a learned strength
-        conv_clamp: float | None = None,   # clamp the activations to +-conv_clamp (times the gain)
+        conv_clamp: float | None = None,   # clamp the activations to +-conv_clamp (after the gain)
         kernel_size: int = 3,
     ) -> None:
         super().__init__()
@@ -377,7 +378,8 @@ class SynthesisLayer(nn.Module):
             noise = self.noise_const * self.noise_strength                 # [res, res], broadcast
         x = modulated_conv2d(x, self.weight, styles, noise=noise, up=self.up,
                              resample_filter=self.resample_filter, fused=fused)
-        clamp = None if self.conv_clamp is None else self.conv_clamp * LRELU_GAIN
+        # The clamp applies after lrelu's gain and is not scaled by it (as in the reference and TF code).
+        clamp = self.conv_clamp
         return bias_act(x, self.bias.to(x.dtype), act="lrelu", clamp=clamp)  # [N, O, res, res]
 
     def extra_repr(self) -> str:

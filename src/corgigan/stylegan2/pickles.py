@@ -1,0 +1,472 @@
+"""Read the reference's network pickles without running any of their code.
+
+Two families are read (the format facts are public; see the project notes):
+
+* StyleGAN2-ADA PyTorch (training snapshots ``network-snapshot-NNNNNN.pkl`` and the published pretrained
+  pickles): a dict with G, D, G_ema, augment_pipe and training_set_kwargs. Each network was pickled by
+  ``torch_utils.persistence`` as a call ``_reconstruct_persistent_obj(meta)`` whose meta carries the class
+  name, the init arguments and the object's ``__dict__`` (``_parameters``, ``_buffers``, ``_modules``),
+  plus the whole source of its module. Tensors are ``torch._utils._rebuild_tensor_v2`` over storages that
+  are nested legacy ``torch.save`` payloads (``torch.storage._load_from_bytes``).
+* StyleGAN2 / StyleGAN2-ADA TensorFlow: a tuple (G, D, Gs) of ``dnnlib.tflib.network.Network`` objects
+  restored through ``__setstate__(state)``; the state holds static kwargs, sub-networks (components),
+  the build module's source and a list of (variable name, numpy array).
+
+The unpickler resolves only the globals those formats use, each to a function or class of this module
+that builds an inert record (`PersistentObject`, `TFNetwork`) or checked plain data (tensors, arrays,
+numbers). Any other global (``os.system``, ``builtins.eval``, a class with ``__reduce__``...) stops the
+read with `UnsafePickleError` before anything it names is called. The module source the files carry is
+dropped unread: it is never compiled or executed.
+
+Why records rather than the real objects while unpickling: pickle's BUILD opcode calls
+``__setstate__`` of whatever object is on the stack. Torch tensors and numpy arrays have one that
+trusts its input, so tensors and arrays exist only inside records whose ``__setstate__`` refuses (or
+checks) its state; `read_pickle` swaps them for the real values once the whole file is read.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import math
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from corgigan.stylegan2.snapshot import SnapshotError
+
+PICKLE_SUFFIX = ".pkl"
+# The dtypes a network's tensors and arrays may have (no object or structured dtypes: those carry
+# pickled objects or field tables rather than numbers).
+_NUMERIC_DTYPE_CODES = frozenset({"b1", "u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8", "f2", "f4", "f8"})
+
+
+class PickleError(SnapshotError):
+    """A pickle cannot be read as a StyleGAN2 network pickle; the message says why."""
+
+
+class UnsafePickleError(PickleError):
+    """A pickle references a global (or an operation) outside the formats we read; nothing of it ran."""
+
+
+def is_pickle(path: str | Path) -> bool:
+    """True for a file named like a network pickle (``*.pkl``)."""
+    return Path(path).suffix.lower() == PICKLE_SUFFIX
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inert records
+
+
+class _Refuses:
+    """Base of records that accept no pickled state (a BUILD on them means a forged file)."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise UnsafePickleError(f"unexpected object state for {type(self).__name__} (BUILD opcode): "
+                                "not a file the reference wrote")
+
+
+@dataclass
+class PersistentObject(_Refuses):
+    """One ``torch_utils.persistence`` object: its class name, init arguments and state, no code."""
+
+    class_name: str
+    version: int
+    state: dict[str, Any]
+
+    @property
+    def init_args(self) -> tuple:
+        """Positional arguments the object was constructed with."""
+        return tuple(self.state.get("_init_args") or ())
+
+    @property
+    def init_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments the object was constructed with."""
+        return dict(self.state.get("_init_kwargs") or {})
+
+    def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Every parameter and buffer of this module tree under its state-dict name (None entries skipped).
+
+        Parameters and buffers are listed together: the reference stores frozen Freeze-D layers' weights
+        as buffers under the same names.
+        """
+        out: dict[str, torch.Tensor] = {}
+        for group in ("_parameters", "_buffers"):
+            entries = self.state.get(group) or {}
+            if not isinstance(entries, dict):
+                raise PickleError(f"{self.class_name}: {group} is a {type(entries).__name__}, not a dict")
+            for name, value in entries.items():
+                if value is None:
+                    continue
+                if not isinstance(value, torch.Tensor):
+                    raise PickleError(f"{self.class_name}: {prefix}{name} is a {type(value).__name__}, "
+                                      "not a tensor")
+                out[f"{prefix}{name}"] = value
+        modules = self.state.get("_modules") or {}
+        if not isinstance(modules, dict):
+            raise PickleError(f"{self.class_name}: _modules is a {type(modules).__name__}, not a dict")
+        for name, child in modules.items():
+            if child is None:
+                continue
+            if not isinstance(child, PersistentObject):
+                raise PickleError(f"{self.class_name}: sub-module {prefix}{name} is a "
+                                  f"{type(child).__name__}, not a persistent network object")
+            out.update(child.tensors(f"{prefix}{name}."))
+        return out
+
+
+class TFNetwork:
+    """Stand-in for ``dnnlib.tflib.network.Network``: keeps the state its ``__setstate__`` receives."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.name = ""
+        self.static_kwargs: dict[str, Any] = {}
+        self.components: dict[str, TFNetwork] = {}
+        self.build_func_name = ""
+        self.variables: list[tuple[str, Any]] = []
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            raise PickleError(f"TensorFlow network state is a {type(state).__name__}, not a dict")
+        self.__init__()
+        self.version = state.get("version", 0)
+        self.name = state.get("name", "")
+        self.static_kwargs = state.get("static_kwargs") or {}
+        self.components = state.get("components") or {}
+        self.build_func_name = state.get("build_func_name", "")
+        self.variables = state.get("variables") or []
+        # state["build_module_src"] is the network's TensorFlow code: dropped unread, never executed.
+
+    def collect(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """All variables of this network and its components, named ``component/.../variable``."""
+        out: dict[str, np.ndarray] = {}
+        for entry in self.variables:
+            if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
+                    and isinstance(entry[1], np.ndarray)):
+                raise PickleError(f"TensorFlow network {self.name!r}: a variable entry is not "
+                                  "(name, numpy array)")
+            out[prefix + entry[0]] = entry[1]
+        for name, comp in self.components.items():
+            if not isinstance(comp, TFNetwork):
+                raise PickleError(f"TensorFlow network {self.name!r}: component {name!r} is a "
+                                  f"{type(comp).__name__}, not a network")
+            out.update(comp.collect(f"{prefix}{name}/"))
+        return out
+
+
+class EasyDict(dict):
+    """Stand-in for ``dnnlib.util.EasyDict``: a plain dict (read as one)."""
+
+
+class _NDArrayType(_Refuses):
+    """What the global ``numpy.ndarray`` resolves to: only meaningful as ``_reconstruct``'s first argument."""
+
+
+_NDARRAY = _NDArrayType()
+
+
+@dataclass
+class _Dtype:
+    """A numpy dtype as pickled: ``numpy.dtype(code, align, copy)`` plus a state carrying the byte order."""
+
+    code: str
+    byteorder: str = "="
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, byteorder, subarray, names, fields, elsize, alignment, flags); anything beyond the
+        # byte order would describe a structured or sub-array dtype, which no network uses.
+        if not (isinstance(state, tuple) and len(state) >= 5 and state[1] in ("<", ">", "|", "=")
+                and state[2] is None and state[3] is None and state[4] is None):
+            raise UnsafePickleError(f"numpy dtype {self.code!r} with a structured state: not a network array")
+        self.byteorder = state[1]
+
+    def resolve(self) -> np.dtype:
+        dtype = np.dtype(self.code)
+        return dtype if self.byteorder in ("|", "=") else dtype.newbyteorder(self.byteorder)
+
+
+@dataclass
+class _Array:
+    """A numpy array under reconstruction; its BUILD state is checked and turned into a real array."""
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        # (version, shape, dtype, is_fortran, raw bytes)
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise UnsafePickleError("numpy array state is not (version, shape, dtype, fortran, data)")
+        _, shape, dtype, fortran, data = state
+        if not isinstance(dtype, _Dtype):
+            raise UnsafePickleError("numpy array state without a numpy dtype")
+        shape = _int_tuple(shape, "numpy array shape")
+        if not isinstance(data, (bytes, bytearray)):
+            raise UnsafePickleError(f"numpy array data is a {type(data).__name__}, not raw bytes "
+                                    "(object arrays are refused)")
+        dt = dtype.resolve()
+        if len(data) != math.prod(shape) * dt.itemsize:
+            raise PickleError(f"numpy array of shape {list(shape)} and dtype {dt} holds {len(data)} bytes")
+        self.array = np.frombuffer(bytes(data), dtype=dt).reshape(shape, order="F" if fortran else "C").copy()
+
+
+@dataclass
+class _Storage(_Refuses):
+    """A torch storage read from its nested torch.save payload, as a flat 1-D tensor."""
+
+    flat: torch.Tensor
+
+
+@dataclass
+class _Tensor(_Refuses):
+    """A rebuilt tensor (its own memory), held in a record until the read is over."""
+
+    tensor: torch.Tensor
+
+
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if not (isinstance(value, (tuple, list)) and all(type(v) is int and v >= 0 for v in value)):
+        raise UnsafePickleError(f"{what} is not a tuple of non-negative integers: {value!r}")
+    return tuple(value)
+
+
+def _no_hooks(hooks: Any, what: str) -> None:
+    # Written files always carry an empty OrderedDict: hooks are functions, which we never accept.
+    if hooks is not None and not (isinstance(hooks, dict) and not hooks):
+        raise UnsafePickleError(f"{what} carries backward hooks")
+
+
+# ----------------------------------------------------------------------------------------------------
+# What the allowed globals resolve to
+
+
+def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
+    """torch_utils.persistence._reconstruct_persistent_obj: keep class name and state, drop module_src."""
+    if not (isinstance(meta, dict) and meta.get("type") == "class" and isinstance(meta.get("class_name"), str)
+            and isinstance(meta.get("state"), dict)):
+        raise PickleError("a persistent object's meta is not {type: 'class', class_name, state, ...}")
+    return PersistentObject(class_name=meta["class_name"], version=int(meta.get("version") or 0),
+                            state=dict(meta["state"]))
+
+
+def _load_from_bytes(payload: Any) -> _Storage:
+    """torch.storage._load_from_bytes: the nested payload, read by torch's own weights-only loader."""
+    if not isinstance(payload, (bytes, bytearray)):
+        raise UnsafePickleError(f"a storage payload is a {type(payload).__name__}, not bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TypedStorage deprecation: the format is what it is
+            storage = torch.load(io.BytesIO(bytes(payload)), map_location="cpu", weights_only=True)
+            if isinstance(storage, torch.TypedStorage):
+                flat = torch.empty(0, dtype=storage.dtype).set_(storage)
+            elif isinstance(storage, torch.UntypedStorage):
+                flat = torch.empty(0, dtype=torch.uint8).set_(storage)
+            else:
+                raise PickleError(f"a storage payload holds a {type(storage).__name__}, not a storage")
+    except PickleError:
+        raise
+    except Exception as e:
+        raise PickleError(f"a tensor storage cannot be read ({type(e).__name__}: {e})") from e
+    return _Storage(flat)
+
+
+def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
+                       backward_hooks: Any = None, metadata: Any = None) -> _Tensor:
+    """torch._utils._rebuild_tensor_v2, with the bounds checks torch's own rebuild leaves out."""
+    if not isinstance(storage, _Storage):
+        raise UnsafePickleError(f"a tensor is built on a {type(storage).__name__}, not a storage")
+    size = _int_tuple(size, "tensor size")
+    stride = _int_tuple(stride, "tensor stride")
+    if type(storage_offset) is not int or storage_offset < 0 or len(size) != len(stride):
+        raise UnsafePickleError(f"tensor offset {storage_offset!r}, size {size}, stride {stride} are invalid")
+    _no_hooks(backward_hooks, "a tensor")
+    if metadata:
+        raise UnsafePickleError("a tensor carries python metadata")
+    # A view must stay inside its storage: Tensor.set_ does not check this, so check here.
+    if math.prod(size) > 0:
+        last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if last >= storage.flat.numel():
+            raise PickleError(f"a tensor of size {list(size)} reaches past the end of its storage")
+    return _Tensor(storage.flat.as_strided(size, stride, storage_offset).clone())
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> _Tensor:
+    """torch._utils._rebuild_parameter: a parameter is read as its tensor."""
+    if not isinstance(data, _Tensor):
+        raise UnsafePickleError(f"a parameter wraps a {type(data).__name__}, not a tensor")
+    _no_hooks(backward_hooks, "a parameter")
+    return data
+
+
+def _numpy_dtype(code: Any, align: Any = False, copy: Any = True) -> _Dtype:
+    """numpy.dtype(code, align, copy) for plain numeric dtypes only."""
+    if not isinstance(code, str) or code not in _NUMERIC_DTYPE_CODES:
+        raise UnsafePickleError(f"numpy dtype {code!r} is not a plain numeric dtype")
+    return _Dtype(code)
+
+
+def _numpy_scalar(dtype: Any, data: Any = b"") -> int | float | bool:
+    """numpy.core.multiarray.scalar: a numpy number (e.g. a layer's weight gain) as a python number."""
+    if not isinstance(dtype, _Dtype) or not isinstance(data, (bytes, bytearray)):
+        raise UnsafePickleError("a numpy scalar without a numeric dtype and raw bytes")
+    dt = dtype.resolve()
+    if len(data) != dt.itemsize:
+        raise PickleError(f"a numpy {dt} scalar holds {len(data)} bytes")
+    return np.frombuffer(bytes(data), dtype=dt)[0].item()
+
+
+def _numpy_reconstruct(subtype: Any, shape: Any = (0,), dtype_code: Any = b"b") -> _Array:
+    """numpy.core.multiarray._reconstruct: an empty array record that the following BUILD fills."""
+    if subtype is not _NDARRAY:
+        raise UnsafePickleError("numpy array of a subclass: only plain numpy.ndarray is read")
+    return _Array()
+
+
+# (module, name) -> what it resolves to. These are exactly the globals the two formats use (numpy's
+# module is numpy.core before numpy 2 and numpy._core after).
+ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _load_from_bytes,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("dnnlib.util", "EasyDict"): EasyDict,
+    ("dnnlib.tflib.network", "Network"): TFNetwork,
+    ("numpy", "dtype"): _numpy_dtype,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves globals only through ALLOWED_GLOBALS."""
+
+    def __init__(self, file: Any, source: str) -> None:
+        super().__init__(file)
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self.source}: refused: the pickle references the global {module}.{name}, which is not "
+                "part of the StyleGAN2 network pickle formats (nothing of the file was run)") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(f"{self.source}: refused: the pickle uses a persistent id ({pid!r}), which "
+                                "the network pickle formats never do")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading
+
+
+def _unwrap(obj: Any, seen: dict[int, Any]) -> Any:
+    """Swap records for real tensors, arrays and dicts, in place for mutable containers."""
+    key = id(obj)
+    if key in seen:
+        return seen[key]
+    if isinstance(obj, _Tensor):
+        return obj.tensor
+    if isinstance(obj, _Array):
+        if obj.array is None:
+            raise PickleError("a numpy array without its data")
+        return obj.array
+    if isinstance(obj, (_Dtype, _Storage)) or obj is _NDARRAY:
+        raise PickleError(f"a stray {type(obj).__name__.lstrip('_')} outside a tensor or array")
+    if isinstance(obj, EasyDict):
+        plain: dict[Any, Any] = {}
+        seen[key] = plain
+        plain.update((k, _unwrap(v, seen)) for k, v in obj.items())
+        return plain
+    if isinstance(obj, dict):
+        seen[key] = obj
+        for k in list(obj):
+            obj[k] = _unwrap(obj[k], seen)
+        return obj
+    if isinstance(obj, list):
+        seen[key] = obj
+        obj[:] = [_unwrap(v, seen) for v in obj]
+        return obj
+    if isinstance(obj, tuple):
+        out = tuple(_unwrap(v, seen) for v in obj)
+        seen[key] = out
+        return out
+    if isinstance(obj, PersistentObject):
+        seen[key] = obj
+        obj.state = _unwrap(obj.state, seen)
+        return obj
+    if isinstance(obj, TFNetwork):
+        seen[key] = obj
+        obj.static_kwargs = _unwrap(obj.static_kwargs, seen)
+        obj.components = _unwrap(obj.components, seen)
+        obj.variables = _unwrap(obj.variables, seen)
+        return obj
+    return obj
+
+
+def read_pickle(path: str | Path) -> Any:
+    """Read a network pickle with the restricted unpickler; return its data with inert records.
+
+    Raises UnsafePickleError (naming the global) for anything outside the two formats, PickleError for
+    a file that is missing, truncated or not a pickle.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PickleError(f"{path}: pickle not found")
+    try:
+        with open(path, "rb") as f:
+            data = _RestrictedUnpickler(f, str(path)).load()
+        return _unwrap(data, {})
+    except PickleError:
+        raise
+    except RecursionError:
+        raise PickleError(f"{path}: the pickle nests too deeply to be a network pickle") from None
+    except Exception as e:  # truncated files, bad opcodes, wrong argument counts to the allowed globals
+        raise PickleError(f"{path}: not a readable network pickle ({type(e).__name__}: {e})") from e
+
+
+@dataclass
+class ReferencePickle:
+    """The networks of one reference pickle, as records: kind 'pytorch' (PersistentObject) or
+    'tensorflow' (TFNetwork). D and G are None when the file holds only the generator."""
+
+    path: Path
+    kind: str
+    G_ema: Any
+    G: Any = None
+    D: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)   # training_set_kwargs etc. (PyTorch only)
+
+
+def load_reference_pickle(path: str | Path) -> ReferencePickle:
+    """Read a StyleGAN2(-ADA) PyTorch or TensorFlow pickle and pick out its networks."""
+    path = Path(path)
+    data = read_pickle(path)
+    if isinstance(data, dict) and "G_ema" in data:
+        nets = {k: data.get(k) for k in ("G", "D", "G_ema")}
+        for k, v in nets.items():
+            if v is not None and not isinstance(v, PersistentObject):
+                raise PickleError(f"{path}: {k} is a {type(v).__name__}, not a persistent network")
+        if nets["G_ema"] is None:
+            raise PickleError(f"{path}: the pickle's G_ema is empty")
+        extra = {k: v for k, v in data.items() if k not in nets and isinstance(v, (dict, type(None)))}
+        return ReferencePickle(path, "pytorch", nets["G_ema"], nets["G"], nets["D"], extra)
+    if isinstance(data, tuple) and len(data) == 3 and all(isinstance(n, TFNetwork) for n in data):
+        G, D, Gs = data
+        return ReferencePickle(path, "tensorflow", Gs, G, D)
+    if isinstance(data, TFNetwork):
+        return ReferencePickle(path, "tensorflow", data)
+    what = type(data).__name__
+    if isinstance(data, dict):
+        what += f" with keys {sorted(map(str, data))[:8]}"
+    raise PickleError(f"{path}: not a StyleGAN2 network pickle (expected a dict with G_ema, or a TensorFlow "
+                      f"(G, D, Gs) tuple; found a {what})")
