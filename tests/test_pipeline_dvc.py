@@ -64,3 +64,9 @@ def test_filter_experiment_reruns_only_filter_and_later(repo: Path, env: dict[st
     assert changed["rejected"].get("low_cover", 0) > funnel["rejected"].get("low_cover", 0)
     shown = run(["dvc", "exp", "show", "--json"], repo, env)
     assert "min_cover" in shown.stdout
+    # The readable comparison: the baseline (the committed first repro) and the experiment, the one param
+    # that differs, and their funnels.
+    table = run(["corgigan", "report"], repo, env).stdout.splitlines()
+    assert table[0].split()[:2] == ["experiment", "filter.min_cover"]
+    kept = {line.split()[0]: int(line.split()[3]) for line in table[2:]}
+    assert kept["main"] == funnel["kept"] and kept["workspace"] == changed["kept"]

@@ -118,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--config", default="",
                    help="train.config the snapshot carries (its networks must take the weights); default: "
                    "the preset with exactly the pickle's networks, else auto's settings")
+    r = sub.add_parser("report", help="the experiments side by side: differing params, funnel, FID/KID",
+                       description="Compare the experiments of this DVC project (the baseline commit, its "
+                       "experiments and the workspace): one row each, with only the params that differ, the "
+                       "funnel's entered and kept counts, and FID/KID. Reads `dvc exp show --json`.")
+    r.add_argument("--all-commits", action="store_true", help="include every commit, not just HEAD's")
     return parser
 
 
@@ -166,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "convert":
             from corgigan.stylegan2 import importer
             importer.convert(args.pickle, args.out, args.config or None)
+            return 0
+        if args.command == "report":
+            from corgigan import report
+            sys.stdout.write(report.main(args.all_commits) + "\n")
             return 0
         cfg = params_mod.load(args.params)
         sections = [getattr(cfg, s) for s in SECTIONS[args.command]]
