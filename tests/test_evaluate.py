@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from corgigan import cli, generate
@@ -20,7 +21,7 @@ from tests.test_train_data import write_dataset
 
 PARAMS = EvaluateParams(num_images=12, seed=0, truncation_psi=1.0, features="pixels",
                         inception_path="models/inception-2015-12-05.pt", batch=8,
-                        fid_every_snapshot=True, grid_seeds=8, video_frames=6)
+                        fid_every_snapshot=True, grid_seeds=8, video_frames=6, device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_evaluate_is_reproducible(trained: tuple[Path, Path], tmp_path: Path) ->
 
 
 def test_truncation_zero_gives_one_image_for_all_seeds(trained: tuple[Path, Path]) -> None:
-    G, _ = generate.load(trained[1], generate.pick_device("cpu"))
+    G, _ = generate.load(trained[1], torch.device("cpu"))
     imgs = generate.generate_images(G, [0, 1, 2], psi=0.0)
     assert imgs.dtype == np.uint8 and imgs.shape == (3, 8, 8, 3)
     assert np.array_equal(imgs[0], imgs[1]) and np.array_equal(imgs[0], imgs[2])
@@ -75,7 +76,7 @@ def test_truncation_zero_gives_one_image_for_all_seeds(trained: tuple[Path, Path
 
 
 def test_truncation_and_mixing_figures_carry_labels(trained: tuple[Path, Path]) -> None:
-    G, _ = generate.load(trained[1], generate.pick_device("cpu"))
+    G, _ = generate.load(trained[1], torch.device("cpu"))
     sweep = generate.truncation_sweep(G, [0, 1], psis=(1.0, 0.5))
     plain = generate.image_grid(generate.generate_images(G, [0], 1.0), cols=1)
     band = generate.LABEL_BAND

@@ -389,7 +389,7 @@ def test_evaluate_stage_scores_a_pickle(tmp_path, both_formats, monkeypatch):
     dataset = write_dataset(tmp_path / "data.zip", n=8, res=16, seed=0)
     p = EvaluateParams(num_images=8, seed=0, truncation_psi=1.0, features="pixels",
                        inception_path="models/inception-2015-12-05.pt", batch=8, fid_every_snapshot=True,
-                       grid_seeds=6, video_frames=4)
+                       grid_seeds=6, video_frames=4, device="cpu")
     metrics = tmp_path / "metrics.json"
     evaluate.run(p, paths["pytorch"], dataset, metrics, tmp_path / "figures")
     m = json.loads(metrics.read_text())

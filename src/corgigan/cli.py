@@ -15,6 +15,7 @@ from pathlib import Path
 from corgigan import params as params_mod
 from corgigan.errors import StageError
 from corgigan.stylegan2.data import DatasetError
+from corgigan.stylegan2.devices import DeviceError
 from corgigan.stylegan2.loop import TrainingError
 from corgigan.stylegan2.ops.build import CudaOpsError
 from corgigan.stylegan2.snapshot import SnapshotError
@@ -26,6 +27,7 @@ log = logging.getLogger("corgigan")
 # Anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     params_mod.ParamsError, StageError, SchemaError, DatasetError, SnapshotError, TrainingError, CudaOpsError,
+    DeviceError,
 )
 
 # stage -> (help, [(argument, help)]); every argument is a required path.
@@ -123,7 +125,95 @@ def _parser() -> argparse.ArgumentParser:
                        "experiments and the workspace): one row each, with only the params that differ, the "
                        "funnel's entered and kept counts, and FID/KID. Reads `dvc exp show --json`.")
     r.add_argument("--all-commits", action="store_true", help="include every commit, not just HEAD's")
+    sub.add_parser("check", help="list what the current params need and what is missing",
+                   description="Check, before `dvc repro`, everything the params need: the source's files or "
+                   "session, the detector's weights or boxes, GPUs for the devices asked for, the Inception "
+                   "file, disk space. Exits 2 when something is missing, saying what to do.")
+    _add_play_commands(sub)
     return parser
+
+
+def _add_play_commands(sub: argparse._SubParsersAction) -> None:
+    """`project` and `serve`: play with a trained model (README "Play with a model")."""
+    ckpt = "snapshot file, checkpoint folder, or a StyleGAN2(-ADA) PyTorch or TensorFlow .pkl"
+    detector = ("detector folder (e.g. models/detector): crop around the dog as the filter stage does; "
+                "without it, the centred square of the short side")
+    lpips = "torchvision's VGG16 weights (vgg16-397923af.pth): adds LPIPS-VGG to the projection loss"
+    lpips_lin = "LPIPS's linear calibration for VGG (the lpips package's weights/v0.1/vgg.pth); needs --lpips"
+    crop = (" Photos are cropped and resized with the filter stage's rule and params.yaml's filter.min_crop "
+            "and resize_filter (when --params exists; else the whole short side).")
+    p = sub.add_parser("project", help="find the latents of real photos (W or W+)",
+                       description="Find the latent (in W or W+) that makes the generator reproduce each "
+                       "photo: a pixel loss plus a feature loss from the model's own discriminator, offline."
+                       + crop +
+                       " Writes OUT/<photo>/: target.png, projected.png, projected_w.npz, projection.mp4, "
+                       "errors.json.")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="photos (JPEG, PNG, ...)")
+    p.add_argument("--checkpoint", type=Path, required=True, help=ckpt)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--detector", type=Path, help=detector)
+    p.add_argument("--steps", type=int, default=200, help="optimisation steps (default: %(default)s)")
+    p.add_argument("--space", choices=["w", "w+"], default="w+",
+                   help="w: one w for all layers (edits behave best); w+: one per layer (closer "
+                   "reconstructions) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent noise (default: %(default)s)")
+    p.add_argument("--lpips", type=Path, help=lpips)
+    p.add_argument("--lpips-lin", type=Path, help=lpips_lin)
+    p.add_argument("--no-video", action="store_true", help="skip projection.mp4")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    s = sub.add_parser("serve", help="a local web page to explore a model",
+                       description="Serve a page to explore a model: seed grid, truncation, style mixing, "
+                       "direction sliders, and photo upload -> projection -> edits. Offline (nothing loads "
+                       "from elsewhere); binds 127.0.0.1 unless --host says otherwise." + crop)
+    s.add_argument("--checkpoint", type=Path, required=True, help=ckpt)
+    s.add_argument("--directions", type=Path,
+                   help="directions file of the explore stage (JSON, corgigan-directions/1): one slider each")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    s.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default: %(default)s)")
+    s.add_argument("--detector", type=Path, help=detector)
+    s.add_argument("--max-steps", type=int, default=300,
+                   help="most projection steps one upload may ask for (default: %(default)s)")
+    s.add_argument("--lpips", type=Path, help=lpips)
+    s.add_argument("--lpips-lin", type=Path, help=lpips_lin)
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+
+
+def _photo_settings(args: argparse.Namespace) -> tuple[object | None, dict]:
+    """The filter stage's crop rule and the detect stage's settings from params.yaml, when it exists."""
+    from corgigan.projection import CropRule
+
+    if not Path(args.params).is_file():
+        return None, {}
+    cfg = params_mod.load(args.params)
+    rule = CropRule(min_crop=cfg.filter.min_crop, resize_filter=cfg.filter.resize_filter,
+                    max_pixels=cfg.images.max_pixels)
+    detect = {"conf": cfg.detect.conf, "iou": cfg.detect.iou, "imgsz": cfg.detect.imgsz,
+              "device": cfg.detect.device}
+    return rule, detect
+
+
+def _lpips_files(args: argparse.Namespace) -> tuple[Path, Path | None] | None:
+    if args.lpips_lin and not args.lpips:
+        raise StageError("--lpips-lin calibrates LPIPS: give the VGG16 weights with --lpips too")
+    return (args.lpips, args.lpips_lin) if args.lpips else None
+
+
+def _play(args: argparse.Namespace) -> None:
+    """Run `project` or `serve`."""
+    rule, detect = _photo_settings(args)
+    if args.command == "project":
+        from corgigan import projection
+        cfg = projection.ProjectConfig(steps=args.steps, space=args.space, seed=args.seed)
+        projection.main(args.images, args.checkpoint, args.out, cfg, rule, args.detector, detect,
+                        _lpips_files(args), args.device, video=not args.no_video)
+        return
+    from corgigan import serve
+    if args.max_steps < 1:
+        raise StageError(f"--max-steps {args.max_steps}: must be >= 1")
+    limits = serve.Limits(max_steps=args.max_steps)
+    explorer = serve.load_explorer(args.checkpoint, args.device, args.directions, args.detector, detect, rule,
+                                   _lpips_files(args), limits)
+    serve.main(explorer, args.host, args.port)
 
 
 def _stage_description(name: str, help_text: str) -> str:
@@ -168,10 +258,18 @@ def main(argv: list[str] | None = None) -> int:
                           seeds=parse_seeds(args.seeds), psi=args.psi, frames=args.frames,
                           device=args.device)
             return 0
+        if args.command in ("project", "serve"):
+            _play(args)
+            return 0
         if args.command == "convert":
             from corgigan.stylegan2 import importer
             importer.convert(args.pickle, args.out, args.config or None)
             return 0
+        if args.command == "check":
+            from corgigan import check
+            checks = check.run_checks(params_mod.load(args.params), Path.cwd())
+            sys.stdout.write(check.format_checks(checks) + "\n")
+            return 0 if all(c.ok for c in checks) else 2
         if args.command == "report":
             from corgigan import report
             sys.stdout.write(report.main(args.all_commits) + "\n")

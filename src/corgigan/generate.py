@@ -15,25 +15,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from corgigan.errors import StageError
 from corgigan.stylegan2 import importer, snapshot
+from corgigan.stylegan2.devices import resolve_device
 from corgigan.tables import atomic_path
 
 log = logging.getLogger(__name__)
 
 TRUNCATION_PSIS = (1.0, 0.85, 0.7, 0.5, 0.3, 0.0)
 VIDEO_FPS = 24
-
-
-def pick_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; a device torch cannot use is a StageError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise StageError(f"device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StageError(f"device {name!r}: torch sees no CUDA device here; use cpu (or auto)")
-    return device
 
 
 def seed_latents(seeds: list[int], z_dim: int) -> torch.Tensor:
@@ -196,7 +184,7 @@ def load(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]
 def main(checkpoint: Path, out: Path, what: str, seeds: list[int], psi: float, frames: int,
          device: str) -> None:
     """`corgigan generate`: write the requested pictures of a snapshot into `out`."""
-    G, info = load(checkpoint, pick_device(device))
+    G, info = load(checkpoint, resolve_device(device))
     log.info("generator from %s (kimg %.1f)", checkpoint, info.get("kimg", float("nan")))
     out.mkdir(parents=True, exist_ok=True)
     if what == "images":

@@ -18,6 +18,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from corgigan.stylegan2.devices import DEVICE_HELP, is_device_name
+
 
 class ParamsError(ValueError):
     """A params.yaml key is unknown, missing, of the wrong type or out of range."""
@@ -95,7 +97,7 @@ class DetectorParams:
     imgsz: int
     batch: int
     val_fraction: float            # held-out share of the labelled images (mAP50 is measured on it)
-    device: str                    # cpu | cuda | cuda:N
+    device: str                    # auto | cpu | cuda | cuda:N
     workers: int                   # DataLoader workers on GPU (ultralytics uses none on CPU)
 
     def validate(self, key: str) -> None:
@@ -105,7 +107,7 @@ class DetectorParams:
         _check(self.imgsz >= 32 and self.imgsz % 32 == 0, f"{key}.imgsz", "must be a multiple of 32")
         _check(self.batch > 0, f"{key}.batch", "must be > 0")
         _check(0 < self.val_fraction < 1, f"{key}.val_fraction", "must be in (0, 1)")
-        _check(_is_device(self.device), f"{key}.device", f"must be cpu, cuda or cuda:N, got {self.device!r}")
+        _check_device(self.device, f"{key}.device")
         _check(self.workers >= 0, f"{key}.workers", "must be >= 0")
 
 
@@ -115,19 +117,18 @@ class DetectParams:
     iou: float
     imgsz: int
     batch: int
-    device: str                    # cpu | cuda | cuda:N
+    device: str                    # auto | cpu | cuda | cuda:N
 
     def validate(self, key: str) -> None:
         _check(0 <= self.conf <= 1, f"{key}.conf", "must be in [0, 1]")
         _check(0 <= self.iou <= 1, f"{key}.iou", "must be in [0, 1]")
         _check(self.imgsz >= 32 and self.imgsz % 32 == 0, f"{key}.imgsz", "must be a multiple of 32")
         _check(self.batch > 0, f"{key}.batch", "must be > 0")
-        _check(_is_device(self.device), f"{key}.device", f"must be cpu, cuda or cuda:N, got {self.device!r}")
+        _check_device(self.device, f"{key}.device")
 
 
-def _is_device(text: str) -> bool:
-    """cpu, cuda or cuda:N (the devices the detector stages accept)."""
-    return text in ("cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())
+def _check_device(name: str, key: str) -> None:
+    _check(is_device_name(name), key, f"must be {DEVICE_HELP}, got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ class TrainParams:
     ada_target: float              # target E[sign(D(real))]
     mirror: bool                   # x-flip the dataset
     workers: int                   # DataLoader workers
-    device: Literal["auto", "cpu", "cuda"]
+    device: str                    # auto | cpu | cuda | cuda:N (auto never picks the CPU for >= 512 px)
     require_cuda_ops: bool         # stop when the fused CUDA ops fail to build
     allow_tf32: bool               # TF32 float32 matmul/conv on CUDA (the reference's default: false)
     resume_from: str               # snapshot or reference StyleGAN2(-ADA) .pkl to start from (transfer
@@ -207,6 +208,7 @@ class TrainParams:
         _check(0 < self.ada_target < 1, f"{key}.ada_target", "must be in (0, 1)")
         _check(self.workers >= 0, f"{key}.workers", "must be >= 0")
         _check(self.freeze_d >= 0, f"{key}.freeze_d", "must be >= 0 (0: train every layer of D)")
+        _check_device(self.device, f"{key}.device")
 
 
 @dataclass(frozen=True)
@@ -220,12 +222,14 @@ class EvaluateParams:
     fid_every_snapshot: bool
     grid_seeds: int                # images in the sample grid
     video_frames: int              # frames of the latent interpolation video
+    device: str                    # auto | cpu | cuda | cuda:N
 
     def validate(self, key: str) -> None:
         _check(self.num_images >= 2, f"{key}.num_images", "must be >= 2")
         _check(self.batch > 0, f"{key}.batch", "must be > 0")
         _check(self.grid_seeds > 0, f"{key}.grid_seeds", "must be > 0")
         _check(self.video_frames >= 2, f"{key}.video_frames", "must be >= 2")
+        _check_device(self.device, f"{key}.device")
 
 
 @dataclass(frozen=True)

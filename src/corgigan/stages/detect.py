@@ -21,6 +21,7 @@ from corgigan import detection, tables
 from corgigan.errors import StageError
 from corgigan.images import DecodeError, decode, iter_shards, list_shards
 from corgigan.params import DetectParams, ImagesParams
+from corgigan.stylegan2.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def run(p: DetectParams, images: ImagesParams, raw: Path, detector: Path, out: P
     shard_dir = raw / "shards"
     if not shard_dir.is_dir():
         raise StageError(f"{shard_dir}: no image shards; run `corgigan scrape` first")
-    _check_device(p.device)
+    device = str(resolve_device(p.device))
     meta = detection.read_meta(detector)
     dog_class = meta.get("dog_class")
     redo = f"delete {detector} and re-run `corgigan detector`"
@@ -44,7 +45,8 @@ def run(p: DetectParams, images: ImagesParams, raw: Path, detector: Path, out: P
         raise StageError(f"{detector / detection.META_FILE}: dog_class {dog_class} is not a class of "
                          f"{detection.WEIGHTS_FILE} (classes 0..{len(yolo.names) - 1}); {redo}")
     warn_if_trained_on_drawings(meta, raw / "posts.parquet")
-    rows = detect_shards(yolo, shard_dir, p, max_pixels=images.max_pixels, dog_class=dog_class)
+    rows = detect_shards(yolo, shard_dir, p, device=device, max_pixels=images.max_pixels,
+                         dog_class=dog_class)
     rows.sort(key=lambda r: (r["image_id"], -r["confidence"], r["x0"], r["y0"], r["x1"], r["y1"]))
     tables.write_table("detections", rows, out)
     log.info("detect: %d boxes written to %s", len(rows), out)
@@ -68,7 +70,7 @@ def warn_if_trained_on_drawings(meta: dict[str, Any], posts: Path) -> bool:
     return True
 
 
-def detect_shards(yolo: Any, shard_dir: Path, p: DetectParams, *, max_pixels: int,
+def detect_shards(yolo: Any, shard_dir: Path, p: DetectParams, *, device: str, max_pixels: int,
                   dog_class: int) -> list[dict[str, Any]]:
     """Detection rows (unsorted) for every decodable image in the shards of `shard_dir`."""
     paths = list_shards(shard_dir)
@@ -79,7 +81,7 @@ def detect_shards(yolo: Any, shard_dir: Path, p: DetectParams, *, max_pixels: in
         for batch_ids, batch_imgs, num_skipped in _prefetched(_batches(shard_dir, p.batch, max_pixels)):
             skipped += num_skipped
             found = detection.predict(yolo, batch_imgs, classes=[dog_class], conf=p.conf, iou=p.iou,
-                                      imgsz=p.imgsz, device=p.device)
+                                      imgsz=p.imgsz, device=device)
             for image_id, img, dets in zip(batch_ids, batch_imgs, found, strict=True):
                 rows.extend(_rows(image_id, img, dets))
             bar.update(len(batch_ids) + num_skipped)
@@ -129,11 +131,3 @@ def _rows(image_id: str, img: Image.Image, dets: list[detection.Detection]) -> l
         rows.append({"image_id": image_id, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
                      "confidence": d.confidence, "class_id": d.class_id})
     return rows
-
-
-def _check_device(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            raise StageError(f"detect.device={device} but no CUDA device is available; "
-                             f"set detect.device: cpu")

@@ -14,6 +14,7 @@ from typing import Any
 from corgigan import detection
 from corgigan.errors import StageError
 from corgigan.params import DetectorParams
+from corgigan.stylegan2.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def run(p: DetectorParams, out: Path) -> None:
         meta: dict[str, Any] = {"kind": "pretrained", "source": Path(p.pretrained_weights).name,
                                 "dog_class": p.dog_class, "imgsz": None, "map50": None}
     else:
+        device = str(resolve_device(p.device))   # before minutes of data preparation, not after
         with tempfile.TemporaryDirectory(prefix="corgigan-detector-") as tmp:
             if p.labels == "synthetic":
                 samples = detection.synthetic_samples(p.seed, p.num_images)
@@ -33,7 +35,7 @@ def run(p: DetectorParams, out: Path) -> None:
                 samples = detection.stanford_dogs_samples(p.stanford_dogs_path)
             data_yaml = detection.write_yolo_dataset(samples, Path(tmp) / "data", p.val_fraction)
             result = detection.train(data_yaml, p.model, epochs=p.epochs, imgsz=p.imgsz, batch=p.batch,
-                                     seed=p.seed, device=p.device, workers=p.workers,
+                                     seed=p.seed, device=device, workers=p.workers,
                                      workdir=Path(tmp) / "runs")
         model = result.model
         meta = {"kind": "train", "labels": p.labels, "model": p.model, "seed": p.seed, "epochs": p.epochs,

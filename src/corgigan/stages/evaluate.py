@@ -14,6 +14,7 @@ from corgigan.errors import StageError
 from corgigan.params import EvaluateParams
 from corgigan.stylegan2 import snapshot
 from corgigan.stylegan2.data import dataset_hash
+from corgigan.stylegan2.devices import resolve_device
 from corgigan.tables import write_json
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figu
         raise StageError(f"no snapshot in {checkpoints}: run the train stage first (`dvc repro train`)")
     if not dataset.is_file():
         raise StageError(f"dataset {dataset} not found: run the dataset stage first")
-    device = generate.pick_device("auto")
+    device = resolve_device(p.device)
     G, info = generate.load(last, device)
     sha = dataset_hash(dataset)
     if info.get("dataset_hash") != sha:

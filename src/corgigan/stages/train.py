@@ -25,6 +25,7 @@ from corgigan.errors import StageError
 from corgigan.params import TrainParams
 from corgigan.stylegan2 import configs, distributed
 from corgigan.stylegan2.data import DatasetError, ZipDataset
+from corgigan.stylegan2.devices import DeviceError
 from corgigan.stylegan2.loop import Hooks, TrainingError, training_loop
 from corgigan.stylegan2.ops.build import CudaOpsError
 from corgigan.stylegan2.snapshot import SnapshotError
@@ -32,7 +33,9 @@ from corgigan.tables import atomic_path
 
 log = logging.getLogger(__name__)
 
-CURVES = "curves.png"     # in the metrics folder: the training curves as a picture (a DVC image plot)
+CPU_MAX_AUTO_RES = 512   # from this resolution on, training on the CPU must be asked for (train.device: cpu)
+MIN_IMAGES = 1000        # fewer dataset images than this get a warning
+CURVES = "curves.png"       # in the metrics folder: the training curves as a picture (a DVC image plot)
 
 
 class _Reporter:
@@ -88,16 +91,29 @@ def truncate_history(plots_dir: Path, last_step: int) -> None:
                 tmp.write_text("\n".join(kept) + "\n")
 
 
+def check_device_fits(device: str, on_gpu: bool, cfg: configs.TrainingConfig) -> None:
+    """Refuse a large config on the CPU unless train.device says cpu: days per kimg, and out of memory."""
+    if on_gpu or cfg.resolution < CPU_MAX_AUTO_RES or device == "cpu":
+        return
+    raise StageError(f"train: config {cfg.name} at {cfg.resolution} px needs a GPU, and torch sees none "
+                     f"(train.device: {device}); on the CPU it would take days per kimg. Run it on a GPU "
+                     f"machine, or set train.device: cpu to insist")
+
+
 def run(p: TrainParams, dataset: Path, out: Path, metrics: Path) -> None:
     """Train or resume StyleGAN2-ADA on `dataset`; snapshots and grids go to `out`, metrics to `metrics`."""
-    on_gpu = p.device == "cuda" or (p.device == "auto" and torch.cuda.is_available())
+    on_gpu = p.device.startswith("cuda") or (p.device == "auto" and torch.cuda.is_available())
     info = distributed.init_from_env("cuda" if on_gpu else "cpu")
     try:
         try:
-            resolution = ZipDataset(dataset).resolution
-            cfg = configs.make_config(p.config, resolution, gpus=info.world_size, batch=p.batch)
+            data = ZipDataset(dataset)
+            cfg = configs.make_config(p.config, data.resolution, gpus=info.world_size, batch=p.batch)
         except (DatasetError, ValueError) as e:
             raise StageError(f"train: {e}") from e
+        check_device_fits(p.device, on_gpu, cfg)
+        if data.num_images < MIN_IMAGES:
+            log.warning("train: %s holds only %d images; a GAN needs thousands (ADA helps from about %d): "
+                        "expect it to memorise them", dataset, data.num_images, MIN_IMAGES)
         reporter = _Reporter(metrics)
         hooks = Hooks(reporter.on_start, reporter.on_progress, reporter.on_tick) if info.is_main else None
         try:
@@ -108,7 +124,7 @@ def run(p: TrainParams, dataset: Path, out: Path, metrics: Path) -> None:
                 resume_from=p.resume_from or None, freeze_d=p.freeze_d,
                 allow_other_data=p.allow_other_data, tick_kimg=p.tick_kimg, keep_snapshots=p.keep_snapshots,
                 hooks=hooks)
-        except (DatasetError, SnapshotError, TrainingError, CudaOpsError) as e:
+        except (DatasetError, SnapshotError, TrainingError, CudaOpsError, DeviceError) as e:
             raise StageError(f"train: {e}") from e
         finally:
             reporter.close()

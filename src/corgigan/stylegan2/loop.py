@@ -41,6 +41,7 @@ from PIL import Image
 from corgigan.stylegan2 import augment as augment_mod
 from corgigan.stylegan2 import configs, distributed, importer
 from corgigan.stylegan2.data import StreamSampler, ZipDataset, dataset_hash, make_loader
+from corgigan.stylegan2.devices import resolve_device
 from corgigan.stylegan2.loss import StyleGAN2Loss, pl_mean_update, sample_latents, seeded
 from corgigan.stylegan2.ops import build as ops_build
 from corgigan.stylegan2.snapshot import (
@@ -137,17 +138,6 @@ class TickStats:
 
 # ---------------------------------------------------------------------------------------------------------
 # Set-up helpers
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; 'cuda' on a multi-process run -> the rank's GPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("device cuda was asked for but torch sees no CUDA device (set train.device: cpu)")
-    if device == "cuda":
-        device = f"cuda:{local_rank}"
-    return torch.device(device)
 
 
 def make_optimizer(params: Iterator[torch.nn.Parameter], lr: float, betas: tuple[float, float],

@@ -1,0 +1,57 @@
+"""`corgigan check`: what the params need, found or missing, each with what to do; rc 2 when missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from corgigan import check
+from corgigan import params as params_mod
+from corgigan.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _params(tmp_path: Path, **sections: dict) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, changes in sections.items():
+        raw[name] = {**raw[name], **changes}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_the_demo_needs_nothing_more(tmp_path, capsys):
+    assert main(["--params", str(_params(tmp_path)), "check"]) == 0
+    out = capsys.readouterr().out
+    assert "MISSING" not in out and "everything the params need is here" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_the_full_run_lists_what_is_missing_and_what_to_do(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("CORGIGAN_IG_SESSION", raising=False)
+    monkeypatch.chdir(tmp_path)                    # no Stanford Dogs, no Inception file here
+    assert main(["--params", str(ROOT / "configs" / "full.yaml"), "check"]) == 2
+    out = capsys.readouterr().out
+    missing = {line.split()[1] for line in out.splitlines() if line.startswith("MISSING")}
+    assert {"Instagram", "detector.device", "detect.device", "detector.stanford_dogs_path", "train.device",
+            "evaluate.inception_path"} <= missing
+    assert "instaloader --login" in out and "run on a GPU machine" in out
+
+
+def test_a_folder_source_must_exist_and_a_large_cpu_run_be_asked_for(tmp_path):
+    folder = {"source": "folder", "folder": {"path": str(tmp_path / "no")}}
+    p = params_mod.load(_params(tmp_path, scrape=folder))
+    checks = {c.what: c for c in check.run_checks(p, tmp_path, environ={})}
+    assert not checks["scrape.folder.path"].ok and "no such folder" in checks["scrape.folder.path"].detail
+    (tmp_path / "no").mkdir()
+    assert check.source_checks(p, {})[0].ok
+    if not torch.cuda.is_available():
+        sizes = {"resolution": 1024, "min_side": 1024, "min_crop": 1024}
+        train = {"config": "paper1024", "device": "auto"}
+        big = params_mod.load(_params(tmp_path, filter=sizes, train=train))
+        found = {c.what: c for c in check.train_checks(big)}
+        assert not found["train on a GPU"].ok and "train.device: cpu to insist" in found["train on a GPU"].fix
