@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,54 @@ def test_unknown_and_missing_keys(raw: dict) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(params.ParamsError, match="params file not found"):
         params.load(tmp_path / "params.yaml")
+
+
+def _comments(path: Path) -> dict[str, str]:
+    """Dotted key -> its inline comment in a params file (continuation comment lines joined)."""
+    key = re.compile(r"^(\s*)([A-Za-z_]\w*):([^#]*)(#\s?(.*))?$")
+    out: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    last, column = None, -1
+    for line in path.read_text().splitlines():
+        m = key.match(line)
+        if m is None:
+            text = line.strip()
+            if last and text.startswith("#") and line.index("#") == column:   # a continuation
+                out[last] += " " + text[1:].strip()
+            else:
+                last = None
+            continue
+        indent, name, value, comment, text = m.groups()
+        while stack and stack[-1][0] >= len(indent):
+            stack.pop()
+        dotted = ".".join([k for _, k in stack] + [name])
+        if not value.strip():
+            stack.append((len(indent), name))
+            last = None
+            continue
+        out[dotted] = text or ""
+        last, column = (dotted, line.index("#")) if comment else (None, -1)
+    return out
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "configs/full.yaml"])
+def test_every_knob_is_documented_once_and_the_files_say_the_same(name: str) -> None:
+    # The help lives in params.py (field metadata); each params file's comment is that help, word for word.
+    comments = _comments(ROOT / name)
+    knobs = params.knobs()
+    assert list(comments) == list(knobs), "keys differ from params.py, or are out of its order"
+    wrong = {k: (comments[k], help_) for k, help_ in knobs.items() if comments[k] != help_}
+    assert not wrong, wrong
+
+
+def test_ranges_and_optional_values(raw: dict) -> None:
+    bad = copy.deepcopy(raw)
+    bad["train"]["batch"] = 0
+    with pytest.raises(params.ParamsError, match=r"train.batch: must be > 0, got 0"):
+        params.from_dict(bad)
+    bad["train"].update(batch=None, resume_from=None)
+    p = params.from_dict(bad)
+    assert p.train.batch is None and p.train.resume_from is None
+    bad["filter"].update(min_crop=600, min_side=500)
+    with pytest.raises(params.ParamsError, match=r"filter.min_crop: must be in \(0, min_side\]"):
+        params.from_dict(bad)

@@ -1,19 +1,31 @@
 """Typed parameters loaded from params.yaml.
 
-One frozen dataclass per section. `load` is the only reader: it rejects unknown keys, missing keys,
-wrong types and out-of-range values with a message naming the key (e.g. ``filter.min_cover``).
-Stages receive only the section they need.
+One frozen (pydantic) dataclass per section, and every knob defined once, here: its type, allowed
+range and help (the help is also the knob's comment in params.yaml and configs/full.yaml, which
+tests/test_params.py holds to it). Values live only in the params files, which DVC tracks. `load` is the
+only reader: unknown, missing, mistyped and out-of-range keys stop with a message naming the key
+(e.g. ``filter.min_cover: must be in [0, 1], got 1.5``). Stages receive only the section they need.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from pydantic import (
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -25,214 +37,207 @@ class ParamsError(ValueError):
     """A params.yaml key is unknown, missing, of the wrong type or out of range."""
 
 
-def _check(cond: bool, key: str, msg: str) -> None:
-    if not cond:
-        raise ParamsError(f"{key}: {msg}")
+def _number(value: Any) -> Any:
+    # YAML integers are fine where a float is wanted; strings and booleans are not (lax pydantic takes them).
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be a number")
+    return float(value)
 
 
-@dataclass(frozen=True)
+def _device(name: str) -> str:
+    if not is_device_name(name):
+        raise ValueError(f"must be {DEVICE_HELP}")
+    return name
+
+
+def _power_of_two(value: int) -> int:
+    if value < 4 or value & (value - 1):
+        raise ValueError("must be a power of two >= 4")
+    return value
+
+
+def _multiple_of_32(value: int) -> int:
+    if value < 32 or value % 32:
+        raise ValueError("must be a multiple of 32")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_number)]
+Device = Annotated[StrictStr, BeforeValidator(_device)]
+PowerOfTwo = Annotated[StrictInt, BeforeValidator(_power_of_two)]
+Multiple32 = Annotated[StrictInt, BeforeValidator(_multiple_of_32)]
+
+
+def knob(help_text: str, **constraints: Any) -> Any:
+    """A knob's help and allowed range: pydantic Field metadata, read by the loader and the tests."""
+    return Field(description=help_text, **constraints)
+
+
+_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
+section = dataclass(frozen=True, config=_CONFIG)
+
+
+@section
 class SyntheticParams:
-    seed: int                      # drawing seed; same seed, same bytes
-    num_images: int                # ordinary single-dog photos; planted cases come on top
-    min_short_side: int            # photo-like sizes: short side drawn in [min, max]
-    max_short_side: int
-    planted_per_case: int          # images of each planted case (broken files, decoder cases, ...)
+    seed: Annotated[StrictInt, knob("drawing seed; same seed, same bytes")]
+    num_images: Annotated[StrictInt, knob("ordinary single-dog photos; planted cases come on top", ge=0)]
+    min_short_side: Annotated[StrictInt, knob("photo-like sizes: the short side is drawn in [min, max]",
+                                              ge=16)]
+    max_short_side: Annotated[StrictInt, knob("the largest short side drawn", ge=16)]
+    planted_per_case: Annotated[StrictInt, knob("images of each planted case (several dogs, broken files, "
+                                                "CMYK, ...)", ge=0)]
 
-    def validate(self, key: str) -> None:
-        _check(self.num_images >= 0, f"{key}.num_images", "must be >= 0")
-        _check(self.planted_per_case >= 0, f"{key}.planted_per_case", "must be >= 0")
-        _check(16 <= self.min_short_side <= self.max_short_side, f"{key}.min_short_side",
-               "must be >= 16 and <= max_short_side")
+    @model_validator(mode="after")
+    def _sides(self) -> SyntheticParams:
+        if self.min_short_side > self.max_short_side:
+            raise ValueError("min_short_side: must be <= max_short_side")
+        return self
 
 
-@dataclass(frozen=True)
+@section
 class FolderParams:
-    path: str                      # a directory or a .zip of images
+    path: Annotated[StrictStr, knob("a directory or a .zip of images (a dependency of scrape)")]
 
 
-@dataclass(frozen=True)
+@section
 class InstagramParams:
-    hashtags: list[str]            # hashtags to scrape, without '#'
-    max_posts: int                 # per hashtag
-    max_wait_s: float              # longer rate-limit waits stop the run; the next run resumes
-    session_env: str               # env variable holding the path of an instaloader session file
-
-    def validate(self, key: str) -> None:
-        _check(len(self.hashtags) > 0, f"{key}.hashtags", "needs at least one hashtag")
-        _check(self.max_posts > 0, f"{key}.max_posts", "must be > 0")
-        _check(self.max_wait_s >= 0, f"{key}.max_wait_s", "must be >= 0")
+    hashtags: Annotated[list[StrictStr], knob("hashtags to scrape, without '#'", min_length=1)]
+    max_posts: Annotated[StrictInt, knob("posts per hashtag", gt=0)]
+    max_wait_s: Annotated[Number, knob("a rate-limit wait longer than this stops the run; the next run "
+                                       "resumes", ge=0)]
+    session_env: Annotated[StrictStr, knob("name of the env variable holding the session file path")]
 
 
-@dataclass(frozen=True)
+@section
 class ScrapeParams:
-    source: Literal["synthetic", "folder", "instagram"]
-    shard_size: int                # images per shard file
+    source: Annotated[Literal["synthetic", "folder", "instagram"], knob("synthetic | folder | instagram")]
+    shard_size: Annotated[StrictInt, knob("images per shard file", gt=0)]
     synthetic: SyntheticParams
     folder: FolderParams
     instagram: InstagramParams
 
-    def validate(self, key: str) -> None:
-        _check(self.shard_size > 0, f"{key}.shard_size", "must be > 0")
 
-
-@dataclass(frozen=True)
+@section
 class ImagesParams:
-    max_pixels: int                # larger images are rejected as too_large
-
-    def validate(self, key: str) -> None:
-        _check(self.max_pixels > 0, f"{key}.max_pixels", "must be > 0")
+    max_pixels: Annotated[StrictInt, knob("larger images are rejected as too_large (decompression-bomb "
+                                          "guard)", gt=0)]
 
 
-@dataclass(frozen=True)
+@section
 class DetectorParams:
-    kind: Literal["train", "pretrained"]
-    pretrained_weights: str        # local path of an ultralytics .pt (kind: pretrained)
-    dog_class: int                 # class id of "dog" in the weights
-    labels: Literal["synthetic", "stanford_dogs"]
-    stanford_dogs_path: str        # folder with Images/ and Annotation/ (labels: stanford_dogs)
-    model: str                     # ultralytics model yaml trained from scratch
-    seed: int
-    num_images: int                # synthetic training scenes
-    epochs: int
-    imgsz: int
-    batch: int
-    val_fraction: float            # held-out share of the labelled images (mAP50 is measured on it)
-    device: str                    # auto | cpu | cuda | cuda:N
-    workers: int                   # DataLoader workers on GPU (ultralytics uses none on CPU)
-
-    def validate(self, key: str) -> None:
-        _check(self.dog_class >= 0, f"{key}.dog_class", "must be >= 0")
-        _check(self.num_images >= 10, f"{key}.num_images", "must be >= 10")
-        _check(self.epochs > 0, f"{key}.epochs", "must be > 0")
-        _check(self.imgsz >= 32 and self.imgsz % 32 == 0, f"{key}.imgsz", "must be a multiple of 32")
-        _check(self.batch > 0, f"{key}.batch", "must be > 0")
-        _check(0 < self.val_fraction < 1, f"{key}.val_fraction", "must be in (0, 1)")
-        _check_device(self.device, f"{key}.device")
-        _check(self.workers >= 0, f"{key}.workers", "must be >= 0")
+    kind: Annotated[Literal["train", "pretrained"], knob("train | pretrained")]
+    pretrained_weights: Annotated[StrictStr, knob("a local ultralytics .pt, used when kind is pretrained")]
+    dog_class: Annotated[StrictInt, knob("class id of 'dog' in the weights (16 for COCO weights)", ge=0)]
+    labels: Annotated[Literal["synthetic", "stanford_dogs"], knob("synthetic | stanford_dogs (for kind: "
+                                                                  "train)")]
+    stanford_dogs_path: Annotated[StrictStr, knob("folder with Images/ and Annotation/ (labels: "
+                                                  "stanford_dogs)")]
+    model: Annotated[StrictStr, knob("ultralytics model definition, trained from scratch")]
+    seed: Annotated[StrictInt, knob("training seed, separate from the scraped set's")]
+    num_images: Annotated[StrictInt, knob("synthetic training scenes (a sixth with no dog, the rest 1-3 "
+                                          "dogs)", ge=10)]
+    epochs: Annotated[StrictInt, knob("training epochs (meta.json reports the mAP50 reached)", gt=0)]
+    imgsz: Annotated[Multiple32, knob("training image size, a multiple of 32")]
+    batch: Annotated[StrictInt, knob("training batch; small ones give more steps from a few hundred "
+                                     "scenes", gt=0)]
+    val_fraction: Annotated[Number, knob("held-out share of the labelled images; meta.json reports mAP50 on "
+                                         "it", gt=0, lt=1)]
+    device: Annotated[Device, knob(DEVICE_HELP)]
+    workers: Annotated[StrictInt, knob("DataLoader workers on GPU (ultralytics uses none on CPU)", ge=0)]
 
 
-@dataclass(frozen=True)
+@section
 class DetectParams:
-    conf: float
-    iou: float
-    imgsz: int
-    batch: int
-    device: str                    # auto | cpu | cuda | cuda:N
-
-    def validate(self, key: str) -> None:
-        _check(0 <= self.conf <= 1, f"{key}.conf", "must be in [0, 1]")
-        _check(0 <= self.iou <= 1, f"{key}.iou", "must be in [0, 1]")
-        _check(self.imgsz >= 32 and self.imgsz % 32 == 0, f"{key}.imgsz", "must be a multiple of 32")
-        _check(self.batch > 0, f"{key}.batch", "must be > 0")
-        _check_device(self.device, f"{key}.device")
+    conf: Annotated[Number, knob("boxes below this confidence are not kept", ge=0, le=1)]
+    iou: Annotated[Number, knob("non-maximum suppression IoU threshold", ge=0, le=1)]
+    imgsz: Annotated[Multiple32, knob("inference size: as detector.imgsz, the size it was trained at")]
+    batch: Annotated[StrictInt, knob("images per inference batch", gt=0)]
+    device: Annotated[Device, knob(DEVICE_HELP)]
 
 
-def _check_device(name: str, key: str) -> None:
-    _check(is_device_name(name), key, f"must be {DEVICE_HELP}, got {name!r}")
-
-
-@dataclass(frozen=True)
+@section
 class FilterParams:
-    min_side: int                  # short side below this: too_small
-    min_crop: int                  # smallest crop side before resizing
-    max_dogs: int                  # more detected dogs: multiple_dogs
-    min_confidence: float          # best box below this: low_confidence
-    min_cover: float               # box area inside the window / window area
-    max_center_shift: float        # |window centre - box centre| / image side
-    allow_partial: bool            # keep dogs larger than the crop window
-    resolution: int                # output side in pixels
-    resize_filter: Literal["lanczos", "bicubic", "bilinear", "box"]
-    shard_size: int                # crops per output shard file
+    min_side: Annotated[StrictInt, knob("images whose short side is smaller are rejected (too_small)", gt=0)]
+    min_crop: Annotated[StrictInt, knob("smallest crop side before resizing", gt=0)]
+    max_dogs: Annotated[StrictInt, knob("more confident boxes than this: multiple_dogs", ge=1)]
+    min_confidence: Annotated[Number, knob("best box below this: low_confidence", ge=0, le=1)]
+    min_cover: Annotated[Number, knob("dog box area inside the crop window / window area (below: "
+                                      "low_cover)", ge=0, le=1)]
+    max_center_shift: Annotated[Number, knob("|window centre - box centre| / image side (above: "
+                                             "off_center)", ge=0, le=1)]
+    allow_partial: Annotated[StrictBool, knob("keep dogs larger than the crop window")]
+    resolution: Annotated[PowerOfTwo, knob("output side in pixels, a power of two")]
+    resize_filter: Annotated[Literal["lanczos", "bicubic", "bilinear", "box"],
+                             knob("lanczos | bicubic | bilinear | box")]
+    shard_size: Annotated[StrictInt, knob("crops per output shard file", gt=0)]
 
-    def validate(self, key: str) -> None:
-        _check(self.min_side > 0, f"{key}.min_side", "must be > 0")
-        _check(self.shard_size > 0, f"{key}.shard_size", "must be > 0")
-        _check(0 < self.min_crop <= self.min_side, f"{key}.min_crop", "must be in (0, min_side]")
-        _check(self.max_dogs >= 1, f"{key}.max_dogs", "must be >= 1")
-        _check(0 <= self.min_confidence <= 1, f"{key}.min_confidence", "must be in [0, 1]")
-        _check(0 <= self.min_cover <= 1, f"{key}.min_cover", "must be in [0, 1]")
-        _check(0 <= self.max_center_shift <= 1, f"{key}.max_center_shift", "must be in [0, 1]")
-        r = self.resolution
-        _check(r >= 4 and r & (r - 1) == 0, f"{key}.resolution", "must be a power of two >= 4")
+    @model_validator(mode="after")
+    def _crop(self) -> FilterParams:
+        if self.min_crop > self.min_side:
+            raise ValueError("min_crop: must be in (0, min_side]")
+        return self
 
 
-@dataclass(frozen=True)
+@section
 class DedupParams:
-    method: Literal["phash", "dhash", "whash", "ahash"]
-    max_distance: int              # Hamming distance (of 64 bits) that still counts as duplicate
-
-    def validate(self, key: str) -> None:
-        _check(0 <= self.max_distance <= 64, f"{key}.max_distance", "must be in [0, 64]")
+    method: Annotated[Literal["phash", "dhash", "whash", "ahash"], knob("phash | dhash | whash | ahash")]
+    max_distance: Annotated[StrictInt, knob("Hamming distance (of 64 bits) that still counts as a "
+                                            "duplicate", ge=0, le=64)]
 
 
-@dataclass(frozen=True)
+@section
 class DatasetParams:
-    examples_per_reason: int       # contact-sheet thumbnails per kept/rejected reason
-
-    def validate(self, key: str) -> None:
-        _check(self.examples_per_reason >= 0, f"{key}.examples_per_reason", "must be >= 0")
+    examples_per_reason: Annotated[StrictInt, knob("contact-sheet thumbnails per kept/rejected reason", ge=0)]
 
 
-TRAIN_CONFIGS = ("demo", "auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar")
-
-
-@dataclass(frozen=True)
+@section
 class TrainParams:
-    config: Literal["demo", "auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar"]
-    kimg: float                    # training length in thousands of real images shown
-    batch: int                     # 0: the config's batch
-    snapshot_kimg: float           # snapshot and image grid every this many kimg
-    tick_kimg: float               # training metrics every this many kimg
-    keep_snapshots: int            # keep the newest N snapshots; 0: all
-    seed: int
-    augment: Literal["ada", "fixed", "none"]
-    augment_p: float               # initial p (the fixed p when augment is fixed)
-    ada_target: float              # target E[sign(D(real))]
-    mirror: bool                   # x-flip the dataset
-    workers: int                   # DataLoader workers
-    device: str                    # auto | cpu | cuda | cuda:N (auto never picks the CPU for >= 512 px)
-    require_cuda_ops: bool         # stop when the fused CUDA ops fail to build
-    allow_tf32: bool               # TF32 float32 matmul/conv on CUDA (the reference's default: false)
-    resume_from: str               # snapshot or reference StyleGAN2(-ADA) .pkl to start from (transfer
-                                   # learning); "" for none
-    allow_other_data: bool         # allow resuming a snapshot trained on another dataset
-    freeze_d: int                  # Freeze-D: D's first N layers stay fixed (the reference's --freezed)
-
-    def validate(self, key: str) -> None:
-        _check(self.kimg > 0, f"{key}.kimg", "must be > 0")
-        _check(self.batch >= 0, f"{key}.batch", "must be >= 0")
-        _check(self.snapshot_kimg > 0, f"{key}.snapshot_kimg", "must be > 0")
-        _check(self.tick_kimg > 0, f"{key}.tick_kimg", "must be > 0")
-        _check(self.keep_snapshots >= 0, f"{key}.keep_snapshots", "must be >= 0 (0: keep all)")
-        _check(0 <= self.augment_p <= 1, f"{key}.augment_p", "must be in [0, 1]")
-        _check(0 < self.ada_target < 1, f"{key}.ada_target", "must be in (0, 1)")
-        _check(self.workers >= 0, f"{key}.workers", "must be >= 0")
-        _check(self.freeze_d >= 0, f"{key}.freeze_d", "must be >= 0 (0: train every layer of D)")
-        _check_device(self.device, f"{key}.device")
+    config: Annotated[Literal["demo", "auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar"],
+                      knob("demo | auto | stylegan2 | paper256 | paper512 | paper1024 | cifar")]
+    kimg: Annotated[Number, knob("training length in thousands of real images shown", gt=0)]
+    batch: Annotated[StrictInt | None, knob("images per step; null: the config's own", gt=0)]
+    snapshot_kimg: Annotated[Number, knob("snapshot and image grid every this many kimg", gt=0)]
+    tick_kimg: Annotated[Number, knob("training metrics (reports/train) every this many kimg", gt=0)]
+    keep_snapshots: Annotated[StrictInt, knob("keep only the newest N snapshots (0: all); a 1024-px snapshot "
+                                              "is ~0.8 GB", ge=0)]
+    seed: Annotated[StrictInt, knob("the one seed of the run")]
+    augment: Annotated[Literal["ada", "fixed", "none"], knob("ada | fixed | none")]
+    augment_p: Annotated[Number, knob("initial augmentation probability p (the fixed p when augment is "
+                                      "fixed)", ge=0, le=1)]
+    ada_target: Annotated[Number, knob("ADA's target for E[sign(D(real))]", gt=0, lt=1)]
+    mirror: Annotated[StrictBool, knob("x-flip the dataset")]
+    workers: Annotated[StrictInt, knob("DataLoader workers", ge=0)]
+    device: Annotated[Device, knob(f"{DEVICE_HELP} (auto never picks the CPU at >= 512 px)")]
+    require_cuda_ops: Annotated[StrictBool, knob("stop when the fused CUDA ops fail to build")]
+    allow_tf32: Annotated[StrictBool, knob("TF32 float32 matmul/conv on CUDA (Ampere+): faster, 10-bit "
+                                           "mantissa; the reference StyleGAN2-ADA disables it")]
+    resume_from: Annotated[StrictStr | None, knob("transfer learning: a snapshot, or a StyleGAN2(-ADA) "
+                                                  "PyTorch/TensorFlow .pkl (read without running its code; "
+                                                  "see README); null for none")]
+    allow_other_data: Annotated[StrictBool, knob("resume a snapshot trained on another dataset")]
+    freeze_d: Annotated[StrictInt, knob("Freeze-D for transfer learning: D's first N layers stay fixed, "
+                                        "counted as the reference's --freezed (fromrgb, conv0, conv1, skip "
+                                        "per block, highest resolution first)", ge=0)]
 
 
-@dataclass(frozen=True)
+@section
 class EvaluateParams:
-    num_images: int                # generated images for FID/KID
-    seed: int
-    truncation_psi: float
-    features: Literal["inception", "pixels"]   # pixels: offline, not comparable with published FID
-    inception_path: str            # local Inception weights (clean-fid's inception-2015-12-05.pt)
-    batch: int
-    fid_every_snapshot: bool
-    grid_seeds: int                # images in the sample grid
-    video_frames: int              # frames of the latent interpolation video
-    device: str                    # auto | cpu | cuda | cuda:N
-
-    def validate(self, key: str) -> None:
-        _check(self.num_images >= 2, f"{key}.num_images", "must be >= 2")
-        _check(self.batch > 0, f"{key}.batch", "must be > 0")
-        _check(self.grid_seeds > 0, f"{key}.grid_seeds", "must be > 0")
-        _check(self.video_frames >= 2, f"{key}.video_frames", "must be >= 2")
-        _check_device(self.device, f"{key}.device")
+    num_images: Annotated[StrictInt, knob("generated images for FID/KID", ge=2)]
+    seed: Annotated[StrictInt, knob("first seed of the generated images")]
+    truncation_psi: Annotated[Number, knob("truncation of the generated images (1: none)")]
+    features: Annotated[Literal["inception", "pixels"], knob("inception (real FID) | pixels (offline, no "
+                                                             "download; not comparable)")]
+    inception_path: Annotated[StrictStr, knob("local Inception weights (clean-fid's "
+                                              "inception-2015-12-05.pt)")]
+    batch: Annotated[StrictInt, knob("images per generation and feature batch", gt=0)]
+    fid_every_snapshot: Annotated[StrictBool, knob("also score every snapshot (reports/figures/evaluate/"
+                                                   "fid_vs_kimg.json)")]
+    grid_seeds: Annotated[StrictInt, knob("images in the sample grid", gt=0)]
+    video_frames: Annotated[StrictInt, knob("frames of the latent interpolation video", ge=2)]
+    device: Annotated[Device, knob(DEVICE_HELP)]
 
 
-@dataclass(frozen=True)
+@section
 class Params:
     scrape: ScrapeParams
     images: ImagesParams
@@ -245,53 +250,99 @@ class Params:
     evaluate: EvaluateParams
 
 
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp` and convert it (dataclasses built recursively)."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        _check(value in choices, key, f"must be one of {', '.join(map(str, choices))}, got {value!r}")
-        return value
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        _check(isinstance(value, list), key, f"must be a list, got {value!r}")
-        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
-    elif tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key,
-               f"must be an integer, got {value!r}")
-    elif tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
-               f"must be a number, got {value!r}")
-        value = float(value)
-        _check(math.isfinite(value), key, f"must be a finite number, got {value!r}")
-    elif tp is str:
-        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
-    return value
+_ADAPTER = TypeAdapter(Params)
+
+# pydantic's words -> ours, keeping the shape "<dotted key>: <what was expected>, got <what was found>".
+_MESSAGES = {
+    "int_type": "must be an integer", "int_from_float": "must be an integer",
+    "bool_type": "must be true or false", "string_type": "must be a string", "list_type": "must be a list",
+    "float_type": "must be a number", "finite_number": "must be a finite number",
+    "dataclass_type": "must be a mapping",
+}
 
 
-def _build(cls: type, raw: Any, key: str) -> Any:
-    _check(isinstance(raw, dict), key or "params", f"must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    prefix = f"{key}." if key else ""
-    unknown = sorted(set(raw) - set(names))
-    _check(not unknown, prefix + str(unknown[0]) if unknown else key,
-           f"unknown key (known: {', '.join(names)})")
-    missing = [n for n in names if n not in raw]
-    _check(not missing, prefix + (missing[0] if missing else ""), "missing")
-    obj = cls(**{n: _convert(raw[n], hints[n], prefix + n) for n in names})
-    if hasattr(obj, "validate"):
-        obj.validate(key)
-    return obj
+def _range(cls: Any, name: str) -> str | None:
+    """'in [0, 1]', '> 0', ... from the field's constraints (one phrase for both bounds)."""
+    fields = getattr(cls, "__pydantic_fields__", {})
+    if name not in fields:
+        return None
+    bounds = {k: getattr(m, k) for m in fields[name].metadata for k in ("ge", "gt", "le", "lt")
+              if hasattr(m, k)}
+    lo = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds['gt']}" if "gt" in bounds else None
+    hi = f"{bounds['le']}]" if "le" in bounds else f"{bounds['lt']})" if "lt" in bounds else None
+    if lo and hi:
+        return f"in {lo}, {hi}"
+    if lo:
+        return f"{'>=' if lo[0] == '[' else '>'} {lo[1:]}"
+    return f"{'<=' if hi[-1] == ']' else '<'} {hi[:-1]}" if hi else None
 
 
-def from_dict(raw: dict[str, Any]) -> Params:
-    """Build and validate Params from a parsed params.yaml mapping."""
-    return _build(Params, raw, "")
+def _subsection(cls: Any, name: str) -> Any:
+    """The section class of field `name` of `cls`, or None for a knob."""
+    hint = typing.get_type_hints(cls).get(name)
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
+def _section_class(loc: tuple[str, ...]) -> Any:
+    """The section class that holds the key at `loc` (None when the path leaves the sections)."""
+    cls: Any = Params
+    for part in loc[:-1]:
+        cls = _subsection(cls, part)
+        if cls is None:
+            return None
+    return cls
+
+
+def _message(error: dict[str, Any]) -> str:
+    """One pydantic error as '<key>: <expected>, got <found>'."""
+    loc = tuple(str(x) for x in error["loc"])
+    kind, found = error["type"], error.get("input")
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        cls = _section_class(loc)
+        known = ", ".join(f.name for f in dataclasses.fields(cls)) if cls else ""
+        return f"{'.'.join(loc)}: unknown key (known: {known})"
+    if kind in ("missing", "missing_argument"):
+        return f"{'.'.join(loc)}: missing"
+    if kind == "value_error":
+        text = str(error["ctx"]["error"])
+        # A cross-field check names its own key: "min_crop: must be ..." inside the section's location.
+        head, sep, rest = text.partition(": ")
+        if sep and head.isidentifier() and not head.startswith("must"):
+            return f"{'.'.join((*loc, head))}: {rest}"
+        return f"{'.'.join(loc)}: {text}, got {found!r}"
+    if kind == "literal_error":
+        choices = error["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
+        return f"{'.'.join(loc)}: must be one of {choices}, got {found!r}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        cls = _section_class(loc)
+        phrase = _range(cls, loc[-1]) if cls else None
+        return f"{'.'.join(loc)}: must be {phrase or error['msg'].lower()}, got {found!r}"
+    if kind in ("too_short", "too_long"):
+        return f"{'.'.join(loc)}: {error['msg'].lower()}"
+    what = _MESSAGES.get(kind, error["msg"])
+    return f"{'.'.join(loc) or 'params'}: {what}, got {found!r}"
+
+
+def from_dict(raw: Any) -> Params:
+    """Build and validate Params from a parsed params.yaml mapping. Raises ParamsError (the first error)."""
+    try:
+        return _ADAPTER.validate_python(raw)
+    except ValidationError as e:
+        errors = e.errors()
+        raise ParamsError(_message(errors[0])
+                          + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")) from None
+
+
+def knobs(cls: Any = Params, prefix: str = "") -> dict[str, str]:
+    """Every knob's dotted name -> its help, in declaration order (sections recursed)."""
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        sub = _subsection(cls, f.name)
+        if sub is not None:
+            out.update(knobs(sub, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = cls.__pydantic_fields__[f.name].description or ""
+    return out
 
 
 def load(path: str | Path = "params.yaml") -> Params:

@@ -121,7 +121,7 @@ def run(p: TrainParams, dataset: Path, out: Path, metrics: Path) -> None:
                 dataset, out, cfg, kimg=p.kimg, snapshot_kimg=p.snapshot_kimg, seed=p.seed, augment=p.augment,
                 augment_p=p.augment_p, ada_target=p.ada_target, mirror=p.mirror, workers=p.workers,
                 device=p.device, require_cuda_ops=p.require_cuda_ops, allow_tf32=p.allow_tf32,
-                resume_from=p.resume_from or None, freeze_d=p.freeze_d,
+                resume_from=p.resume_from, freeze_d=p.freeze_d,
                 allow_other_data=p.allow_other_data, tick_kimg=p.tick_kimg, keep_snapshots=p.keep_snapshots,
                 hooks=hooks)
         except (DatasetError, SnapshotError, TrainingError, CudaOpsError, DeviceError) as e:

@@ -111,8 +111,8 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
     return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)
 
 
-def make_config(name: str, resolution: int, gpus: int = 1, batch: int = 0) -> TrainingConfig:
-    """Build the named preset for images of `resolution` on `gpus` GPUs; batch 0 keeps the preset's batch.
+def make_config(name: str, resolution: int, gpus: int = 1, batch: int | None = None) -> TrainingConfig:
+    """Build the named preset for images of `resolution` on `gpus` GPUs; batch None keeps the preset's.
 
     batch_gpu follows the reference: the preset's batch / ref_gpus (so one GPU accumulates gradients over
     several rounds), capped by the per-GPU batch; an explicit batch sets batch_gpu = batch / gpus.
@@ -123,8 +123,8 @@ def make_config(name: str, resolution: int, gpus: int = 1, batch: int = 0) -> Tr
         raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
     if gpus < 1:
         raise ValueError(f"gpus must be >= 1, got {gpus}")
-    if batch < 0:
-        raise ValueError(f"batch must be >= 0 (0: the config's own), got {batch}")
+    if batch is not None and batch <= 0:
+        raise ValueError(f"batch must be > 0 (or None: the config's own), got {batch}")
 
     if name == "demo":
         spec = _demo_spec(resolution, gpus)
