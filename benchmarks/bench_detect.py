@@ -26,7 +26,7 @@ import torch
 from corgigan import detection
 from corgigan.images import ShardWriter
 from corgigan.params import DetectParams, ImagesParams
-from corgigan.sources.synthetic import draw_scene
+from corgigan.scenes import draw_scene
 from corgigan.stages import detect
 
 log = logging.getLogger(__name__)

@@ -2,10 +2,9 @@
 
 A demo-config generator at 64 px, trained for one minibatch by the real training loop (speed does not
 depend on training), and a dataset zip of smooth random pictures packed by the dataset stage's own
-`write_zip`. Wall seconds
-(time.perf_counter), median over --repeats runs after a warm-up, torch and numpy's BLAS on one thread
-each by default (--threads; OPENBLAS_NUM_THREADS); figures are ratios against a baseline measured in the
-same run:
+writer (`dataset_zip.write_zip`). Wall seconds (time.perf_counter), median over --repeats runs after a
+warm-up, torch and numpy's BLAS on one thread each by default (--threads; OPENBLAS_NUM_THREADS); figures
+are ratios against a baseline measured in the same run:
   * throughput (images/s), baseline: the bare generator forward G(z, c) in batches. Against it:
     `generate.generate_images` (seeded latents, mapping + synthesis, uint8 conversion) and each
     offline feature extractor on in-memory images (`fid.build_extractor`: "pixels" always,
@@ -45,10 +44,9 @@ import torch
 from cleanfid import fid as cfid
 from PIL import Image
 
-from corgigan import fid, generate, images, params
+from corgigan import dataset_zip, fid, generate, images, params
 from corgigan.errors import StageError
 from corgigan.params import EvaluateParams
-from corgigan.stages import dataset as dataset_stage
 from corgigan.stages import evaluate
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.data import dataset_hash
@@ -94,14 +92,14 @@ def smooth_picture(rng: np.random.Generator, side: int) -> Image.Image:
 
 
 def write_dataset(folder: Path, n: int, side: int) -> Path:
-    """A dataset zip of n PNGs, packed from crop shards by the dataset stage's own write_zip."""
+    """A dataset zip of n PNGs, packed from crop shards by the dataset stage's own writer (dataset_zip)."""
     crops, out = folder / "crops", folder / "dataset.zip"
     rng = np.random.default_rng(0)
     ids = [f"img{i:06d}" for i in range(n)]
     with images.ShardWriter(crops, shard_size=1000) as writer:
         for image_id in ids:
             writer.add(image_id, images.encode_png(smooth_picture(rng, side)), ".png")
-    count, _ = dataset_stage.write_zip(images.list_shards(crops), set(ids), out, set())
+    count, _ = dataset_zip.write_zip(images.list_shards(crops), set(ids), out, set())
     assert count == n
     return out
 

@@ -2,7 +2,7 @@
 
 The run costs minutes, so it happens once per session (`pipeline_template`); each test module that
 needs a repository gets its own copy of it (`copy_project`), so experiments in one module do not
-leak into another.
+leak into another. Plain helpers (the CLI runner, tiny params, ...) live in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -17,44 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA_STAGES = ["scrape", "detector", "detect", "filter", "dedup", "dataset"]
-
-
-def tiny_params() -> dict:
-    """The demo params, shrunk so the whole pipeline runs in a couple of minutes on 2 cores."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["scrape"]["synthetic"].update(num_images=24, min_short_side=500, max_short_side=640)
-    raw["detector"].update(num_images=200, epochs=12, imgsz=128, batch=8)  # confident boxes, ~1 min
-    raw["detect"].update(imgsz=128, batch=8)
-    raw["filter"].update(resolution=16)
-    raw["train"].update(kimg=0.064, snapshot_kimg=0.032, workers=0)
-    raw["evaluate"].update(num_images=16, grid_seeds=8, video_frames=6, batch=8)
-    return raw
-
-
-def run(args: list[str], cwd: Path, env: dict[str, str], check: bool = True,
-        timeout: float = 1500) -> subprocess.CompletedProcess:
-    """Run a CLI command; on failure the assertion shows its whole output."""
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def stricter_cover(repo: Path) -> float:
-    """A filter.min_cover that rejects about half of the images the repo's last run kept (their median
-    cover), so an experiment with it changes the funnel but still leaves a dataset to train on."""
-    from corgigan import tables
-
-    table = tables.read_table("filter", repo / "data" / "interim" / "filter" / "filter.parquet",
-                              columns=["kept", "cover"])
-    return round(float(table.loc[table["kept"], "cover"].median()), 4)
-
-
-def ran_stages(output: str) -> list[str]:
-    """Stage names from dvc's "Running stage 'x'" lines."""
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")]
+from tests.helpers import DATA_STAGES, ROOT, ran_stages, run, tiny_params
 
 
 @pytest.fixture

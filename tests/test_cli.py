@@ -19,9 +19,7 @@ from PIL import Image
 from corgigan import tables
 from corgigan.cli import main
 from corgigan.stylegan2.loop import training_loop
-from tests.test_loop import KW
-from tests.test_snapshot import tiny_config
-from tests.test_train_data import write_dataset
+from tests.helpers import LOOP_KW, tiny_config, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = (ROOT / "params.yaml").read_text()
@@ -117,7 +115,7 @@ BAD_ZIPS = {
 def checkpoints(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     data = write_dataset(run_dir.parent / "good.zip", n=4)
-    training_loop(data, run_dir, tiny_config(), kimg=0.004, snapshot_kimg=0.004, **KW)
+    training_loop(data, run_dir, tiny_config(), kimg=0.004, snapshot_kimg=0.004, **LOOP_KW)
     return run_dir
 
 

@@ -19,11 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-from corgigan import detection, tables
+from corgigan import detection, tables, yolo_data
 from corgigan.errors import StageError
 from corgigan.images import ShardWriter, encode_png
 from corgigan.params import DetectorParams, DetectParams, ImagesParams
-from corgigan.sources.synthetic import draw_scene
+from corgigan.scenes import draw_scene
 from corgigan.stages import detect, detector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -347,15 +347,15 @@ def test_stanford_dogs_reader(tmp_path: Path) -> None:
     _voc(root / "Annotation/n02113186-Cardigan/n02113186_9", 640, 480, [(1, 1, 9, 9)])   # wrong size
     _jpeg(root / "Images/n02113186-Cardigan/n02113186_9.jpg", 100, 120)
 
-    assert detection.read_voc_boxes(root / "Annotation/n02113186-Cardigan/n02113186_7") == (
+    assert yolo_data.read_voc_boxes(root / "Annotation/n02113186-Cardigan/n02113186_7") == (
         100, 120, [(0.0, 0.0, 50.0, 60.0), (40.0, 50.0, 100.0, 120.0)])
-    samples = list(detection.stanford_dogs_samples(root))
+    samples = list(yolo_data.stanford_dogs_samples(root))
     assert [s.name for s in samples] == ["n02113023-Pembroke__n02113023_1", "n02113186-Cardigan__n02113186_7"]
     assert samples[1].boxes == ((0.0, 0.0, 50.0, 60.0), (40.0, 50.0, 100.0, 120.0))
-    assert detection.yolo_label_lines(samples[0].boxes, 200, 150) == ["0 0.300000 0.533333 0.500000 0.800000"]
+    assert yolo_data.yolo_label_lines(samples[0].boxes, 200, 150) == ["0 0.300000 0.533333 0.500000 0.800000"]
 
     copies = [dataclasses.replace(samples[1], name=f"copy{i}") for i in range(10)]
-    data_yaml = detection.write_yolo_dataset(copies, tmp_path / "ds", val_fraction=0.5)
+    data_yaml = yolo_data.write_yolo_dataset(copies, tmp_path / "ds", val_fraction=0.5)
     labels = sorted((tmp_path / "ds" / "labels").rglob("*.txt"))
     assert sorted(p.stem for p in labels) == sorted(s.name for s in copies)
     assert {p.parent.name for p in labels} == {"train", "val"}
@@ -368,19 +368,19 @@ def test_stanford_dogs_bad_annotation_and_missing_folder(tmp_path: Path) -> None
     bad = tmp_path / "a.xml"
     bad.write_text("<annotation><object><name>x</name></object></annotation>")
     with pytest.raises(ValueError, match="no <size>"):
-        detection.read_voc_boxes(bad)
+        yolo_data.read_voc_boxes(bad)
     bad.write_text("<annotation><size><width>3</width><height>3</height></size><object><bndbox><xmin>a"
                    "</xmin></bndbox></object></annotation>")
     with pytest.raises(ValueError):
-        detection.read_voc_boxes(bad)
+        yolo_data.read_voc_boxes(bad)
     with pytest.raises(StageError, match="Annotation"):
-        list(detection.stanford_dogs_samples(tmp_path / "absent"))
+        list(yolo_data.stanford_dogs_samples(tmp_path / "absent"))
 
 
 def test_yolo_dataset_needs_both_splits(tmp_path: Path) -> None:
-    s = detection.Sample("only", encode_png(Image.new("RGB", (8, 8))), ".png", 8, 8, ())
+    s = yolo_data.Sample("only", encode_png(Image.new("RGB", (8, 8))), ".png", 8, 8, ())
     with pytest.raises(StageError, match="both splits"):
-        detection.write_yolo_dataset([s], tmp_path)
+        yolo_data.write_yolo_dataset([s], tmp_path)
 
 
 def test_real_photos_with_a_detector_trained_on_drawings_warn(tmp_path: Path, caplog) -> None:

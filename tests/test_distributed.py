@@ -13,8 +13,7 @@ import torch.multiprocessing as mp
 from corgigan.stylegan2 import distributed
 from corgigan.stylegan2.loop import training_loop
 from corgigan.stylegan2.snapshot import list_snapshots, load_snapshot
-from tests.test_snapshot import tiny_config
-from tests.test_train_data import write_dataset
+from tests.helpers import tiny_config, write_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

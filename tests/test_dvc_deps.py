@@ -76,3 +76,12 @@ def test_stage_deps_list_every_module_it_imports(stage: str):
         if (rel := path.relative_to(SRC).as_posix()) not in EXEMPT
         and not any(path == d or d in path.parents for d in deps))
     assert not missing, f"dvc.yaml stage {stage} misses deps: {', '.join('src/' + m for m in missing)}"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_deps_list_no_module_it_does_not_import(stage: str):
+    # A stale code dep reruns the stage (and all after it) for edits that cannot change its outputs.
+    code = code_of(stage)
+    stale = sorted(d for d in STAGES[stage].get("deps", []) if d.startswith("src/")
+                   and not any(path == ROOT / d or ROOT / d in path.parents for path in code))
+    assert not stale, f"dvc.yaml stage {stage} lists deps it does not import: {', '.join(stale)}"

@@ -16,8 +16,7 @@ from corgigan.params import EvaluateParams
 from corgigan.stages import evaluate
 from corgigan.stylegan2.loop import training_loop
 from corgigan.stylegan2.snapshot import latest_snapshot
-from tests.test_snapshot import tiny_config
-from tests.test_train_data import write_dataset
+from tests.helpers import tiny_config, write_dataset
 
 PARAMS = EvaluateParams(num_images=12, seed=0, truncation_psi=1.0, features="pixels",
                         inception_path="models/inception-2015-12-05.pt", batch=8,

@@ -1,15 +1,14 @@
 """filter stage: one decision per scraped image, every reason reachable, crops exact and reproducible.
 
-The raw fixture is built here the way scrape stores it (ShardWriter shards + posts.parquet) and the
-boxes are written as detect writes them, so these tests do not depend on those stages.
+The raw fixture (tests/helpers.py make_raw) is built the way scrape stores it (ShardWriter shards +
+posts.parquet) and the boxes are written as detect writes them, so these tests do not depend on those
+stages.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import zipfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,107 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corgigan import images, tables
+from corgigan import cropping, images, tables
 from corgigan.errors import StageError
 from corgigan.params import FilterParams, ImagesParams
 from corgigan.stages import filter as filter_stage
-
-FILTER = FilterParams(min_side=100, min_crop=80, max_dogs=1, min_confidence=0.4, min_cover=0.1,
-                      max_center_shift=0.25, allow_partial=False, resolution=32,
-                      resize_filter="lanczos", shard_size=3)
-IMAGES = ImagesParams(max_pixels=10_000_000)
-
-
-@dataclasses.dataclass
-class Spec:
-    """One planted image: its size (as stored), boxes (x0, y0, x1, y1, conf) and how it is stored."""
-
-    name: str
-    size: tuple[int, int]
-    boxes: list[tuple[float, float, float, float, float]] = dataclasses.field(default_factory=list)
-    kind: str = "jpeg"          # jpeg | png | bytes (stored as given in `data`) | refused (never read)
-    data: bytes = b""
-    seed: int = 0
-    exif_orientation: int = 0   # 0: none
-    quality: int = 90           # JPEG quality
-
-
-def picture(size: tuple[int, int], seed: int) -> Image.Image:
-    """A smooth random picture: distinct per seed, stable under resizing and re-encoding."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
-    return Image.fromarray(small, "RGB").resize(size, Image.Resampling.BICUBIC)
-
-
-def encode(spec: Spec) -> tuple[bytes, str]:
-    if spec.kind == "bytes":
-        return spec.data, ".bin"
-    img = picture(spec.size, spec.seed)
-    buf = io.BytesIO()
-    if spec.kind == "png":
-        img.save(buf, format="PNG")
-        return buf.getvalue(), ".png"
-    exif = Image.Exif()
-    if spec.exif_orientation:
-        exif[0x0112] = spec.exif_orientation
-    img.save(buf, format="JPEG", quality=spec.quality, exif=exif.tobytes())
-    return buf.getvalue(), ".jpg"
-
-
-def image_id(name: str) -> str:
-    return images.sha256(f"test:{name}".encode())[:16]
-
-
-def make_raw(root: Path, specs: list[Spec], shard_size: int = 4) -> Path:
-    """Write raw/shards + raw/posts.parquet and detections.parquet the way scrape and detect do."""
-    raw = root / "raw"
-    posts: list[dict[str, Any]] = []
-    dets: list[dict[str, Any]] = []
-    with images.ShardWriter(raw / "shards", shard_size) as writer:
-        for spec in specs:
-            iid = image_id(spec.name)
-            if spec.kind == "refused":   # as scrape records an entry the source refused: no bytes stored
-                data, shard, fmt, (w, h) = b"", None, None, (None, None)
-                status, detail = "refused", "zip member escapes the archive folder"
-            else:
-                data, ext = encode(spec)
-                shard = writer.add(iid, data, ext)
-                try:
-                    img, fmt = images.decode(data, IMAGES.max_pixels), ext[1:].upper()
-                    status, detail, (w, h) = "ok", None, img.size
-                except images.DecodeError as e:
-                    status, detail, fmt, (w, h) = e.status, e.detail, None, (None, None)
-            posts.append({"image_id": iid, "source": "test", "source_id": spec.name, "url": None,
-                          "owner": None, "timestamp": datetime(2024, 1, 1, tzinfo=UTC), "likes": None,
-                          "width": w, "height": h, "format": fmt, "sha256": images.sha256(data),
-                          "num_bytes": len(data), "decode_status": status, "decode_detail": detail,
-                          "shard": shard})
-            for x0, y0, x1, y1, conf in spec.boxes:
-                dets.append({"image_id": iid, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
-                             "confidence": conf, "class_id": 0})
-    tables.write_table("posts", posts, raw / "posts.parquet")
-    tables.write_table("detections", dets, root / "detections.parquet")
-    return raw
-
-
-# Expected reason (None: kept) for each planted image under FILTER.
-CASES: list[tuple[Spec, str | None]] = [
-    (Spec("kept_a", (200, 150), [(60, 40, 120, 100, 0.9)], seed=1), None),
-    (Spec("kept_png", (160, 120), [(40, 30, 120, 90, 0.8)], kind="png", seed=2), None),
-    # stored 120x160, EXIF-rotated to 160x120; the box is in the oriented image
-    (Spec("kept_exif", (120, 160), [(30, 20, 110, 100, 0.7)], seed=3, exif_orientation=6), None),
-    (Spec("kept_weak_extra", (200, 150), [(60, 40, 120, 100, 0.9), (0, 0, 20, 20, 0.2)], seed=4), None),
-    (Spec("undecodable", (0, 0), [], kind="bytes", data=b"this is not an image"), "decode_error"),
-    (Spec("empty", (0, 0), [], kind="bytes", data=b""), "decode_error"),
-    (Spec("escape", (0, 0), [], kind="refused"), "refused"),
-    (Spec("small", (90, 200), [(10, 10, 80, 80, 0.9)], seed=5), "too_small"),
-    (Spec("nodog", (200, 150), [], seed=6), "no_dog"),
-    (Spec("unsure", (200, 150), [(60, 40, 120, 100, 0.3)], seed=7), "low_confidence"),
-    (Spec("pack", (200, 150), [(10, 10, 70, 70, 0.9), (100, 50, 180, 130, 0.8)], seed=8), "multiple_dogs"),
-    (Spec("huge", (200, 120), [(10, 5, 190, 115, 0.9)], seed=9), "partial"),
-    (Spec("tiny", (200, 150), [(90, 70, 100, 80, 0.9)], seed=10), "low_cover"),
-    (Spec("corner", (100, 100), [(0, 0, 28, 28, 0.9)], seed=11), "off_center"),
-]
+from tests.helpers import CASES, FILTER, IMAGES, image_id, make_raw
 
 
 @pytest.fixture
@@ -228,12 +131,12 @@ def test_missing_inputs_say_which_stage_to_run(tmp_path):
 def test_decide_orders_checks():
     post = {"image_id": "x", "decode_status": "ok", "width": 200, "height": 150}
     # too_small wins over everything the boxes would say
-    row, _ = filter_stage.decide({**post, "width": 50}, [], FILTER)
+    row, _ = cropping.decide({**post, "width": 50}, [], FILTER)
     assert row["reason"] == "too_small"
     # a faint best box is low_confidence even when there are several boxes
-    row, _ = filter_stage.decide(post, [(0, 0, 10, 10, 0.3), (20, 20, 30, 30, 0.2)], FILTER)
+    row, _ = cropping.decide(post, [(0, 0, 10, 10, 0.3), (20, 20, 30, 30, 0.2)], FILTER)
     assert row["reason"] == "low_confidence" and row["num_dogs"] == 0
-    row, win = filter_stage.decide(post, [(60, 40, 120, 100, 0.9)], FILTER)
+    row, win = cropping.decide(post, [(60, 40, 120, 100, 0.9)], FILTER)
     assert row["kept"] and win is not None and win.side == 80
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import ran_stages, run
+from tests.helpers import ran_stages, run
 
 pytestmark = pytest.mark.slow
 

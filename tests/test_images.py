@@ -12,7 +12,8 @@ from PIL import Image
 
 from corgigan import images
 from corgigan.images import DecodeError, decode, decode_with_format
-from corgigan.sources.synthetic import bomb_png, draw_scene, encode_jpeg
+from corgigan.scenes import draw_scene
+from corgigan.sources.synthetic import bomb_png, encode_jpeg
 from corgigan.tables import DECODE_STATUSES
 
 MAX = 50_000_000

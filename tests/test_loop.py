@@ -20,8 +20,8 @@ from corgigan.stylegan2 import configs
 from corgigan.stylegan2.loop import Hooks, TrainingError, ema_beta, make_optimizer, training_loop
 from corgigan.stylegan2.loss import StyleGAN2Loss, path_lengths, pl_mean_update, r1_penalty
 from corgigan.stylegan2.snapshot import grid_name, list_snapshots, load_snapshot, snapshot_name
-from tests.test_snapshot import tiny_config
-from tests.test_train_data import write_dataset
+from tests.helpers import LOOP_KW as KW
+from tests.helpers import tiny_config, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,10 +108,6 @@ def test_d_steps_lower_d_loss_and_g_steps_lower_g_loss():
 # The loop
 
 
-KW = dict(seed=3, augment="ada", augment_p=0.2, ada_target=0.6, mirror=True, workers=0, device="cpu",
-          require_cuda_ops=False, resume_from=None, allow_other_data=False)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
@@ -153,10 +149,9 @@ _RUN_IN_A_FRESH_PROCESS = """
 import sys
 import torch
 from corgigan.stylegan2.loop import training_loop
-from tests.test_loop import KW
-from tests.test_snapshot import tiny_config
+from tests.helpers import LOOP_KW, tiny_config
 torch.set_num_threads(1)
-training_loop(sys.argv[1], sys.argv[2], tiny_config(), kimg=0.008, snapshot_kimg=0.008, **KW)
+training_loop(sys.argv[1], sys.argv[2], tiny_config(), kimg=0.008, snapshot_kimg=0.008, **LOOP_KW)
 """
 
 
@@ -176,8 +171,10 @@ def test_identical_runs_in_two_processes_write_identical_bytes(tmp_path, data):
 def test_leftover_temp_files_of_a_killed_write_are_removed_on_restart(tmp_path, data):
     run_dir = tmp_path / "run"
     training_loop(data[0], run_dir, tiny_config(), kimg=0.004, snapshot_kimg=0.004, **KW)
-    # What a SIGKILL during save_snapshot / save_image_grid leaves behind (atomic_file's temp names).
-    leftovers = [run_dir / f".{snapshot_name(8)}.k2j4x.tmp", run_dir / f".{grid_name(8)}.a8qz1.tmp"]
+    # What a SIGKILL during save_snapshot / save_image_grid leaves behind (atomic_path's temp names; the
+    # last one in the form of earlier versions).
+    leftovers = [run_dir / n for n in (".snapshot-000000008.k2j4x.tmp.pt", ".grid-000000008.a8qz1.tmp.png",
+                                       ".grid-000000004.png.b7c2d.tmp")]
     for p in leftovers:
         p.write_bytes(b"half a file")
     training_loop(data[0], run_dir, tiny_config(), kimg=0.008, snapshot_kimg=0.004, **KW)

@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.loss import path_lengths, r1_penalty
-from tests.test_snapshot import tiny_config
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -32,8 +32,7 @@ from corgigan.stylegan2.loop import TrainingError, frozen_d_parameters, training
 from corgigan.stylegan2.networks import Discriminator, Generator
 from corgigan.stylegan2.snapshot import SnapshotError, load_generator, load_snapshot
 from tests import pickle_writer as pw
-from tests.test_snapshot import tiny_config
-from tests.test_train_data import write_dataset
+from tests.helpers import tiny_config, write_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ran_stages, run, stricter_cover
+from tests.helpers import ran_stages, run, stricter_cover
 from tests.s3server import ACCESS_KEY, BUCKET, SECRET_KEY, S3Server, free_port
 
 pytestmark = pytest.mark.slow

@@ -26,20 +26,9 @@ from corgigan.stylegan2.snapshot import (
     save_snapshot,
     snapshot_name,
 )
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_config(batch: int = 4, batch_gpu: int = 4, **changes) -> configs.TrainingConfig:
-    """The demo config at 8 px, shrunk to a few thousand parameters so tests train in seconds."""
-    cfg = configs.make_config("demo", 8, batch=batch)
-    G_kwargs = {"z_dim": 16, "w_dim": 16, "mapping_kwargs": {"num_layers": 2},
-                "synthesis_kwargs": {"channel_base": 64, "channel_max": 16, "num_fp16_res": 0,
-                                     "conv_clamp": 256}}
-    D_kwargs = dict(cfg.D_kwargs, channel_base=64, channel_max=16, mbstd_group_size=2)
-    fields = dict(batch_gpu=batch_gpu, mbstd_group=2, G_kwargs=G_kwargs, D_kwargs=D_kwargs, D_reg_interval=4,
-                  r1_gamma=1.0, ema_kimg=0.01)
-    return dataclasses.replace(cfg, **{**fields, **changes})
 
 
 def fake_state(cfg: configs.TrainingConfig, data_hash: str = "a" * 64, nimg: int = 8,

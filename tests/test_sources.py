@@ -14,8 +14,9 @@ from PIL import Image
 from corgigan.errors import StageError
 from corgigan.images import DecodeError, decode
 from corgigan.params import SyntheticParams
+from corgigan.scenes import draw_scene, paste_dog
 from corgigan.sources.folder import FolderSource
-from corgigan.sources.synthetic import CASES, SyntheticSource, draw_scene, paste_dog
+from corgigan.sources.synthetic import CASES, SyntheticSource
 
 MAX = 100_000_000
 

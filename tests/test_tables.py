@@ -51,3 +51,24 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
         raise RuntimeError("killed")
     assert target.read_text() == '{\n  "a": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_write_keeps_the_suffix_fsyncs_before_the_rename_and_is_readable(tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    import os
+
+    from corgigan.stylegan2 import atomic
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(atomic.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    target = tmp_path / "grid.png"
+    with tables.atomic_path(target) as tmp:
+        assert tmp.parent == tmp_path and tmp.suffix == ".png" and atomic.is_temp(tmp.name)
+        tmp.write_bytes(b"png")
+    assert events == ["fsync", "replace"]
+    assert target.read_bytes() == b"png" and (target.stat().st_mode & 0o777) == 0o644
+    # the names a killed write leaves, in this form and in the older one without the suffix
+    assert atomic.is_temp(".snapshot-000000008.k2j4x.tmp.pt") and atomic.is_temp(".grid-1.png.a8qz1.tmp")
+    assert not atomic.is_temp("grid-000000008.png") and not atomic.is_temp(".dvcignore")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,25 +12,7 @@ import torch
 from PIL import Image
 
 from corgigan.stylegan2.data import DatasetError, StreamSampler, ZipDataset, dataset_hash, make_loader
-
-
-def png_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_dataset(path: Path, n: int = 12, res: int = 8, seed: int = 0, labels: object = None,
-                  channels: int = 3, meta: str | None = None) -> Path:
-    """A dataset zip of `n` random RGB (or grayscale) images and a dataset.json (`meta`: its raw text)."""
-    rng = np.random.default_rng(seed)
-    shape = (res, res, channels) if channels == 3 else (res, res)
-    with zipfile.ZipFile(path, "w") as zf:
-        for i in range(n):
-            arr = rng.integers(0, 256, shape, dtype=np.uint8)
-            zf.writestr(f"{i // 1000:05d}/img{i:08d}.png", png_bytes(arr))
-        zf.writestr("dataset.json", meta if meta is not None else json.dumps({"labels": labels}))
-    return path
+from tests.helpers import png_bytes, write_dataset
 
 
 def test_images_labels_and_mirror(tmp_path):

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from corgigan.errors import StageError
 from corgigan.stylegan2 import importer, snapshot
 from corgigan.stylegan2.devices import resolve_device
+from corgigan.stylegan2.grid import tile
 from corgigan.tables import atomic_path
 
 log = logging.getLogger(__name__)
@@ -63,13 +64,7 @@ def generate_images(G: torch.nn.Module, seeds: list[int], psi: float, batch: int
 
 def image_grid(images: np.ndarray, cols: int) -> Image.Image:
     """Tile uint8 images [N, H, W, 3] into rows of `cols` (the last row padded with black)."""
-    n, h, w, _ = images.shape
-    rows = -(-n // cols)
-    grid = np.zeros((rows * h, cols * w, 3), np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
-    return Image.fromarray(grid)
+    return Image.fromarray(tile(images, cols))
 
 
 LABEL_BAND = 16          # pixels of the label strips above and left of a labelled grid

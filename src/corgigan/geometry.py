@@ -48,10 +48,14 @@ def too_small(width: int, height: int, min_side: int) -> bool:
 
 def clip_box(box: tuple[float, float, float, float], width: int, height: int
              ) -> tuple[float, float, float, float]:
-    """Clip an xyxy box to the image; a box outside the image collapses to zero width or height."""
+    """Clip an xyxy box to the image; a box outside the image collapses to zero width or height.
+
+    The project's one box clip (detect's rows, the YOLO labels, the drawn scenes' truth and the crop
+    window all use it). Returns floats whatever the input types.
+    """
     x0, y0, x1, y1 = box
-    x0, x1 = min(max(x0, 0.0), width), min(max(x1, 0.0), width)
-    y0, y1 = min(max(y0, 0.0), height), min(max(y1, 0.0), height)
+    x0, x1 = float(min(max(x0, 0.0), width)), float(min(max(x1, 0.0), width))
+    y0, y1 = float(min(max(y0, 0.0), height)), float(min(max(y1, 0.0), height))
     return x0, y0, max(x0, x1), max(y0, y1)
 
 

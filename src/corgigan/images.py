@@ -3,7 +3,9 @@
 `decode` is the project's one image decoder: any bytes in, an RGB image the right way up out, or a
 DecodeError whose `status` is one of tables.DECODE_STATUSES. Images are stored in zip shards (stored,
 not compressed: the bytes are already compressed images) with fixed member timestamps, so the same
-images give byte-identical shards. `image_id` addresses an image; its shard is recorded in a table.
+images give byte-identical shards. `image_id` addresses an image; its shard is recorded in a table, and
+its member in the shard is `<image_id><ext>` (`member_image_id` reads it back). `zip_member` makes every
+deterministic zip member the project writes: these shards and the dataset zip.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
+import struct
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -20,7 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)   # fixed member time: byte-identical shards
+from corgigan.stylegan2.atomic import commit
+
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)   # fixed member time (the earliest a zip can hold): byte-identical zips
 
 
 class DecodeError(Exception):
@@ -141,11 +145,27 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG header, without decoding the pixels; ValueError if not a PNG."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    return struct.unpack(">II", data[16:24])
+
+
 def encode_png(img: Image.Image) -> bytes:
     """Encode an image as PNG; the same pixels always give the same bytes."""
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
+
+
+def zip_member(name: str) -> zipfile.ZipInfo:
+    """The header of a deterministic zip member `name`: stored (the bytes are already compressed images),
+    dated ZIP_DATE, mode 0644. The same members in the same order give the same zip bytes."""
+    info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    info.external_attr = 0o644 << 16
+    info.compress_type = zipfile.ZIP_STORED
+    return info
 
 
 class ShardWriter:
@@ -174,9 +194,7 @@ class ShardWriter:
         if self._zip is None:
             self._tmp = self.directory / f".{self.current_name}.tmp"
             self._zip = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED)
-        info = zipfile.ZipInfo(f"{image_id}{ext}", date_time=_ZIP_DATE)
-        info.external_attr = 0o644 << 16
-        self._zip.writestr(info, data)
+        self._zip.writestr(zip_member(f"{image_id}{ext}"), data)
         name = self.current_name
         self._count += 1
         if self._count == self.shard_size:
@@ -188,7 +206,7 @@ class ShardWriter:
             return
         self._zip.close()
         assert self._tmp is not None
-        os.replace(self._tmp, self.directory / self.current_name)
+        commit(self._tmp, self.directory / self.current_name)   # the project's one fsync-then-rename
         self._zip, self._tmp = None, None
         self._index += 1
         self._count = 0
@@ -209,15 +227,21 @@ class ShardWriter:
             self._tmp.unlink(missing_ok=True)
 
 
-def _image_id(member: str) -> str:
+def member_image_id(member: str) -> str:
+    """The image_id of a shard member: its name without the extension (`ShardWriter.add`'s naming)."""
     return member.rsplit(".", 1)[0] if "." in member else member
+
+
+def members_by_id(zf: zipfile.ZipFile) -> dict[str, str]:
+    """image_id -> member name for every member of an open shard (to read chosen images only)."""
+    return {member_image_id(n): n for n in zf.namelist()}
 
 
 def iter_shard(path: str | Path) -> Iterator[tuple[str, bytes]]:
     """Yield (image_id, bytes) for every image in one shard, in stored order."""
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
-            yield _image_id(info.filename), zf.read(info)
+            yield member_image_id(info.filename), zf.read(info)
 
 
 def list_shards(directory: str | Path, prefix: str = "shard") -> list[Path]:

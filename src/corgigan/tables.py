@@ -1,23 +1,25 @@
 """Parquet schemas, declared once, and atomic writes.
 
 Every table the pipeline writes is named here with its columns and types. `write_table` checks the
-rows against the schema and writes to a temporary file that is renamed into place, so an interrupted
-stage never leaves a half-written table. Boxes are pixel xyxy in the original image.
+rows against the schema and writes through `atomic_path` (a temporary file, fsync'ed, then renamed into
+place; stylegan2/atomic.py owns it), so an interrupted stage never leaves a half-written table. Boxes
+are pixel xyxy in the original image. Library modules write their other outputs through
+`tables.atomic_path` too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# The one atomic write (fsync, then rename; see its module), re-exported for the library modules.
+from corgigan.stylegan2.atomic import atomic_path
 
 # Why an image was dropped (the contact sheet's row order); `None` in a `reason` column means kept.
 REASONS: dict[str, str] = {
@@ -109,23 +111,6 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 class SchemaError(ValueError):
     """Rows do not match the declared schema of a table."""
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temp name keeps the target's suffix: writers that infer the format from it (video, images) work.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)   # mkstemp makes files private; outputs are ordinary readable files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def to_arrow(name: str, rows: pd.DataFrame | Sequence[dict[str, Any]]) -> pa.Table:

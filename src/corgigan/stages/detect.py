@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from corgigan import detection, tables
 from corgigan.errors import StageError
+from corgigan.geometry import clip_box
 from corgigan.images import DecodeError, decode, iter_shards, list_shards
 from corgigan.params import DetectParams, ImagesParams
 from corgigan.stylegan2.devices import resolve_device
@@ -123,11 +124,9 @@ def _prefetched(items: Iterator[T]) -> Iterator[T]:
 
 def _rows(image_id: str, img: Image.Image, dets: list[detection.Detection]) -> list[dict[str, Any]]:
     """Table rows for one image's boxes, clipped to the image (pixel xyxy in the oriented original)."""
-    w, h = img.size
     rows = []
     for d in dets:
-        x0, x1 = min(max(d.x0, 0.0), w), min(max(d.x1, 0.0), w)
-        y0, y1 = min(max(d.y0, 0.0), h), min(max(d.y1, 0.0), h)
+        x0, y0, x1, y1 = clip_box((d.x0, d.y0, d.x1, d.y1), *img.size)
         rows.append({"image_id": image_id, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
                      "confidence": d.confidence, "class_id": d.class_id})
     return rows

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from corgigan import detection
+from corgigan import detection, yolo_data
 from corgigan.errors import StageError
 from corgigan.params import DetectorParams
 from corgigan.stylegan2.devices import resolve_device
@@ -30,10 +30,10 @@ def run(p: DetectorParams, out: Path) -> None:
         device = str(resolve_device(p.device))   # before minutes of data preparation, not after
         with tempfile.TemporaryDirectory(prefix="corgigan-detector-") as tmp:
             if p.labels == "synthetic":
-                samples = detection.synthetic_samples(p.seed, p.num_images)
+                samples = yolo_data.synthetic_samples(p.seed, p.num_images)
             else:
-                samples = detection.stanford_dogs_samples(p.stanford_dogs_path)
-            data_yaml = detection.write_yolo_dataset(samples, Path(tmp) / "data", p.val_fraction)
+                samples = yolo_data.stanford_dogs_samples(p.stanford_dogs_path)
+            data_yaml = yolo_data.write_yolo_dataset(samples, Path(tmp) / "data", p.val_fraction)
             result = detection.train(data_yaml, p.model, epochs=p.epochs, imgsz=p.imgsz, batch=p.batch,
                                      seed=p.seed, device=device, workers=p.workers,
                                      workdir=Path(tmp) / "runs")

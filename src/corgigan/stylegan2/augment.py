@@ -23,7 +23,6 @@ seed then gives the same augmentations on CPU and GPU.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 
@@ -33,8 +32,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .ops import upfirdn2d
-
-log = logging.getLogger(__name__)
 
 # Low-pass decomposition filter of the symlet-6 wavelet (12 taps, sums to sqrt(2)); the published
 # method uses it to band-limit the 2x up- and downsampling around the warp.

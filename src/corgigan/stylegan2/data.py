@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import os
 import zipfile
 from collections.abc import Iterator
@@ -24,8 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-
-log = logging.getLogger(__name__)
 
 # A decompression-bomb guard for members of a zip we did not necessarily pack ourselves.
 MAX_PIXELS = 8192 * 8192
@@ -209,12 +206,6 @@ class ZipDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError(index)
         return torch.from_numpy(self.image(index)), self.label(index)
-
-
-def stream_index(seed: int, size: int, position: int) -> int:
-    """Dataset index shown at global stream `position`: epoch-wise seeded permutations of range(size)."""
-    epoch, offset = divmod(position, size)
-    return int(_permutation(seed, size, epoch)[offset])
 
 
 def _permutation(seed: int, size: int, epoch: int) -> np.ndarray:

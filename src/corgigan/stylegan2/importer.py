@@ -48,10 +48,10 @@ from corgigan.stylegan2.pickles import (
     load_reference_pickle,
 )
 from corgigan.stylegan2.snapshot import (
-    SNAPSHOT_FORMAT,
     SnapshotError,
     capture_rng,
     differences,
+    make_state,
     restore_rng,
     save_snapshot,
 )
@@ -760,18 +760,15 @@ def snapshot_state(imp: Imported, config_name: str | None = None) -> dict[str, A
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     kimg = imp.kimg or 0.0
-    return {
-        "format": SNAPSHOT_FORMAT,
-        "config": cfg_dict,
+    return make_state(
+        config=cfg_dict,
         # run.imported_from marks the snapshot as converted: resume_from treats it as the pickle itself.
-        "run": {"imported_from": imp.path.name, "pickle_format": imp.kind,
-                "pickle_sha256": digest.hexdigest()},
-        "dataset": {"hash": "", "resolution": nets.resolution, "num_channels": nets.img_channels,
-                    "label_dim": nets.c_dim, "num_images": 0},
-        "progress": {"nimg": int(kimg * 1000), "batch_idx": 0, "tick": 0},
-        "G": G_state, "D": D_state, "G_ema": G_ema_state, "G_opt": G_opt, "D_opt": D_opt,
-        "augment_p": 0.0, "ada_signs": [0.0, 0.0], "pl_mean": 0.0, "rng": rng,
-    }
+        run={"imported_from": imp.path.name, "pickle_format": imp.kind, "pickle_sha256": digest.hexdigest()},
+        dataset={"hash": "", "resolution": nets.resolution, "num_channels": nets.img_channels,
+                 "label_dim": nets.c_dim, "num_images": 0},
+        progress={"nimg": int(kimg * 1000), "batch_idx": 0, "tick": 0},
+        networks={"G": G_state, "D": D_state, "G_ema": G_ema_state}, optimizers={"G": G_opt, "D": D_opt},
+        rng=rng)
 
 
 def convert(path: str | Path, out: str | Path, config_name: str | None = None) -> Path:

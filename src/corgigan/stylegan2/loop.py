@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 import resource
 import sys
@@ -40,23 +39,23 @@ from PIL import Image
 
 from corgigan.stylegan2 import augment as augment_mod
 from corgigan.stylegan2 import configs, distributed, importer
+from corgigan.stylegan2.atomic import atomic_path
 from corgigan.stylegan2.data import StreamSampler, ZipDataset, dataset_hash, make_loader
 from corgigan.stylegan2.devices import resolve_device
-from corgigan.stylegan2.loss import StyleGAN2Loss, pl_mean_update, sample_latents, seeded
+from corgigan.stylegan2.grid import tile
+from corgigan.stylegan2.loss import StyleGAN2Loss, sample_latents, seeded
 from corgigan.stylegan2.ops import build as ops_build
 from corgigan.stylegan2.snapshot import (
-    SNAPSHOT_FORMAT,
     SnapshotError,
     architecture,
-    atomic_file,
-    capture_rng,
     differences,
     grid_name,
     latest_snapshot,
     list_snapshots,
     load_snapshot,
+    make_state,
     remove_stale_temps,
-    restore_rng,
+    restore_state,
     save_snapshot,
     snapshot_name,
 )
@@ -213,28 +212,13 @@ def grid_shape(resolution: int) -> tuple[int, int]:
 
 
 def save_image_grid(images: torch.Tensor, cols: int, path: Path) -> None:
-    """Tile float images [N, C, H, W] in [-1, 1] into one PNG, atomically."""
-    n, c, h, w = images.shape
-    rows = math.ceil(n / cols)
+    """Tile float images [N, C, H, W] in [-1, 1] into one PNG (black where the last row ends), atomically."""
+    c = images.shape[1]
     arr = ((images.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-    canvas = np.zeros([rows * h, cols * w, c], dtype=np.uint8)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        canvas[r * h:(r + 1) * h, q * w:(q + 1) * w] = arr[i].transpose(1, 2, 0)
+    canvas = tile(arr.transpose(0, 2, 3, 1), cols)                      # [rows * H, cols * W, C]
     img = Image.fromarray(canvas[:, :, 0] if c == 1 else canvas, "L" if c == 1 else "RGB")
-    with atomic_file(path) as tmp:
+    with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
-
-
-def _to_cpu(obj: Any) -> Any:
-    """State dicts with every tensor moved to the CPU (snapshots load anywhere)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -375,50 +359,34 @@ class _Trainer:
 
     # -- snapshots ------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Everything needed to resume exactly, as state dicts and plain data."""
-        G_opt = next(p.opt for p in self.phases if p.module is self.G)
-        D_opt = next(p.opt for p in self.phases if p.module is self.D)
+        """Everything needed to resume exactly (snapshot.make_state)."""
         ds = self.dataset
-        return _to_cpu({
-            "format": SNAPSHOT_FORMAT,
-            "config": configs.config_to_dict(self.cfg),
-            "run": dict(self.run),
-            "dataset": {"hash": self.data_hash, "resolution": ds.resolution, "num_channels": ds.num_channels,
-                        "label_dim": ds.label_dim, "num_images": ds.num_images},
-            "progress": {"nimg": self.progress.nimg, "batch_idx": self.progress.batch_idx,
-                         "tick": self.progress.tick},
-            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
-            "G_opt": G_opt.state_dict(), "D_opt": D_opt.state_dict(),
-            "augment_p": self.augment_p,
-            "ada_signs": [float(v) for v in self.ada_signs.cpu()],
-            "pl_mean": float(self.loss.pl_mean),
-            "sampler": {"seed": self.seed, "position": self.progress.batch_idx * self.cfg.batch},
-            "rng": capture_rng(),
-        })
+        return make_state(
+            config=configs.config_to_dict(self.cfg), run=self.run,
+            dataset={"hash": self.data_hash, "resolution": ds.resolution, "num_channels": ds.num_channels,
+                     "label_dim": ds.label_dim, "num_images": ds.num_images},
+            progress=vars(self.progress),
+            networks={"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict()},
+            optimizers={name: opt.state_dict() for name, opt in self._optimizers().items()},
+            augment_p=self.augment_p, ada_signs=self.ada_signs.tolist(), pl_mean=float(self.loss.pl_mean))
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"G": next(p.opt for p in self.phases if p.module is self.G),
+                "D": next(p.opt for p in self.phases if p.module is self.D)}
 
     def load(self, start: Start) -> None:
         """Load a snapshot: everything for 'resume', the three networks' weights for 'transfer'."""
-        state = start.state
-        assert state is not None
-        for name, module in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)):
-            try:
-                module.load_state_dict(state[name])
-            except RuntimeError as e:
-                raise SnapshotError(f"snapshot {name} does not fit this config's network: {e}") from e
-        if start.mode != "resume":
+        assert start.state is not None
+        counters = restore_state(start.state, {"G": self.G, "D": self.D, "G_ema": self.G_ema},
+                                 self._optimizers() if start.mode == "resume" else None)
+        if counters is None:
             return
-        G_opt = next(p.opt for p in self.phases if p.module is self.G)
-        D_opt = next(p.opt for p in self.phases if p.module is self.D)
-        G_opt.load_state_dict(state["G_opt"])
-        D_opt.load_state_dict(state["D_opt"])
-        self.augment_p = float(state["augment_p"])
+        self.augment_p = counters.augment_p
         if self.augment_pipe is not None:
             self.augment_pipe.p.fill_(self.augment_p)
-        self.ada_signs = torch.tensor(state["ada_signs"], dtype=torch.float64, device=self.device)
-        self.loss.pl_mean = torch.tensor(state["pl_mean"], dtype=torch.float32, device=self.device)
-        prog = state["progress"]
-        self.progress = Progress(int(prog["nimg"]), int(prog["batch_idx"]), int(prog["tick"]))
-        restore_rng(state["rng"])
+        self.ada_signs = torch.tensor(counters.ada_signs, dtype=torch.float64, device=self.device)
+        self.loss.pl_mean = torch.tensor(counters.pl_mean, dtype=torch.float32, device=self.device)
+        self.progress = Progress(counters.nimg, counters.batch_idx, counters.tick)
 
     # -- one step -------------------------------------------------------------------------------------
     def step(self, reals: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -463,8 +431,7 @@ class _Trainer:
             phase.module.requires_grad_(False)
             if has_pl:
                 distributed.all_reduce_sum_(pl_sum)
-                mean = (pl_sum[0] / pl_sum[1]).float()
-                self.loss.pl_mean = pl_mean_update(self.loss.pl_mean, mean, PL_DECAY)
+                self.loss.update_pl_mean((pl_sum[0] / pl_sum[1]).float())
         distributed.broadcast_(self._moving_buffers)
         return step_losses
 

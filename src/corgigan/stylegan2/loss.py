@@ -74,8 +74,12 @@ class StyleGAN2Loss:
         self.pl_weight = pl_weight
         self.pl_batch_shrink = pl_batch_shrink
         self.pl_decay = pl_decay
-        # Running mean of the path length (a float or a 0-d tensor), updated once per step by the loop.
+        # Running mean of the path length (a float or a 0-d tensor), moved once per step (update_pl_mean).
         self.pl_mean: float | torch.Tensor = 0.0
+
+    def update_pl_mean(self, batch_mean: float | torch.Tensor) -> None:
+        """Move the path-length running mean toward this step's mean length (over every sample and rank)."""
+        self.pl_mean = pl_mean_update(self.pl_mean, batch_mean, self.pl_decay)
 
     def generate(self, z: torch.Tensor, c: torch.Tensor, update_emas: bool = False
                  ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,10 +76,8 @@ def mbstd_group(batch: int, group_size: int) -> int:
     """
     if batch < 1 or group_size < 1:
         raise ValueError(f"mbstd_group: batch ({batch}) and group_size ({group_size}) must be >= 1")
-    for g in range(min(group_size, batch), 0, -1):
-        if batch % g == 0:
-            return g
-    return 1  # unreachable: 1 divides everything
+    # g = 1 always divides, so the search ends at 1 at the latest.
+    return next(g for g in range(min(group_size, batch), 0, -1) if batch % g == 0)
 
 
 def _check_resolution(img_resolution: int, lowest: int) -> int:

@@ -16,15 +16,12 @@ Files are named by the images shown so far, ``snapshot-<nimg, 9 digits>.pt``, an
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import logging
-import os
 import pickle
 import random
 import re
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +29,7 @@ import numpy as np
 import torch
 
 from corgigan.stylegan2 import configs
+from corgigan.stylegan2.atomic import atomic_path, is_temp
 
 log = logging.getLogger(__name__)
 
@@ -70,34 +68,16 @@ def latest_snapshot(directory: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
-@contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary readable files
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def remove_stale_temps(directory: str | Path) -> list[Path]:
-    """Delete the temporary files that a killed `atomic_file` write left in `directory`; return them.
+    """Delete the temporary files that a killed `atomic_path` write left in `directory`; return them.
 
-    A SIGKILL skips the cleanup in atomic_file, and the folder is a persisted DVC output: a leftover
+    A SIGKILL skips the cleanup in atomic_path, and the folder is a persisted DVC output: a leftover
     would stay forever and be committed with the snapshots.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    stale = sorted(p for p in directory.glob(".*.tmp") if p.is_file())
+    stale = sorted(p for p in directory.iterdir() if is_temp(p.name) and p.is_file())
     for p in stale:
         log.warning("removing %s left by an interrupted write", p)
         p.unlink()
@@ -109,7 +89,7 @@ def save_snapshot(path: str | Path, state: dict[str, Any]) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise ValueError(f"snapshot state lacks {missing}")
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(_canonical(state), f)
 
 
@@ -162,6 +142,69 @@ def load_snapshot(path: str | Path, map_location: str | torch.device = "cpu") ->
     if missing:
         raise SnapshotError(f"{path}: snapshot is incomplete, it lacks {missing}")
     return state
+
+
+def make_state(*, config: dict[str, Any], run: dict[str, Any], dataset: dict[str, Any],
+               progress: dict[str, int], networks: dict[str, dict[str, torch.Tensor]],
+               optimizers: dict[str, dict[str, Any]], augment_p: float = 0.0,
+               ada_signs: tuple[float, float] | list[float] = (0.0, 0.0), pl_mean: float = 0.0,
+               rng: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A snapshot: the fields of SNAPSHOT_FORMAT (module docstring), every tensor moved to the CPU.
+
+    `networks` holds the G, D and G_ema state dicts, `optimizers` the G and D Adam state dicts; `rng`
+    defaults to the process's generator states now.
+    """
+    return _to_cpu({
+        "format": SNAPSHOT_FORMAT, "config": config, "run": dict(run), "dataset": dict(dataset),
+        "progress": {k: int(progress[k]) for k in ("nimg", "batch_idx", "tick")},
+        "G": networks["G"], "D": networks["D"], "G_ema": networks["G_ema"],
+        "G_opt": optimizers["G"], "D_opt": optimizers["D"],
+        "augment_p": float(augment_p), "ada_signs": [float(v) for v in ada_signs], "pl_mean": float(pl_mean),
+        "rng": capture_rng() if rng is None else rng,
+    })
+
+
+@dataclasses.dataclass(frozen=True)
+class Counters:
+    """The training state of a snapshot besides weights: where the run is and its running estimates."""
+
+    nimg: int
+    batch_idx: int
+    tick: int
+    augment_p: float
+    ada_signs: tuple[float, float]
+    pl_mean: float
+
+
+def restore_state(state: dict[str, Any], networks: dict[str, torch.nn.Module],
+                  optimizers: dict[str, torch.optim.Optimizer] | None = None) -> Counters | None:
+    """Load a snapshot's weights into `networks` (G, D, G_ema); with `optimizers` (G, D) also their
+    states and the generators' states, returning the counters to continue from (None without)."""
+    for name, module in networks.items():
+        try:
+            module.load_state_dict(state[name])
+        except RuntimeError as e:
+            raise SnapshotError(f"snapshot {name} does not fit this config's network: {e}") from e
+    if optimizers is None:
+        return None
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state[f"{name}_opt"])
+    restore_rng(state["rng"])
+    prog = state["progress"]
+    signs = state["ada_signs"]
+    return Counters(int(prog["nimg"]), int(prog["batch_idx"]), int(prog["tick"]), float(state["augment_p"]),
+                    (float(signs[0]), float(signs[1])), float(state["pl_mean"]))
+
+
+def _to_cpu(obj: Any) -> Any:
+    """Nested containers with every tensor detached and moved to the CPU (snapshots load anywhere)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 def differences(stored: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
