@@ -7,10 +7,10 @@ Paths come from dvc.yaml's `cmd` lines, the one place that names them.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from corgigan import params as params_mod
 from corgigan.errors import StageError
@@ -72,6 +72,13 @@ STAGES: dict[str, tuple[str, list[tuple[str, str]]]] = {
         ("--metrics", "metrics.json to write"),
         ("--figures", "folder for grids and video"),
     ]),
+    "explore": ("find, measure and draw latent directions (closed-form, PCA, detector-labelled)", [
+        ("--checkpoints", "checkpoint folder (or one snapshot file or reference .pkl)"),
+        ("--detector", "detector folder: labels the generated images"),
+        ("--directions", "directions file to write (JSON, corgigan-directions/1)"),
+        ("--metrics", "explore.json to write: explained variance, accuracies, rank correlations"),
+        ("--figures", "folder for one strip per direction"),
+    ]),
 }
 
 # Which params.yaml sections each stage receives, in order, before its paths.
@@ -84,6 +91,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "dataset": ("dataset",),
     "train": ("train",),
     "evaluate": ("evaluate",),
+    "explore": ("explore", "detect"),
 }
 
 
@@ -97,19 +105,30 @@ def _parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         for arg, arg_help in args:
             p.add_argument(arg, type=Path, required=True, help=arg_help)
-    what = "images, truncation sweep, style mixing or video from a snapshot"
+    what = "images, truncation sweep, style mixing, video or edits along a direction from a snapshot"
     g = sub.add_parser("generate", help=what, description=f"Draw {what}. Latents come from the seeds: the "
                        "same seed gives the same image on any machine.")
     g.add_argument("--checkpoint", type=Path, required=True,
                    help="snapshot file, checkpoint folder, or a StyleGAN2(-ADA) PyTorch or TensorFlow .pkl")
     g.add_argument("--out", type=Path, required=True, help="output folder")
-    g.add_argument("--what", choices=["images", "truncation", "mixing", "video"], default="images",
+    g.add_argument("--what", choices=["images", "truncation", "mixing", "video", "edit", "edit-video"],
+                   default="images",
                    help="images: one PNG per seed; truncation: rows of psi; mixing: style-mixing grid; "
-                   "video: interpolation through the seeds (default: %(default)s)")
+                   "video: interpolation through the seeds; edit: a strip along --direction, a row per seed; "
+                   "edit-video: the seeds moving along --direction and back (default: %(default)s)")
     g.add_argument("--seeds", default="0-7", help="seeds: '0-7', '1,5,9' or a mix (default: %(default)s)")
     g.add_argument("--psi", type=float, default=1.0, help="truncation psi, 1 for none (default: %(default)s)")
     g.add_argument("--frames", type=int, default=48, help="video frames (default: %(default)s)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    g.add_argument("--directions", type=Path, default=Path("models/directions.json"),
+                   help="directions file of the explore stage (default: %(default)s)")
+    g.add_argument("--direction", help="edit: the direction's name in --directions (e.g. dog_size, sefa_0)")
+    g.add_argument("--strength", default="-3..3",
+                   help="edit: from A to B sigmas of W along the direction, 'A..B' (or 'S' for -S..S); write "
+                   "--strength=-2..2 when A is negative (default: %(default)s)")
+    g.add_argument("--layers", help="edit: the ws moved: all | coarse | middle | fine | FIRST-STOP "
+                   "(default: the direction's own)")
+    g.add_argument("--steps", type=int, default=7, help="edit: strip columns (default: %(default)s)")
     what = "a StyleGAN2(-ADA) PyTorch or TensorFlow pickle into a corgigan snapshot"
     c = sub.add_parser("convert", help=f"convert {what}",
                        description=f"Convert {what} (weights_only-loadable, so DVC and the pipeline deal "
@@ -216,6 +235,50 @@ def _play(args: argparse.Namespace) -> None:
     serve.main(explorer, args.host, args.port)
 
 
+def parse_strength(text: str) -> tuple[float, float]:
+    """Parse '-3..3' (from A to B) or '2' (-2..2) into (A, B)."""
+    try:
+        if ".." in text:
+            lo, hi = (float(x) for x in text.split("..", 1))
+        else:
+            hi = abs(float(text))
+            lo = -hi
+    except ValueError:
+        raise StageError(f"--strength {text!r}: use A..B in sigmas, e.g. --strength=-3..3") from None
+    if lo == hi:
+        raise StageError(f"--strength {text!r}: A and B are equal; nothing would move")
+    return lo, hi
+
+
+def _edit(args: argparse.Namespace) -> None:
+    """`generate --what edit | edit-video`: read one direction of the explore stage's file (the reader of
+    projection.py, the contract's owner) and draw the seeds moved along it."""
+    from corgigan import directions, generate, projection
+    from corgigan.stylegan2.devices import resolve_device
+
+    if not args.direction:
+        raise StageError(f"--what {args.what} needs --direction NAME (a name in {args.directions})")
+    if args.steps < 2:
+        raise StageError(f"--steps {args.steps}: must be >= 2")
+    strength = parse_strength(args.strength)
+    G, _ = generate.load(args.checkpoint, resolve_device(args.device))
+    found = {d.name: d for d in projection.read_directions(args.directions, G.w_dim, G.num_ws)}
+    if args.direction not in found:
+        raise StageError(f"{args.directions}: no direction {args.direction!r}; it has {', '.join(found)}")
+    d = found[args.direction]
+    layers = d.layers
+    if args.layers:
+        try:
+            layers = directions.layer_range(args.layers, G.num_ws)
+        except ValueError as e:
+            raise StageError(f"--{e}") from None
+    args.out.mkdir(parents=True, exist_ok=True)
+    frames = args.frames if args.what == "edit-video" else 0
+    path = generate.write_edit(G, args.out, d.name, d.vector, layers, parse_seeds(args.seeds), strength,
+                               args.psi, steps=args.steps, frames=frames)
+    log.info("wrote %s (%s, ws %d..%d, %+g..%+g sigma)", path, d.name, layers[0], layers[1] - 1, *strength)
+
+
 def _stage_description(name: str, help_text: str) -> str:
     """A stage's --help text: what it does, the params.yaml sections it reads, and filter's reasons."""
     lines = [help_text[0].upper() + help_text[1:] + ".", "",
@@ -224,6 +287,32 @@ def _stage_description(name: str, help_text: str) -> str:
         lines += ["", "Rejection reasons (filter.parquet `reason`; dedup adds `duplicate`):"]
         lines += [f"  {reason:<15} {why}" for reason, why in REASONS.items() if reason != "duplicate"]
     return "\n".join(lines)
+
+
+def stage_module(name: str) -> ModuleType:
+    """The stage module that runs `name`, imported only when it runs (some pull in heavy libraries)."""
+    match name:
+        case "scrape":
+            from corgigan.stages import scrape as module
+        case "detector":
+            from corgigan.stages import detector as module
+        case "detect":
+            from corgigan.stages import detect as module
+        case "filter":
+            from corgigan.stages import filter as module
+        case "dedup":
+            from corgigan.stages import dedup as module
+        case "dataset":
+            from corgigan.stages import dataset as module
+        case "train":
+            from corgigan.stages import train as module
+        case "evaluate":
+            from corgigan.stages import evaluate as module
+        case "explore":
+            from corgigan.stages import explore as module
+        case _:
+            raise StageError(f"no stage {name!r}")
+    return module
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -252,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        if args.command == "generate" and args.what in ("edit", "edit-video"):
+            _edit(args)
+            return 0
         if args.command == "generate":
             from corgigan import generate
             generate.main(checkpoint=args.checkpoint, out=args.out, what=args.what,
@@ -277,8 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = params_mod.load(args.params)
         sections = [getattr(cfg, s) for s in SECTIONS[args.command]]
         paths = {a.lstrip("-"): getattr(args, a.lstrip("-")) for a, _ in STAGES[args.command][1]}
-        stage = importlib.import_module(f"corgigan.stages.{args.command}")
-        stage.run(*sections, **paths)
+        stage_module(args.command).run(*sections, **paths)
     except EXPECTED_ERRORS as e:
         log.error("%s", e)
         return 2

@@ -176,6 +176,66 @@ def load(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]
         raise StageError(str(e)) from e
 
 
+# ----------------------------------------------------------------------------------------------------
+# Edits along a direction in W (the explore stage's directions file; `generate --what edit|edit-video`)
+
+STRIP_TILE = 128         # strips show each image at most this many pixels wide
+
+
+def edit_ws(w: torch.Tensor, vector: torch.Tensor, layers: tuple[int, int], offsets: np.ndarray,
+            num_ws: int) -> torch.Tensor:
+    """ws [S * T, num_ws, w_dim], seed-major: each w [S, w_dim] moved by each offset [T] (in W's units)
+    along `vector` [w_dim], over ws layers [first, stop) only."""
+    ws = w[:, None, None, :].repeat(1, len(offsets), num_ws, 1)               # [S, T, num_ws, w_dim]
+    step = torch.as_tensor(np.asarray(offsets), dtype=ws.dtype, device=ws.device)[None, :, None, None]
+    ws[:, :, layers[0]:layers[1]] += step * vector.to(ws)
+    return ws.reshape(-1, num_ws, w.shape[1])
+
+
+def w_spread(G: torch.nn.Module, vector: torch.Tensor, samples: int = 2000) -> float:
+    """W's standard deviation along the unit `vector`, from seeds 0..samples-1 (untruncated): one sigma,
+    the unit of edit strengths, so a strength of 1 goes as far as W's own spread in that direction."""
+    w = torch.cat([map_seeds(G, list(range(i, min(i + 1000, samples))), 1.0)[:, 0]
+                   for i in range(0, samples, 1000)])
+    return max(float((w.double() @ vector.to(w).double()).std()), 1e-8)
+
+
+def strip_grid(images: np.ndarray, seeds: list[int], strengths: np.ndarray, corner: str = "") -> Image.Image:
+    """Images [S * T, H, W, 3] (seed-major) as a labelled grid: a row per seed, a column per strength (in
+    sigmas); tiles shrink to STRIP_TILE px so a 1024-px model's strips stay small."""
+    side = images.shape[1]
+    if side > STRIP_TILE:
+        images = np.stack([np.asarray(Image.fromarray(im).resize((STRIP_TILE, STRIP_TILE), Image.LANCZOS))
+                           for im in images])
+        side = STRIP_TILE
+    grid = image_grid(images, cols=len(strengths))
+    return labelled(grid, side, [f"{t:+.1f} sd" for t in strengths], [f"seed {s}" for s in seeds], corner)
+
+
+def write_edit(G: torch.nn.Module, out: Path, name: str, vector: torch.Tensor, layers: tuple[int, int],
+               seeds: list[int], strength: tuple[float, float], psi: float, steps: int = 7,
+               frames: int = 0) -> Path:
+    """Move the seeds' latents along a direction from strength[0] to strength[1] sigmas over `layers`:
+    a strip (out/edit-<name>.png, `steps` columns), or with frames > 0 a looping video (out/edit-<name>.mp4,
+    the seeds side by side, there and back). Returns the path written."""
+    sigma = w_spread(G, vector)
+    w = map_seeds(G, seeds, psi)[:, 0]
+    lo, hi = strength
+    if frames <= 0:
+        strengths = np.linspace(lo, hi, steps)
+        imgs = synthesize_w(G, edit_ws(w, vector, layers, strengths * sigma, G.num_ws))
+        path = out / f"edit-{name}.png"
+        save_png(strip_grid(imgs, seeds, strengths, corner=name), path)
+        return path
+    # A cosine sweep lo -> hi -> lo: the loop closes without a jump and slows at both ends.
+    t = np.arange(frames) / frames
+    strengths = lo + (hi - lo) * (1 - np.cos(2 * np.pi * t)) / 2
+    imgs = synthesize_w(G, edit_ws(w, vector, layers, strengths * sigma, G.num_ws))  # [S * F, H, W, 3]
+    n, h = len(seeds), G.img_resolution
+    video = imgs.reshape(n, frames, h, h, 3).transpose(1, 2, 0, 3, 4).reshape(frames, h, n * h, 3)
+    return write_video(np.ascontiguousarray(video), out / f"edit-{name}.mp4")
+
+
 def main(checkpoint: Path, out: Path, what: str, seeds: list[int], psi: float, frames: int,
          device: str) -> None:
     """`corgigan generate`: write the requested pictures of a snapshot into `out`."""

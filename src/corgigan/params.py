@@ -10,6 +10,7 @@ only reader: unknown, missing, mistyped and out-of-range keys stop with a messag
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -237,6 +238,43 @@ class EvaluateParams:
     device: Annotated[Device, knob(DEVICE_HELP)]
 
 
+def _layers(value: Any) -> Any:
+    # A named range of the generator's ws, or FIRST-STOP; checked against the model by the explore stage.
+    if not isinstance(value, str) or not re.fullmatch(r"all|coarse|middle|fine|\d+-\d+", value):
+        raise ValueError("must be all, coarse, middle, fine or FIRST-STOP (ws indices)")
+    return value
+
+
+@section
+class ExploreParams:
+    seed: Annotated[StrictInt, knob("first seed of the sampled latents; the check seeds follow them")]
+    truncation_psi: Annotated[Number, knob("truncation of the sampled latents (1: none)")]
+    layers: Annotated[StrictStr, BeforeValidator(_layers),
+                      knob("ws the SeFa and PCA edits move: all | coarse | middle | fine | FIRST-STOP")]
+    num_components: Annotated[StrictInt, knob("closed-form (SeFa) and PCA directions kept, each with a strip",
+                                              gt=0)]
+    pca_samples: Annotated[StrictInt, knob("w drawn for PCA in W and for each direction's sigma", ge=2)]
+    num_labelled: Annotated[StrictInt, knob("generated images labelled by the detector to fit the labelled "
+                                            "directions", ge=4)]
+    share: Annotated[Number, knob("top and bottom share of each attribute taken as positives and negatives "
+                                  "(InterFaceGAN)", gt=0, le=0.5)]
+    holdout: Annotated[Number, knob("share of those held out to measure each boundary's accuracy", gt=0,
+                                    lt=1)]
+    check_seeds: Annotated[StrictInt, knob("seeds not used to fit, moved along each labelled direction to "
+                                           "measure its rank correlation", ge=1)]
+    strip_seeds: Annotated[StrictInt, knob("rows of each direction's strip (the first check seeds)", ge=1)]
+    strip_steps: Annotated[StrictInt, knob("columns of each strip and steps of each check, -max_sigma to "
+                                           "+max_sigma", ge=3)]
+    max_sigma: Annotated[Number, knob("strips and checks move this many sigmas of W either way", gt=0)]
+    device: Annotated[Device, knob(DEVICE_HELP)]
+
+    @model_validator(mode="after")
+    def _strips(self) -> ExploreParams:
+        if self.strip_seeds > self.check_seeds:
+            raise ValueError("strip_seeds: must be <= check_seeds")
+        return self
+
+
 @section
 class Params:
     scrape: ScrapeParams
@@ -248,6 +286,7 @@ class Params:
     dataset: DatasetParams
     train: TrainParams
     evaluate: EvaluateParams
+    explore: ExploreParams
 
 
 _ADAPTER = TypeAdapter(Params)

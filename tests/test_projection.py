@@ -1,0 +1,253 @@
+"""Projecting photos into a tiny model, the photo crop, directions, edits, `corgigan project`."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from corgigan import cli, generate, geometry, projection
+from corgigan.errors import StageError
+from corgigan.stylegan2.data import ZipDataset
+from corgigan.stylegan2.loop import training_loop
+from tests.test_snapshot import tiny_config
+from tests.test_train_data import write_dataset
+
+log = logging.getLogger(__name__)
+RES = 16
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(dataset zip, checkpoint folder) of a tiny 16-px model trained for a few steps."""
+    root = tmp_path_factory.mktemp("projection")
+    dataset = write_dataset(root / "data.zip", n=8, res=RES, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        training_loop(dataset, root / "run", tiny_config(resolution=RES), kimg=0.016, snapshot_kimg=0.016,
+                      seed=0, augment="none", workers=0, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    return dataset, root / "run"
+
+
+@pytest.fixture(scope="module")
+def nets(trained: tuple[Path, Path]) -> tuple[torch.nn.Module, torch.nn.Module]:
+    G, info = generate.load(trained[1], torch.device("cpu"))
+    D = projection.load_discriminator(Path(info["path"]), torch.device("cpu"))
+    assert D is not None
+    return G, D
+
+
+def dataset_images(dataset: Path, n: int = 4) -> torch.Tensor:
+    data = ZipDataset(dataset)
+    return torch.stack([data[i][0] for i in range(n)]).float() / 127.5 - 1    # [n, 3, RES, RES]
+
+
+def mean_error(result: projection.Projection, key: str) -> float:
+    return float(np.mean([e[key] for e in result.errors]))
+
+
+def test_error_falls_with_steps_and_w_plus_fits_closer_than_w(trained, nets, one_thread) -> None:
+    G, D = nets
+    target = dataset_images(trained[0])
+    table = {}
+    for space in projection.SPACES:
+        for steps in (5, 50, 200):
+            result = projection.project(G, target, D, projection.ProjectConfig(steps=steps, space=space))
+            table[space, steps] = (mean_error(result, "mse"), mean_error(result, "d_features"))
+            assert len(result.history) == steps and result.ws.shape == (4, G.num_ws, G.w_dim)
+        # The loss of one run falls along its steps (its first steps carry latent noise).
+        assert result.history[-1]["loss"] < 0.5 * result.history[0]["loss"]
+    log.info("dataset images, mean (mse, D features) by space and steps: %s", table)
+    for space in projection.SPACES:
+        assert table[space, 200][1] < table[space, 50][1] < table[space, 5][1]
+        assert table[space, 200][0] < table[space, 5][0]
+    # W+ has num_ws times the freedom: with enough steps it reproduces the images more closely.
+    assert table["w+", 200][0] < table["w", 200][0]
+    assert table["w+", 200][1] < table["w", 200][1]
+
+
+def test_an_image_of_the_model_is_found_again(nets, one_thread) -> None:
+    G, D = nets
+    target = G.synthesis(generate.map_seeds(G, [3], 1.0), noise_mode="const")
+    result = projection.project(G, target, D, projection.ProjectConfig(steps=100, space="w"))
+    assert result.errors[0]["mse"] < 1e-3 and result.errors[0]["psnr"] > 30
+
+
+def test_projection_is_deterministic_and_records_frames(nets, one_thread) -> None:
+    G, D = nets
+    target = torch.rand(1, 3, RES, RES) * 2 - 1
+    seen = []
+    cfg = projection.ProjectConfig(steps=12, seed=5)
+    a = projection.project(G, target, D, cfg, record=4, on_step=lambda step, ws: seen.append(step))
+    b = projection.project(G, target, D, cfg)
+    assert torch.equal(a.ws, b.ws)
+    assert seen == list(range(12))
+    assert a.frames is not None and a.frames.shape == (4, 1, RES, RES, 3) and a.frames.dtype == np.uint8
+    with pytest.raises(ValueError, match="target must be"):
+        projection.project(G, target[:, :, :8], D, cfg)
+    with pytest.raises(ValueError, match="space"):
+        projection.project(G, target, D, projection.ProjectConfig(space="z"))
+
+
+def test_features_come_from_every_block_and_leave_d_unchanged(nets) -> None:
+    _, D = nets
+    img = torch.rand(2, 3, RES, RES) * 2 - 1
+    logits = D(img, None).clone()
+    feats = projection.discriminator_features(D, img)
+    assert [f.shape[-1] for f in feats] == [b.resolution // 2 for b in D.blocks]
+    assert torch.equal(D(img, None), logits)
+    d_self = projection.feature_distance(feats, feats)
+    d_other = projection.feature_distance(feats, projection.discriminator_features(D, img.flip(0)))
+    assert torch.all(d_self == 0) and torch.all(d_other > 0) and torch.all(d_other <= 4)
+
+
+def test_lpips_from_weight_files(tmp_path, nets, one_thread) -> None:
+    from torchvision.models import vgg
+
+    torch.manual_seed(0)
+    # Only the convolutional part is needed; torchvision's vgg16 file holds it under features.*
+    features = vgg.make_layers(vgg.cfgs["D"])
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, tmp_path / "vgg.pth")
+    channels = (64, 128, 256, 512, 512)
+    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(channels)},
+               tmp_path / "lin.pth")
+    lp = projection.LpipsVGG.from_files(tmp_path / "vgg.pth", tmp_path / "lin.pth")
+    a, b = torch.rand(2, 3, RES, RES) * 2 - 1, torch.rand(2, 3, RES, RES) * 2 - 1
+    assert torch.allclose(lp(a, a), torch.zeros(2)) and torch.all(lp(a, b) > 0)
+    G, D = nets
+    result = projection.project(G, a[:1], D, projection.ProjectConfig(steps=3), lpips=lp)
+    assert "lpips" in result.history[0] and "lpips" in result.errors[0]
+    (tmp_path / "bad.pth").write_bytes(b"not torch")
+    with pytest.raises(StageError, match="weights_only"):
+        projection.LpipsVGG.from_files(tmp_path / "bad.pth")
+    with pytest.raises(StageError, match="linear weights"):
+        projection.LpipsVGG.from_files(tmp_path / "vgg.pth", tmp_path / "vgg.pth")
+
+
+def photo_bytes(width: int, height: int, fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+class FakeFinder:
+    """Stands in for the detector: always the same box."""
+
+    def __init__(self, box: tuple[float, float, float, float] | None) -> None:
+        self.box = box
+
+    def best_box(self, img: Image.Image) -> tuple[float, float, float, float] | None:
+        return self.box
+
+
+def test_photos_are_cropped_with_the_filter_rule() -> None:
+    data = photo_bytes(90, 60)
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    rule = projection.CropRule(min_crop=20, resize_filter="bicubic")
+    box = (60.0, 10.0, 85.0, 40.0)
+    crop, how = projection.photo_target(data, RES, rule, FakeFinder(box))
+    win = geometry.crop_window(90, 60, box, 20)
+    want = img.resize((RES, RES), Image.Resampling.BICUBIC, box=win.box)
+    assert how["mode"] == "dog" and how["crop"] == list(win.box) and win.side == 30
+    assert np.array_equal(np.asarray(crop), np.asarray(want))
+    # Without a detector (or when it finds nothing): the centred square of the short side.
+    for finder, mode in ((None, "centre"), (FakeFinder(None), "centre (no dog found)")):
+        crop, how = projection.photo_target(data, RES, rule, finder)
+        assert how["mode"] == mode and how["crop"] == [15, 0, 75, 60]
+    gray, _ = projection.photo_target(data, RES, rule, channels=1)
+    assert gray.mode == "L" and projection.to_tensor(gray).shape == (1, 1, RES, RES)
+    t = projection.to_tensor(crop)
+    assert t.shape == (1, 3, RES, RES) and t.min() >= -1 and t.max() <= 1
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (b"hello, not a photo", "not an image"),
+    (photo_bytes(64, 64)[:200], "truncated"),
+    (photo_bytes(300, 300), "too large"),
+    (b"", "empty"),
+])
+def test_bad_photos_say_why(data: bytes, why: str) -> None:
+    rule = projection.CropRule(min_crop=8, max_pixels=200 * 200)
+    with pytest.raises(StageError, match=why):
+        projection.photo_target(data, RES, rule, name="x.png")
+
+
+def write_directions(path: Path, w_dim: int, entries: dict) -> Path:
+    path.write_text(json.dumps({"format": projection.DIRECTIONS_FORMAT, "directions": entries}))
+    return path
+
+
+def test_directions_file_contract(tmp_path) -> None:
+    path = write_directions(tmp_path / "d.json", 4, {
+        "ears": {"vector": [3, 0, 4, 0], "layers": [0, 2], "accuracy": 0.9},   # extra keys are allowed
+        "colour": {"vector": [0, 1, 0, 0]},
+    })
+    dirs = projection.read_directions(path, w_dim=4, num_ws=6)
+    assert [d.name for d in dirs] == ["ears", "colour"]
+    assert torch.allclose(dirs[0].vector, torch.tensor([0.6, 0, 0.8, 0])) and dirs[0].layers == (0, 2)
+    assert dirs[1].layers == (0, 6)
+    bad = {
+        "missing.json": None,
+        "wrong_dim.json": {"a": {"vector": [1, 0]}},
+        "zero.json": {"a": {"vector": [0, 0, 0, 0]}},
+        "layers.json": {"a": {"vector": [1, 0, 0, 0], "layers": [3, 9]}},
+        "nan.json": {"a": {"vector": [1, "x", 0, 0]}},
+    }
+    for name, entries in bad.items():
+        p = tmp_path / name
+        if entries is not None:
+            write_directions(p, 4, entries)
+        with pytest.raises(StageError, match=name.split(".")[0] if entries is None else "direction 'a'"):
+            projection.read_directions(p, w_dim=4, num_ws=6)
+    (tmp_path / "other.json").write_text(json.dumps({"directions": []}))
+    with pytest.raises(StageError, match="not a directions file"):
+        projection.read_directions(tmp_path / "other.json", 4, 6)
+
+
+def test_edits() -> None:
+    w_avg = torch.zeros(4)
+    ws = torch.ones(1, 6, 4)
+    d = projection.Direction("a", torch.tensor([1.0, 0, 0, 0]), (1, 3))
+    assert torch.equal(projection.apply_edit(ws, w_avg, projection.Edit(psi=0.0), {}), torch.zeros(1, 6, 4))
+    mixed = projection.apply_edit(ws, w_avg, projection.Edit(mix=torch.full((6, 4), 2.0), cutoff=4), {})
+    assert torch.equal(mixed[0, :4], ws[0, :4]) and torch.all(mixed[0, 4:] == 2)
+    moved = projection.apply_edit(ws, w_avg, projection.Edit(moves={"a": 0.5}), {"a": d})
+    assert torch.equal(moved[0, :, 0], torch.tensor([1, 1.5, 1.5, 1, 1, 1]))
+    assert torch.equal(moved[0, :, 1:], ws[0, :, 1:]) and torch.equal(ws, torch.ones(1, 6, 4))
+
+
+def test_cli_project_writes_latent_video_and_errors(trained, tmp_path, one_thread) -> None:
+    photo = tmp_path / "dog.jpg"
+    photo.write_bytes(photo_bytes(48, 32, "JPEG"))
+    out = tmp_path / "out"
+    argv = ["--params", str(tmp_path / "none.yaml"), "project", str(photo), "--checkpoint", str(trained[1]),
+            "--out", str(out), "--steps", "6", "--space", "w"]
+    assert cli.main(argv) == 0
+    folder = out / "dog"
+    assert Image.open(folder / "target.png").size == (RES, RES)
+    assert Image.open(folder / "projected.png").size == (RES, RES)
+    with np.load(folder / "projected_w.npz") as z:
+        ws, space = z["ws"], str(z["space"])
+    G, _ = generate.load(trained[1], torch.device("cpu"))
+    assert ws.shape == (G.num_ws, G.w_dim) and space == "w" and np.allclose(ws, ws[:1])   # W: one w
+    assert np.array_equal(generate.synthesize_w(G, torch.from_numpy(ws)[None])[0],
+                          np.asarray(Image.open(folder / "projected.png")))
+    assert any((folder / f"projection.{ext}").is_file() for ext in ("mp4", "gif"))
+    report = json.loads((folder / "errors.json").read_text())
+    assert len(report["history"]) == 6 and report["mse"] > 0 and report["crop"]["mode"] == "centre"
+    assert report["crop"]["crop"] == [8, 0, 40, 32]
+    # A file that is no photo: one line, rc 2.
+    (tmp_path / "notes.txt").write_text("no photo")
+    assert cli.main([*argv[:3], str(tmp_path / "notes.txt"), *argv[4:]]) == 2
+    assert cli.main([*argv[:3], str(tmp_path / "absent.png"), *argv[4:]]) == 2
+    assert cli.main([*argv, "--lpips-lin", str(photo)]) == 2
