@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from corgigan import geometry, images
+from corgigan.directions import FORMAT as DIRECTIONS_FORMAT
 from corgigan.errors import StageError
 from corgigan.generate import save_png, synthesize_w, to_uint8, write_video
 from corgigan.stylegan2.devices import resolve_device
@@ -49,7 +50,6 @@ from corgigan.tables import atomic_path
 log = logging.getLogger(__name__)
 
 SPACES = ("w", "w+")
-DIRECTIONS_FORMAT = "corgigan-directions/1"
 
 
 # ----------------------------------------------------------------------------------------------------
