@@ -312,6 +312,22 @@ def load_yolo(detector_dir: Path) -> Any:
         return YOLO(str(path), task="detect")
 
 
+def load_dog_detector(detector_dir: Path) -> tuple[Any, int, dict[str, Any]]:
+    """The YOLO model in `detector_dir`, its 'dog' class id (checked against the weights' classes) and its
+    meta.json; StageError, saying what to do, when the folder does not hold a usable detector."""
+    meta = read_meta(detector_dir)
+    dog_class = meta.get("dog_class")
+    redo = f"delete {detector_dir} and re-run `corgigan detector`"
+    if isinstance(dog_class, bool) or not isinstance(dog_class, int):
+        raise StageError(f"{detector_dir / META_FILE}: no dog_class (the detector's class id of 'dog', an "
+                         f"integer; got {dog_class!r}); {redo}")
+    yolo = load_yolo(detector_dir)
+    if dog_class not in yolo.names:
+        raise StageError(f"{detector_dir / META_FILE}: dog_class {dog_class} is not a class of "
+                         f"{WEIGHTS_FILE} (classes 0..{len(yolo.names) - 1}); {redo}")
+    return yolo, dog_class, meta
+
+
 # ---------------------------------------------------------------------------------------------------
 # Prediction
 

@@ -16,7 +16,6 @@ Attributes of one image (ATTRIBUTES):
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,9 +28,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from corgigan import detection, generate
-from corgigan.errors import StageError
-
-log = logging.getLogger(__name__)
 
 BOX_ATTRIBUTES = ("dog_size", "dog_x", "dog_y", "num_dogs", "confidence")
 # Attributes of the dog itself: a boundary for them is fitted among the images with a dog only, so that
@@ -56,16 +52,7 @@ class Detector:
 def load_detector(detector_dir: Path, *, conf: float, iou: float, imgsz: int, batch: int,
                   device: str) -> Detector:
     """The detector in `detector_dir` with its dog class from meta.json; StageError when it has none."""
-    meta = detection.read_meta(detector_dir)
-    dog_class = meta.get("dog_class")
-    redo = f"delete {detector_dir} and re-run `corgigan detector`"
-    if isinstance(dog_class, bool) or not isinstance(dog_class, int):
-        raise StageError(f"{detector_dir / detection.META_FILE}: no dog_class (an integer; got "
-                         f"{dog_class!r}); {redo}")
-    yolo = detection.load_yolo(detector_dir)
-    if dog_class not in yolo.names:
-        raise StageError(f"{detector_dir / detection.META_FILE}: dog_class {dog_class} is not a class of "
-                         f"{detection.WEIGHTS_FILE}; {redo}")
+    yolo, dog_class, _ = detection.load_dog_detector(detector_dir)
     return Detector(yolo, dog_class, conf, iou, imgsz, batch, device)
 
 

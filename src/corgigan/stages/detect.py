@@ -35,16 +35,7 @@ def run(p: DetectParams, images: ImagesParams, raw: Path, detector: Path, out: P
     if not shard_dir.is_dir():
         raise StageError(f"{shard_dir}: no image shards; run `corgigan scrape` first")
     device = str(resolve_device(p.device))
-    meta = detection.read_meta(detector)
-    dog_class = meta.get("dog_class")
-    redo = f"delete {detector} and re-run `corgigan detector`"
-    if isinstance(dog_class, bool) or not isinstance(dog_class, int):
-        raise StageError(f"{detector / detection.META_FILE}: no dog_class (the detector's class id of 'dog', "
-                         f"an integer; got {dog_class!r}); {redo}")
-    yolo = detection.load_yolo(detector)
-    if dog_class not in yolo.names:
-        raise StageError(f"{detector / detection.META_FILE}: dog_class {dog_class} is not a class of "
-                         f"{detection.WEIGHTS_FILE} (classes 0..{len(yolo.names) - 1}); {redo}")
+    yolo, dog_class, meta = detection.load_dog_detector(detector)
     warn_if_trained_on_drawings(meta, raw / "posts.parquet")
     rows = detect_shards(yolo, shard_dir, p, device=device, max_pixels=images.max_pixels,
                          dog_class=dog_class)
