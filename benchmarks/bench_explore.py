@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from tests.test_snapshot import fake_state
+from tests.helpers import fake_state
 
 from corgigan import detection, generate, labelling, params
 from corgigan import directions as dirs

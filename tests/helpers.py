@@ -218,3 +218,39 @@ CASES: list[tuple[Spec, str | None]] = [
     (Spec("tiny", (200, 150), [(90, 70, 100, 80, 0.9)], seed=10), "low_cover"),
     (Spec("corner", (100, 100), [(0, 0, 28, 28, 0.9)], seed=11), "off_center"),
 ]
+
+
+def fake_state(cfg: TrainingConfig, data_hash: str = "a" * 64, nimg: int = 8, run: dict | None = None
+               ) -> dict:
+    """A complete snapshot state of freshly built networks (optimiser states empty)."""
+    import torch
+
+    from corgigan.stylegan2 import configs
+    from corgigan.stylegan2.snapshot import make_state
+
+    torch.manual_seed(0)
+    G, D = configs.build_networks(cfg)
+    opt = torch.optim.Adam(G.parameters()).state_dict()
+    return make_state(
+        config=configs.config_to_dict(cfg), run=run or {"seed": 0},
+        dataset={"hash": data_hash, "resolution": cfg.resolution, "num_channels": 3, "label_dim": 0,
+                 "num_images": 4},
+        progress={"nimg": nimg, "batch_idx": nimg // cfg.batch, "tick": 1},
+        networks={"G": G.state_dict(), "D": D.state_dict(), "G_ema": G.state_dict()},
+        optimizers={"G": opt, "D": opt}, augment_p=0.25, ada_signs=(1.0, 4.0), pl_mean=0.5)
+
+
+def photo_bytes(width: int, height: int, fmt: str = "PNG") -> bytes:
+    """A random RGB photo of that size, encoded as `fmt`."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_directions(path: Path, w_dim: int, entries: dict) -> Path:
+    """A directions file (the explore stage's format) holding `entries`."""
+    from corgigan.directions import FORMAT as DIRECTIONS_FORMAT
+
+    path.write_text(json.dumps({"format": DIRECTIONS_FORMAT, "directions": entries}))
+    return path

@@ -20,8 +20,7 @@ from corgigan.errors import StageError
 from corgigan.params import DetectParams, ExploreParams
 from corgigan.stages import explore
 from corgigan.stylegan2.snapshot import save_snapshot, snapshot_name
-from tests.helpers import tiny_config
-from tests.test_snapshot import fake_state
+from tests.helpers import fake_state, tiny_config
 
 RES = 16
 PARAMS = ExploreParams(seed=0, truncation_psi=1.0, layers="all", num_components=3, pca_samples=400,

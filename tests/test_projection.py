@@ -16,8 +16,7 @@ from corgigan import cli, generate, geometry, projection
 from corgigan.errors import StageError
 from corgigan.stylegan2.data import ZipDataset
 from corgigan.stylegan2.loop import training_loop
-from tests.test_snapshot import tiny_config
-from tests.test_train_data import write_dataset
+from tests.helpers import photo_bytes, tiny_config, write_dataset, write_directions
 
 log = logging.getLogger(__name__)
 RES = 16
@@ -133,13 +132,6 @@ def test_lpips_from_weight_files(tmp_path, nets, one_thread) -> None:
         projection.LpipsVGG.from_files(tmp_path / "vgg.pth", tmp_path / "vgg.pth")
 
 
-def photo_bytes(width: int, height: int, fmt: str = "PNG") -> bytes:
-    rng = np.random.default_rng(0)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buf, format=fmt)
-    return buf.getvalue()
-
-
 class FakeFinder:
     """Stands in for the detector: always the same box."""
 
@@ -180,11 +172,6 @@ def test_bad_photos_say_why(data: bytes, why: str) -> None:
     rule = projection.CropRule(min_crop=8, max_pixels=200 * 200)
     with pytest.raises(StageError, match=why):
         projection.photo_target(data, RES, rule, name="x.png")
-
-
-def write_directions(path: Path, w_dim: int, entries: dict) -> Path:
-    path.write_text(json.dumps({"format": projection.DIRECTIONS_FORMAT, "directions": entries}))
-    return path
 
 
 def test_directions_file_contract(tmp_path) -> None:

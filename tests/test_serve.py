@@ -22,9 +22,7 @@ from PIL import Image
 
 from corgigan import serve
 from corgigan.stylegan2.loop import training_loop
-from tests.test_projection import photo_bytes, write_directions
-from tests.test_snapshot import tiny_config
-from tests.test_train_data import write_dataset
+from tests.helpers import photo_bytes, tiny_config, write_dataset, write_directions
 
 RES = 16
 CHROMIUM = Path("/usr/bin/chromium")

@@ -16,7 +16,6 @@ import torch
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.loop import decide_start
 from corgigan.stylegan2.snapshot import (
-    SNAPSHOT_FORMAT,
     SnapshotError,
     capture_rng,
     latest_snapshot,
@@ -26,27 +25,9 @@ from corgigan.stylegan2.snapshot import (
     save_snapshot,
     snapshot_name,
 )
-from tests.helpers import tiny_config
+from tests.helpers import fake_state, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def fake_state(cfg: configs.TrainingConfig, data_hash: str = "a" * 64, nimg: int = 8,
-               run: dict | None = None) -> dict:
-    """A complete snapshot state of freshly built networks (optimiser states empty)."""
-    torch.manual_seed(0)
-    G, D = configs.build_networks(cfg)
-    opt = torch.optim.Adam(G.parameters())
-    return {
-        "format": SNAPSHOT_FORMAT, "config": configs.config_to_dict(cfg),
-        "run": run or {"seed": 0},
-        "dataset": {"hash": data_hash, "resolution": cfg.resolution, "num_channels": 3, "label_dim": 0,
-                    "num_images": 4},
-        "progress": {"nimg": nimg, "batch_idx": nimg // cfg.batch, "tick": 1},
-        "G": G.state_dict(), "D": D.state_dict(), "G_ema": G.state_dict(),
-        "G_opt": opt.state_dict(), "D_opt": opt.state_dict(),
-        "augment_p": 0.25, "ada_signs": [1.0, 4.0], "pl_mean": 0.5, "rng": capture_rng(),
-    }
 
 
 def test_round_trip_is_atomic_and_weights_only(tmp_path):
