@@ -16,13 +16,12 @@ import argparse
 import io
 import logging
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks.timing import best_of
 from corgigan import detection
 from corgigan.images import ShardWriter
 from corgigan.params import DetectParams, ImagesParams
@@ -76,15 +75,6 @@ def bare_loop(weights: Path, files: list[Path], p: DetectParams, dog_class: int)
                                 iou=p.iou, imgsz=p.imgsz, device=p.device, verbose=False):
             boxes += len(res.boxes)
     return boxes
-
-
-def best_of(repeats: int, fn: Any) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:

@@ -26,14 +26,13 @@ import argparse
 import json
 import logging
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from PIL import Image
 from tests.helpers import fake_state
 
+from benchmarks.timing import best_of
 from corgigan import detection, generate, labelling, params
 from corgigan import directions as dirs
 from corgigan.stages import explore
@@ -42,15 +41,6 @@ from corgigan.stylegan2.snapshot import save_snapshot, snapshot_name
 
 log = logging.getLogger("bench_explore")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def best_of(repeats: int, fn: Callable[[], object]) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def demo_checkpoint(root: Path, given: Path) -> Path:

@@ -386,18 +386,27 @@ def compare(call: OpCall, dtype: torch.dtype, device: torch.device,
     return out
 
 
+def load_cuda_ops(mode: str, ops_built: bool, result: dict) -> bool:
+    """On the GPU, load both built ops with missing builds made errors (never a silent ref-vs-ref run);
+    False, with the part marked skipped, when the build part did not build them."""
+    if mode != "gpu":
+        return True
+    if not ops_built:
+        result.update(status="skipped", reason=NOT_BUILT)
+        return False
+    build.set_require_cuda_ops(True)
+    for op in build.OPS:
+        build.load_extension(op)
+    return True
+
+
 def part_correctness(mode: str, deadline: Deadline, result: dict, save: Callable[[], None],
                      ops_built: bool = True, **_: Any) -> None:
     sizes = SIZES[mode]
     device = part_device(mode)
-    if mode == "gpu" and not ops_built:
-        result.update(status="skipped", reason=NOT_BUILT)
+    if not load_cuda_ops(mode, ops_built, result):
         return
-    if mode == "gpu":
-        build.set_require_cuda_ops(True)  # a missing build is an error here, never a silent ref-vs-ref
-        for op in build.OPS:
-            build.load_extension(op)
-    else:
+    if mode != "gpu":
         result["dry_run"] = "no CUDA device: both sides ran the reference path (errors are 0 by construction)"
     # The references' conv2d would use TF32 on the GPU (torch's default for cuDNN): ~1e-3 off in float32.
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -502,13 +511,9 @@ def part_op_speed(mode: str, deadline: Deadline, result: dict, save: Callable[[]
                   ops_built: bool = True, **_: Any) -> None:
     sizes = SIZES[mode]
     device = part_device(mode)
-    if mode == "gpu" and not ops_built:
-        result.update(status="skipped", reason=NOT_BUILT)
+    if not load_cuda_ops(mode, ops_built, result):
         return
     if mode == "gpu":
-        build.set_require_cuda_ops(True)
-        for op in build.OPS:
-            build.load_extension(op)
         # Off, unlike training: autotuning every one of ~100 shapes would eat the time box. The reference
         # path's convolutions then run cuDNN's heuristic choice; train_speed measures them autotuned.
         torch.backends.cudnn.benchmark = False
