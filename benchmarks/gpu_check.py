@@ -81,7 +81,7 @@ REPORT_FORMAT = 1
 BOXES = {
     "gpu": {"build": (180, 60), "correctness": (110, 30), "op_speed": (50, 15), "train_speed": (180, 40),
             "short_run": (120, 45)},
-    "toy": {"build": (20, 5), "correctness": (50, 10), "op_speed": (20, 5), "train_speed": (30, 10),
+    "toy": {"build": (20, 5), "correctness": (50, 10), "op_speed": (20, 5), "train_speed": (60, 20),
             "short_run": (45, 15)},
 }
 BUDGET_S = {"gpu": 475, "toy": 110}  # the limits: 8 minutes on an H200, 2 minutes on 2 CPU cores
