@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from corgigan import cli, generate
@@ -16,7 +20,7 @@ from corgigan.params import EvaluateParams
 from corgigan.stages import evaluate
 from corgigan.stylegan2.loop import training_loop
 from corgigan.stylegan2.snapshot import latest_snapshot
-from tests.helpers import tiny_config, write_dataset
+from tests.helpers import tiny_config, tiny_params, write_dataset
 
 PARAMS = EvaluateParams(num_images=12, seed=0, truncation_psi=1.0, features="pixels",
                         inception_path="models/inception-2015-12-05.pt", batch=8,
@@ -55,14 +59,35 @@ def test_evaluate_writes_metrics_figures_and_fid_per_snapshot(trained: tuple[Pat
     assert width > 6 * 8 and height == generate.LABEL_BAND + 4 * 8
     per_snapshot = json.loads((figures / "fid_vs_kimg.json").read_text())
     assert [r["kimg"] for r in per_snapshot] == pytest.approx([0.008, 0.016])
+    assert per_snapshot[-1]["fid_pixels"] == pytest.approx(m["fid_pixels"])   # the last row is the metric
+    assert per_snapshot[0]["fid_pixels"] != per_snapshot[-1]["fid_pixels"]
+    assert Image.open(figures / "fid_vs_kimg.png").size == (800, 280)         # FID and KID panels
 
 
-def test_evaluate_is_reproducible(trained: tuple[Path, Path], tmp_path: Path) -> None:
+def test_without_every_snapshot_the_scores_hold_the_last_one(trained: tuple[Path, Path], tmp_path: Path
+                                                             ) -> None:
+    dataset, run = trained
+    params = dataclasses.replace(PARAMS, fid_every_snapshot=False)
+    evaluate.run(params, run, dataset, tmp_path / "m.json", tmp_path / "figures")
+    rows = json.loads((tmp_path / "figures" / "fid_vs_kimg.json").read_text())
+    assert [r["kimg"] for r in rows] == pytest.approx([0.016])
+    assert rows[0]["kid_pixels"] == pytest.approx(json.loads((tmp_path / "m.json").read_text())["kid_pixels"])
+    assert (tmp_path / "figures" / "fid_vs_kimg.png").stat().st_size > 0     # the declared plot exists
+
+
+def test_evaluate_is_reproducible_across_processes(trained: tuple[Path, Path], tmp_path: Path) -> None:
     dataset, run = trained
     evaluate.run(PARAMS, run, dataset, tmp_path / "a.json", tmp_path / "fa")
-    evaluate.run(PARAMS, run, dataset, tmp_path / "b.json", tmp_path / "fb")
+    params = tiny_params()
+    params["evaluate"] = dataclasses.asdict(PARAMS)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    # The same evaluation as the DVC stage runs it: a fresh process reading a params file.
+    args = ["--params", tmp_path / "params.yaml", "evaluate", "--checkpoints", run, "--dataset", dataset,
+            "--metrics", tmp_path / "b.json", "--figures", tmp_path / "fb"]
+    subprocess.run([sys.executable, "-m", "corgigan.cli", *map(str, args)], check=True, capture_output=True,
+                   timeout=300)
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
-    for name in ("grid.png", "interpolation.mp4", "interpolation.gif"):
+    for name in ("grid.png", "interpolation.mp4", "interpolation.gif", "fid_vs_kimg.json", "fid_vs_kimg.png"):
         assert (tmp_path / "fa" / name).read_bytes() == (tmp_path / "fb" / name).read_bytes(), name
 
 

@@ -1,8 +1,9 @@
-"""Training curves as one PNG: losses, regularisers, discriminator scores and ADA p against kimg.
+"""Curves as PNGs: the training curves (losses, regularisers, D scores, ADA p) and FID/KID, against kimg.
 
 DVC's own plots render in a browser page that loads vega from a CDN; this picture shows anywhere
 (a DVC image plot, a file viewer, a README). It is drawn from the dvclive histories the train stage
-writes (one ``<name>.tsv`` of ``step, value`` per metric), with x in kimg from ``Progress/kimg``.
+writes (one ``<name>.tsv`` of ``step, value`` per metric), with x in kimg from ``Progress/kimg``;
+the scores from the evaluate stage's rows, one per scored snapshot.
 """
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ PANELS: list[tuple[str, list[tuple[str, str]]]] = [
 ]
 
 
+def save_png(fig: Figure, out: Path) -> None:
+    """Write the figure as a PNG, atomically, without the timestamp or version that would vary its bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
 def read_history(plots_dir: Path, name: str) -> dict[int, float]:
     """step -> value of one dvclive metric history (empty when the metric was never logged)."""
     path = plots_dir.joinpath(*name.split("/")).with_suffix(".tsv")
@@ -38,7 +47,7 @@ def read_history(plots_dir: Path, name: str) -> dict[int, float]:
 def draw_curves(plots_dir: Path, out: Path) -> bool:
     """Draw the PANELS from the histories under `plots_dir` into the PNG `out`; False if none exist yet.
 
-    Same histories, same bytes (no timestamp or version in the PNG's metadata).
+    Same histories, same bytes.
     """
     kimg = read_history(plots_dir, "Progress/kimg")
     if not kimg:
@@ -57,8 +66,25 @@ def draw_curves(plots_dir: Path, out: Path) -> bool:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(loc="best", fontsize="small")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(buf.getvalue())
+    save_png(fig, out)
     return True
+
+
+def draw_scores(rows: list[dict[str, float]], out: Path, title: str = "") -> None:
+    """Draw FID and KID against kimg from evaluate's rows ({"kimg", "fid_<f>", "kid_<f>"}) into `out`.
+
+    One row (only the last snapshot scored) is drawn as a single marker per panel. Same rows, same bytes.
+    """
+    rows = sorted(rows, key=lambda r: r["kimg"])
+    fig = Figure(figsize=(10, 3.5), dpi=80, layout="constrained")
+    FigureCanvasAgg(fig)
+    names = [k for k in rows[0] if k != "kimg"] if rows else []
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(1, len(names), i + 1)
+        ax.plot([r["kimg"] for r in rows], [r[name] for r in rows], marker="o", linewidth=1.2)
+        ax.set_title(name)
+        ax.set_xlabel("kimg")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    save_png(fig, out)

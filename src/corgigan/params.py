@@ -231,8 +231,8 @@ class EvaluateParams:
     inception_path: Annotated[StrictStr, knob("local Inception weights (clean-fid's "
                                               "inception-2015-12-05.pt)")]
     batch: Annotated[StrictInt, knob("images per generation and feature batch", gt=0)]
-    fid_every_snapshot: Annotated[StrictBool, knob("also score every snapshot (reports/figures/evaluate/"
-                                                   "fid_vs_kimg.json)")]
+    fid_every_snapshot: Annotated[StrictBool, knob("score every snapshot, not only the last "
+                                                   "(figures: fid_vs_kimg.json and .png)")]
     grid_seeds: Annotated[StrictInt, knob("images in the sample grid", gt=0)]
     video_frames: Annotated[StrictInt, knob("frames of the latent interpolation video", ge=2)]
     device: Annotated[Device, knob(DEVICE_HELP)]

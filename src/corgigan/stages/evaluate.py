@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from corgigan import fid, generate
+from corgigan.curves import draw_scores
 from corgigan.errors import StageError
 from corgigan.params import EvaluateParams
 from corgigan.stylegan2 import snapshot
@@ -18,6 +19,9 @@ from corgigan.stylegan2.devices import resolve_device
 from corgigan.tables import write_json
 
 log = logging.getLogger(__name__)
+
+SCORES_JSON = "fid_vs_kimg.json"   # in the figures folder: kimg, FID and KID per scored snapshot
+SCORES_PNG = "fid_vs_kimg.png"     # the same as a picture (a DVC image plot)
 
 
 def cache_dir() -> Path:
@@ -40,14 +44,21 @@ def score(G: torch.nn.Module, p: EvaluateParams, extractor: fid.Extractor, real:
     return fid.fid_from_features(fake, real), fid.kid_from_features(fake, real, p.seed)
 
 
-def fid_per_snapshot(checkpoints: Path, p: EvaluateParams, extractor: fid.Extractor, real: np.ndarray,
-                     device: torch.device) -> list[dict[str, float]]:
-    """FID and KID of every snapshot in the folder, in training order (rows for a DVC plot)."""
+def score_row(G: torch.nn.Module, kimg: float, p: EvaluateParams, extractor: fid.Extractor,
+              real: np.ndarray) -> dict[str, float]:
+    """One row of the scores table: the snapshot's kimg, FID and KID."""
+    f, k = score(G, p, extractor, real)
+    return {"kimg": float(kimg), f"fid_{extractor.name}": f, f"kid_{extractor.name}": k}
+
+
+def earlier_rows(checkpoints: Path, last: Path, p: EvaluateParams, extractor: fid.Extractor,
+                 real: np.ndarray, device: torch.device) -> list[dict[str, float]]:
+    """Score rows of every snapshot in the folder before `last`, in training order."""
     rows = []
     for _, path in snapshot.list_snapshots(checkpoints):
-        G, info = generate.load(path, device)
-        f, k = score(G, p, extractor, real)
-        rows.append({"kimg": float(info["kimg"]), f"fid_{extractor.name}": f, f"kid_{extractor.name}": k})
+        if path != last:
+            G, info = generate.load(path, device)
+            rows.append(score_row(G, info["kimg"], p, extractor, real))
     return rows
 
 
@@ -87,12 +98,18 @@ def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figu
         log.warning("%s was trained on another dataset than %s", last.name, dataset)
     extractor = fid.build_extractor(p.features, p.inception_path, device)
     real = fid.dataset_features(dataset, sha, extractor, cache_dir(), p.batch)
-    fid_value, kid_value = score(G, p, extractor, real)
+    row = score_row(G, info["kimg"], p, extractor, real)
+    fid_value, kid_value = row[f"fid_{extractor.name}"], row[f"kid_{extractor.name}"]
     log.info("kimg %.1f: fid_%s %.4f, kid_%s %.6f", info["kimg"], extractor.name, fid_value,
              extractor.name, kid_value)
     write_figures(G, p, figures)
-    if p.fid_every_snapshot and checkpoints.is_dir():
-        write_json(fid_per_snapshot(checkpoints, p, extractor, real, device), figures / "fid_vs_kimg.json")
+    # The scores table and its picture always exist (a declared DVC plot): every snapshot with
+    # fid_every_snapshot, otherwise only the last one.
+    every = p.fid_every_snapshot and checkpoints.is_dir()
+    rows = [*(earlier_rows(checkpoints, last, p, extractor, real, device) if every else []), row]
+    write_json(rows, figures / SCORES_JSON)
+    only_last = f"{last.name} only (evaluate.fid_every_snapshot: false)"
+    draw_scores(rows, figures / SCORES_PNG, "" if every else only_last)
     write_json({
         f"fid_{extractor.name}": round(fid_value, 6),
         f"kid_{extractor.name}": round(kid_value, 8),
