@@ -243,6 +243,8 @@ def test_stage_writes_snapshots_and_dvclive_metrics_and_resumes(tmp_path, data):
     assert [n for n, _ in list_snapshots(out)] == [16] and (out / grid_name(16)).is_file()
     summary = json.loads((metrics / "metrics.json").read_text())
     assert summary["step"] == 2 and summary["Progress"]["kimg"] == 0.016
+    assert "p" in summary["ADA"] and "Timing" not in summary and "signs" not in summary["Loss"]
+    assert (metrics / "plots/metrics/Timing/sec_per_kimg.tsv").is_file()   # still drawn as a curve
     assert len((metrics / "plots/metrics/Loss/G/loss.tsv").read_text().splitlines()) == 3  # header + 2 ticks
     curves = metrics / train.CURVES                     # the same curves as a picture, x in kimg
     assert Image.open(curves).size == (800, 480)

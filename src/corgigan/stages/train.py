@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 CPU_MAX_AUTO_RES = 512   # from this resolution on, training on the CPU must be asked for (train.device: cpu)
 MIN_IMAGES = 1000        # fewer dataset images than this get a warning
 CURVES = "curves.png"       # in the metrics folder: the training curves as a picture (a DVC image plot)
+# Logged as curves but kept out of the metrics summary (metrics.json, what `dvc metrics diff` and
+# `dvc exp show` compare): speed and memory depend on the machine, and Loss/signs/real is ADA/rt again.
+NOT_COMPARED = (("Timing",), ("Resources",), ("Loss", "signs"))
 
 
 class _Reporter:
@@ -65,6 +68,12 @@ class _Reporter:
         self.live.step = tick
         for name, value in sorted(stats.items()):
             self.live.log_metric(name, value)
+        for path in NOT_COMPARED:
+            *parents, last = path
+            group = self.live.summary
+            for key in parents:
+                group = group.get(key, {})
+            group.pop(last, None)
         self.live.next_step()
         draw_curves(self.metrics / "plots" / "metrics", self.metrics / CURVES)
 
