@@ -69,6 +69,7 @@ from corgigan.stylegan2.data import ZipDataset, dataset_hash
 from corgigan.stylegan2.ops import bias_act as ba_mod
 from corgigan.stylegan2.ops import build
 from corgigan.stylegan2.ops import upfirdn2d as uf_mod
+from corgigan.stylegan2.ops.compare import TOLERANCE, agreement, three_orders
 from corgigan.stylegan2.snapshot import list_snapshots, load_snapshot
 
 log = logging.getLogger("gpu_check")
@@ -85,8 +86,6 @@ BOXES = {
             "short_run": (45, 15)},
 }
 BUDGET_S = {"gpu": 475, "toy": 110}  # the issue's limits: 8 minutes on an H200, 2 minutes on 2 CPU cores
-# Tolerances relative to the reference's largest magnitude, as in tests/test_ops.py.
-TOL = {"float32": 1e-4, "float16": 1e-2}
 ADA_P = 0.5                                # the fixed augmentation probability of the speed runs
 TIMED_STEPS = 16                           # one period of R1 (every 16) and four of path length (every 4)
 WARMUP_STEPS = 2                           # minibatch 0 runs all four phases (and cudnn autotuning)
@@ -351,23 +350,11 @@ def part_build(mode: str, deadline: Deadline, result: dict, save: Callable[[], N
 # Part: correctness
 
 
-def three_orders(fn: Callable, inputs: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """[y, first-order grads..., second-order grads...] for fixed random output and gradient weights."""
-    g = torch.Generator(device=inputs[0].device).manual_seed(1000 + seed)
-    y = fn(*inputs)
-    dy = torch.randn(y.shape, generator=g, device=y.device).to(y.dtype)
-    grads = torch.autograd.grad((y * dy).sum(), inputs, create_graph=True)
-    weights = [torch.randn(t.shape, generator=g, device=t.device) for t in grads]
-    # y.sum() keeps the second pass defined where the first-order grads do not depend on the inputs.
-    total = sum((t.float() * w).sum() for t, w in zip(grads, weights)) + y.float().sum()
-    return [y, *grads, *torch.autograd.grad(total, inputs)]
-
-
 def compare(call: OpCall, dtype: torch.dtype, device: torch.device,
             seed: int) -> dict[str, tuple[float, float, bool]]:
     """{order: (max abs error, max error / the reference's largest magnitude, within tolerance)}, CUDA vs
-    reference; within tolerance as in tests/test_ops.py: allclose(rtol=tol, atol=tol * that magnitude)."""
-    tol = TOL[dtype_name(dtype)]
+    reference, as tests/test_ops.py compares them (ops.compare)."""
+    tol = TOLERANCE[dtype]
     out: dict[str, tuple[float, float, bool]] = {}
     got_want = []
     for impl in ("cuda", "ref"):
@@ -376,13 +363,9 @@ def compare(call: OpCall, dtype: torch.dtype, device: torch.device,
     n_in = (len(got_want[0]) - 1) // 2
     orders = ["forward"] + ["backward"] * n_in + ["double_backward"] * n_in
     for order, c, r in zip(orders, *got_want):
-        c, r = c.detach().float(), r.detach().float()
-        scale = max(r.abs().max().item(), 1e-6)
-        finite = bool(torch.isfinite(c).all())
-        err = (c - r).abs().max().item() if finite else math.inf
-        ok = finite and torch.allclose(c, r, rtol=tol, atol=tol * scale)
+        err, rel, ok = agreement(c, r, tol)
         prev = out.get(order, (0.0, 0.0, True))
-        out[order] = (max(prev[0], err), max(prev[1], err / scale), prev[2] and ok)
+        out[order] = (max(prev[0], err), max(prev[1], rel), prev[2] and ok)
     return out
 
 
@@ -427,7 +410,8 @@ def part_correctness(mode: str, deadline: Deadline, result: dict, save: Callable
         for dtype in (torch.float32, torch.float16):
             name = dtype_name(dtype)
             row = table.setdefault(f"{call.op} {name}", {"op": call.op, "dtype": name, "cases": 0,
-                                                          "tol": TOL[name], "max_abs": {}, "max_rel": {}})
+                                                          "tol": TOLERANCE[dtype], "max_abs": {},
+                                                          "max_rel": {}})
             errors = compare(call, dtype, device, seed=i)
             row["cases"] += 1
             for order, (err, rel, ok) in errors.items():

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from corgigan.stylegan2.ops import bias_act as ba
 from corgigan.stylegan2.ops import build
 from corgigan.stylegan2.ops import upfirdn2d as uf
+from corgigan.stylegan2.ops.compare import TOLERANCE, agreement, three_orders
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -384,28 +385,11 @@ def test_unavailable_extension_falls_back_to_reference(monkeypatch):
 # Shapes the networks use: mapping layers, 3x3 conv outputs, toRGB, and resampling of feature maps/images.
 BIAS_SHAPES = [(4, 512), (4, 512, 4, 4), (4, 256, 32, 32), (2, 64, 256, 256), (8, 3, 16, 16)]
 FIR_SHAPES = [(4, 512, 8, 8), (4, 128, 64, 64), (2, 3, 256, 256)]
-TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.float64: 1e-10}
-
-
-def three_orders(fn, inputs, seed=0):
-    """[y, first-order grads..., second-order grads...] for random output and gradient weights."""
-    g = torch.Generator(device=inputs[0].device).manual_seed(1000 + seed)
-    y = fn(*inputs)
-    dy = torch.randn(y.shape, generator=g, device=y.device).to(y.dtype)
-    grads = torch.autograd.grad((y * dy).sum(), inputs, create_graph=True)
-    weights = [torch.randn(t.shape, generator=g, device=t.device) for t in grads]
-    # y.sum() keeps the second pass defined when the first-order grads do not depend on the inputs.
-    loss = sum((t.float() * w).sum() for t, w in zip(grads, weights)) + y.float().sum()
-    return [y, *grads, *torch.autograd.grad(loss, inputs)]
-
-
 def assert_close_all(got, want, tol):
     """Each pair agrees to `tol` relative to the largest magnitude of the reference output."""
     for i, (c, r) in enumerate(zip(got, want)):
-        c, r = c.float(), r.float()
-        scale = max(r.abs().max().item(), 1e-6)
-        err = (c - r).abs().max().item()
-        assert torch.allclose(c, r, rtol=tol, atol=tol * scale), f"output {i}: max error {err}, scale {scale}"
+        err, rel, ok = agreement(c, r, tol)
+        assert ok, f"output {i}: max error {err}, {rel:.2e} of the reference's largest magnitude"
 
 
 def away_from_clamp(x, b, act, clamp):
@@ -434,7 +418,7 @@ def test_bias_act_cuda_matches_ref(dtype, act):
             three_orders(lambda x, b, impl=impl: ba.bias_act(x, b, act=act, clamp=clamp, impl=impl), (x, b))
             for impl in ("cuda", "ref")
         )
-        assert_close_all(got, want, TOL[dtype])
+        assert_close_all(got, want, TOLERANCE[dtype])
 
 
 @needs_cuda
@@ -467,7 +451,7 @@ def test_upfirdn2d_cuda_matches_ref(dtype):
         x = torch.randn(shape, device="cuda").to(dtype).requires_grad_(True)
         for op in ops.values():
             got, want = (three_orders(lambda x, o=op, i=impl: o(x, i), (x,)) for impl in ("cuda", "ref"))
-            assert_close_all(got, want, TOL[dtype])
+            assert_close_all(got, want, TOLERANCE[dtype])
 
 
 @needs_cuda
