@@ -175,6 +175,12 @@ def reference_ops() -> Iterator[None]:
         yield
 
 
+def kill_group(pgid: int) -> None:
+    """SIGKILL a process group; nothing when it has already gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 class Deadline:
     """The cooperative end of a part: stop starting new work shortly before the parent kills the part."""
 
@@ -291,8 +297,9 @@ def build_in_parallel(deadline: Deadline, ops: dict[str, dict], save: Callable[[
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         logs = {op: stack.enter_context(open(Path(tmp) / f"{op}.log", "wb+")) for op in build.OPS}
+        # Each builder in its own session, so a kill reaches the ninja/nvcc processes it started too.
         pending = {op: subprocess.Popen([sys.executable, "-c", _BUILDER, op], stdout=logs[op],
-                                        stderr=subprocess.STDOUT) for op in build.OPS}
+                                        stderr=subprocess.STDOUT, start_new_session=True) for op in build.OPS}
         while pending and not deadline.passed():
             for op, proc in list(pending.items()):
                 if proc.poll() is not None:
@@ -301,7 +308,7 @@ def build_in_parallel(deadline: Deadline, ops: dict[str, dict], save: Callable[[
                     save()
             time.sleep(0.5)
         for op, proc in pending.items():
-            proc.kill()
+            kill_group(proc.pid)
             proc.wait()
             ops[op] = {"seconds": round(time.monotonic() - started, 1), "exit_code": None, "timed_out": True}
         for op, f in logs.items():
@@ -601,13 +608,15 @@ def part_train_speed(mode: str, deadline: Deadline, result: dict, save: Callable
             if impl == "cuda" and not ops_built:
                 row["skipped"] = NOT_BUILT
                 continue
-            if deadline.passed(15 if required else 40):
+            if deadline.passed(15 if required else 60 if res >= 1024 else 40):
                 row["skipped"] = "no time left"
                 if required:
                     result.update(status="timed_out", error=f"no time left for {name} {impl}")
                 continue
             if mode == "gpu":
-                loop._cuda_setup(device, require_cuda_ops=ops_built, allow_tf32=tf32)
+                # Without a good build, the set-up's op status check must not try to build again.
+                with contextlib.nullcontext() if ops_built else reference_ops():
+                    loop._cuda_setup(device, require_cuda_ops=ops_built, allow_tf32=tf32)
             zip_path = work / f"{res}.zip"
             if not zip_path.exists():
                 write_dataset_zip(zip_path, 4, res)
@@ -617,7 +626,12 @@ def part_train_speed(mode: str, deadline: Deadline, result: dict, save: Callable
                     row.update(measure_step(cfg, zip_path, device, deadline))
             except TimeoutError as e:
                 row["skipped"] = str(e)
-                result.update(status="timed_out", error=f"{name} {impl}: {e}")
+                if required:  # an optional row (TF32) that runs out of time fails nothing
+                    result.update(status="timed_out", error=f"{name} {impl}: {e}")
+            except Exception as e:  # e.g. out of memory: this row fails, the later rows still run
+                row["skipped"] = one_line(e)
+                if required:
+                    result.update(status="failed", error=f"{name} {impl}: {one_line(e)}")
             gc.collect()  # the row's networks and optimiser states go before the next row's
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -759,10 +773,11 @@ def launch(part: str, mode: str, timeout: float, work: Path, env: dict[str, str]
         try:
             rc = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            # The part and whatever it started (build processes, DataLoader workers).
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc.pid)
             proc.wait()
             rc = None
+        # Whatever the part started and left running (compilers, DataLoader workers) goes with it.
+        kill_group(proc.pid)
     seconds = time.perf_counter() - t0
     text = out_path.read_bytes()[-LOG_LIMIT:].decode(errors="replace")
     with open(log_file, "a") as f:
@@ -821,9 +836,9 @@ def main_parent(args: argparse.Namespace) -> int:
                     "error": f"only {max(left, 0):.0f} s of the budget left (needs {boxes[part][1]} s, "
                              f"and {later} s for later parts)"}
             else:
-                spk = _short_run_speed(report["parts"].get("train_speed"), mode)
                 # Without a good build the later parts use the reference path rather than build again.
                 ops_built = report["parts"].get("build", {}).get("status", "passed") in ("passed", "skipped")
+                spk = _short_run_speed(report["parts"].get("train_speed"), mode, ops_built)
                 report["parts"][part] = launch(part, mode, timeout, work, env, log_file, spk, ops_built)
             r = report["parts"][part]
             log.info("part %-12s %-9s %6.1f s  %s", part, r["status"], r.get("wall_s", 0), summary(part, r))
@@ -843,12 +858,13 @@ def main_parent(args: argparse.Namespace) -> int:
     return report["exit_code"]
 
 
-def _short_run_speed(train: dict[str, Any] | None, mode: str) -> float | None:
-    """sec/kimg of the short run's config from the training-speed rows (the CUDA row on a GPU)."""
+def _short_run_speed(train: dict[str, Any] | None, mode: str, ops_built: bool) -> float | None:
+    """sec/kimg of the short run's config from the training-speed rows (the CUDA row on a GPU with the
+    ops built, else the reference row, which is what the short run then uses)."""
     if not train:
         return None
     name, res = SIZES[mode].short
-    impl = "cuda" if mode == "gpu" else "ref"
+    impl = "cuda" if mode == "gpu" and ops_built else "ref"
     for r in train.get("rows", []):
         if (r["config"], r["resolution"], r["impl"], r["tf32"]) == (name, res, impl, False) \
                 and "sec_per_kimg" in r:

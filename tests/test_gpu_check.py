@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ BLOCKED = ("yaml", "pandas", "pyarrow", "tqdm", "dvc", "dvclive", "ultralytics",
 # ModuleNotFoundError and importlib.util.find_spec("yaml") is None, exactly as where it is not installed.
 SITECUSTOMIZE = f"""
 import sys
+import time
 
 class _Hidden:
     def __init__(self, finder):
@@ -118,3 +121,37 @@ def test_make_gpu_check_runs_at_toy_sizes_on_cpu(tmp_path: Path, device_like_env
     assert [s["resumed"] for s in run["starts"]] == [False, True]
     assert len(run["snapshots"]) == 2 and run["p"][0] != run["p"][2]
     assert run["ticks"] and all(math.isfinite(t["G"]) and math.isfinite(t["D"]) for t in run["ticks"])
+
+
+def load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)   # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_short_run_budget_comes_from_the_path_it_will_take():
+    gc = load_gpu_check()
+    rows = [{"config": "paper256", "resolution": 256, "impl": impl, "tf32": False, "sec_per_kimg": spk}
+            for impl, spk in (("cuda", 2.0), ("ref", 5.0))]
+    assert gc._short_run_speed({"rows": rows}, "gpu", ops_built=True) == 2.0
+    assert gc._short_run_speed({"rows": rows}, "gpu", ops_built=False) == 5.0   # the reference path runs
+
+
+def test_kill_group_takes_what_a_part_left_running():
+    gc = load_gpu_check()
+    proc = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!"], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    orphan = int(proc.stdout.readline())
+    proc.wait()
+    os.kill(orphan, 0)                      # the shell has exited, its child still runs
+    gc.kill_group(proc.pid)
+    gc.kill_group(proc.pid)                 # a group that has gone is no error
+    for _ in range(100):
+        try:
+            os.kill(orphan, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the orphan survived")

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 SCORES_JSON = "fid_vs_kimg.json"   # in the figures folder: kimg, FID and KID per scored snapshot
 SCORES_PNG = "fid_vs_kimg.png"     # the same as a picture (a DVC image plot)
+FID_DIGITS, KID_DIGITS = 6, 8      # decimals kept of the scores
 
 
 def cache_dir() -> Path:
@@ -46,9 +47,14 @@ def score(G: torch.nn.Module, p: EvaluateParams, extractor: fid.Extractor, real:
 
 def score_row(G: torch.nn.Module, kimg: float, p: EvaluateParams, extractor: fid.Extractor,
               real: np.ndarray) -> dict[str, float]:
-    """One row of the scores table: the snapshot's kimg, FID and KID."""
+    """One row of the scores table: the snapshot's kimg, FID and KID.
+
+    Rounded: the matrix square root and threaded BLAS sums differ in the last bits between processes,
+    and the written rows must be the same bytes for the same inputs.
+    """
     f, k = score(G, p, extractor, real)
-    return {"kimg": float(kimg), f"fid_{extractor.name}": f, f"kid_{extractor.name}": k}
+    return {"kimg": float(kimg), f"fid_{extractor.name}": round(f, FID_DIGITS),
+            f"kid_{extractor.name}": round(k, KID_DIGITS)}
 
 
 def earlier_rows(checkpoints: Path, last: Path, p: EvaluateParams, extractor: fid.Extractor,
@@ -111,8 +117,8 @@ def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figu
     only_last = f"{last.name} only (evaluate.fid_every_snapshot: false)"
     draw_scores(rows, figures / SCORES_PNG, "" if every else only_last)
     write_json({
-        f"fid_{extractor.name}": round(fid_value, 6),
-        f"kid_{extractor.name}": round(kid_value, 8),
+        f"fid_{extractor.name}": fid_value,
+        f"kid_{extractor.name}": kid_value,
         "features": extractor.name,
         "kimg": float(info["kimg"]),
         "snapshot": last.name,
