@@ -101,7 +101,7 @@ def main() -> None:
         det = labelling.load_detector(det_dir, conf=d.conf, iou=d.iou, imgsz=d.imgsz, batch=d.batch,
                                       device="cpu")
         n = args.images
-        w = explore.sample_w(G, list(range(n)), 1.0)
+        w = generate.sample_w(G, list(range(n)), 1.0)
         ws = w[:, None].repeat(1, G.num_ws, 1)
         imgs = generate.synthesize_w(G, ws, d.batch)
         pil = [Image.fromarray(im) for im in imgs]
@@ -125,13 +125,13 @@ def main() -> None:
         labels = labelling.label_images(det, imgs)
         p = cfg.explore
         timings = {
-            f"sample {args.pca_samples} w": lambda: explore.sample_w(G, list(range(args.pca_samples)), 1.0),
+            f"sample {args.pca_samples} w": lambda: generate.sample_w(G, list(range(args.pca_samples)), 1.0),
             "SeFa (all layers)": lambda: dirs.sefa(dirs.style_affines(G, 0, G.num_ws), p.num_components),
             f"PCA of {args.pca_samples} w": lambda: dirs.pca(w_pca, p.num_components),
             f"boundaries for {len(labelling.ATTRIBUTES)} attributes": lambda: explore.labelled_directions(
                 labels, w, p, G.num_ws),
         }
-        w_pca = explore.sample_w(G, list(range(args.pca_samples)), 1.0)
+        w_pca = generate.sample_w(G, list(range(args.pca_samples)), 1.0)
         total = 0.0
         for what, fn in timings.items():
             seconds = best_of(args.repeats, fn)

@@ -177,7 +177,7 @@ def reference_ops() -> Iterator[None]:
 
 def kill_group(pgid: int) -> None:
     """SIGKILL a process group; nothing when it has already gone."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
 
 
@@ -613,25 +613,22 @@ def part_train_speed(mode: str, deadline: Deadline, result: dict, save: Callable
                 if required:
                     result.update(status="timed_out", error=f"no time left for {name} {impl}")
                 continue
-            if mode == "gpu":
-                # Without a good build, the set-up's op status check must not try to build again.
-                with contextlib.nullcontext() if ops_built else reference_ops():
-                    loop._cuda_setup(device, require_cuda_ops=ops_built, allow_tf32=tf32)
             zip_path = work / f"{res}.zip"
             if not zip_path.exists():
                 write_dataset_zip(zip_path, 4, res)
             cfg = configs.make_config(name, res)
             try:
+                # A reference row's set-up runs on the reference path too: it needs no ops, builds none.
                 with reference_ops() if impl == "ref" else contextlib.nullcontext():
+                    if mode == "gpu":
+                        loop._cuda_setup(device, require_cuda_ops=impl == "cuda", allow_tf32=tf32)
                     row.update(measure_step(cfg, zip_path, device, deadline))
-            except TimeoutError as e:
-                row["skipped"] = str(e)
-                if required:  # an optional row (TF32) that runs out of time fails nothing
-                    result.update(status="timed_out", error=f"{name} {impl}: {e}")
-            except Exception as e:  # e.g. out of memory: this row fails, the later rows still run
-                row["skipped"] = one_line(e)
-                if required:
-                    result.update(status="failed", error=f"{name} {impl}: {one_line(e)}")
+            except Exception as e:  # out of time, or e.g. out of memory: the later rows still run
+                timed_out = isinstance(e, TimeoutError)
+                row["skipped"] = str(e) if timed_out else one_line(e)
+                if required:  # an optional row (TF32) fails nothing
+                    result.update(status="timed_out" if timed_out else "failed",
+                                  error=f"{name} {impl}: {row['skipped']}")
             gc.collect()  # the row's networks and optimiser states go before the next row's
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -771,13 +768,12 @@ def launch(part: str, mode: str, timeout: float, work: Path, env: dict[str, str]
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            rc = proc.wait(timeout=timeout)
+            rc: int | None = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            kill_group(proc.pid)
-            proc.wait()
             rc = None
-        # Whatever the part started and left running (compilers, DataLoader workers) goes with it.
+        # The part, if still running, and whatever it started and left (compilers, DataLoader workers).
         kill_group(proc.pid)
+        proc.wait()
     seconds = time.perf_counter() - t0
     text = out_path.read_bytes()[-LOG_LIMIT:].decode(errors="replace")
     with open(log_file, "a") as f:

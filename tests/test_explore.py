@@ -7,6 +7,7 @@ untrained detector. The pipeline test (tests/test_pipeline_dvc.py) runs the stag
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -94,18 +95,22 @@ def test_explore_writes_measured_directions_that_serve_can_read(checkpoints: Pat
     for name in sefa_pca | LABELLED:
         width, height = Image.open(figures / f"{name}.png").size
         assert width > 5 * RES and height == generate.LABEL_BAND + 3 * RES, name
+    # The stored sigma is the one edits use; measured afresh (other seeds, same method) it is close.
+    assert [d.sigma for d in read] == [doc["directions"][d.name]["sigma"] for d in read]
+    fresh = projection.direction_sigmas(G, [dataclasses.replace(d, sigma=None) for d in read])
+    assert np.allclose(fresh, [d.sigma for d in read], rtol=0.2)
 
 
 def test_explore_is_reproducible_and_fits_on_other_seeds_than_it_checks(
         checkpoints: Path, tmp_path: Path, fake_detector: None, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[int]] = []
-    sample_w = explore.sample_w
+    sample_w = generate.sample_w
 
     def spy(G: torch.nn.Module, seeds: list[int], psi: float) -> torch.Tensor:
         seen.append(seeds)
         return sample_w(G, seeds, psi)
 
-    monkeypatch.setattr(explore, "sample_w", spy)
+    monkeypatch.setattr(generate, "sample_w", spy)
     a = run_stage(checkpoints, tmp_path / "a")
     b = run_stage(checkpoints, tmp_path / "b")
     pool, check = seen[0], seen[1]

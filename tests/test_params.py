@@ -56,6 +56,13 @@ def test_full_preset_has_the_same_keys_as_the_demo(raw: dict) -> None:
     (("scrape", "instagram", "hashtags"), "corgi", "scrape.instagram.hashtags: must be a list"),
     (("train", "config"), "huge", "train.config: must be one of"),
     (("detect", "batch"), 1.5, "detect.batch: must be an integer"),
+    # Wrong types reach the custom checks only after the type check: an error, not a crash.
+    (("train", "device"), 5, "train.device: must be a string"),
+    (("filter", "resolution"), "x", "filter.resolution: must be an integer"),
+    (("filter", "resolution"), True, "filter.resolution: must be an integer"),
+    (("detect", "imgsz"), "x", "detect.imgsz: must be an integer"),
+    (("explore", "layers"), 3, "explore.layers: must be a string"),
+    (("explore", "layers"), "top", "explore.layers: must be all | coarse"),
 ])
 def test_bad_values_name_their_key(raw: dict, path: tuple, value: object, message: str) -> None:
     bad = copy.deepcopy(raw)

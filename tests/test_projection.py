@@ -177,18 +177,19 @@ def test_bad_photos_say_why(data: bytes, why: str) -> None:
 def test_directions_file_contract(tmp_path) -> None:
     path = write_directions(tmp_path / "d.json", 4, {
         "ears": {"vector": [3, 0, 4, 0], "layers": [0, 2], "accuracy": 0.9},   # extra keys are allowed
-        "colour": {"vector": [0, 1, 0, 0]},
+        "colour": {"vector": [0, 1, 0, 0], "sigma": 0.25},
     })
     dirs = projection.read_directions(path, w_dim=4, num_ws=6)
     assert [d.name for d in dirs] == ["ears", "colour"]
     assert torch.allclose(dirs[0].vector, torch.tensor([0.6, 0, 0.8, 0])) and dirs[0].layers == (0, 2)
-    assert dirs[1].layers == (0, 6)
+    assert dirs[1].layers == (0, 6) and dirs[0].sigma is None and dirs[1].sigma == 0.25
     bad = {
         "missing.json": None,
         "wrong_dim.json": {"a": {"vector": [1, 0]}},
         "zero.json": {"a": {"vector": [0, 0, 0, 0]}},
         "layers.json": {"a": {"vector": [1, 0, 0, 0], "layers": [3, 9]}},
         "nan.json": {"a": {"vector": [1, "x", 0, 0]}},
+        "sigma.json": {"a": {"vector": [1, 0, 0, 0], "sigma": -1}},
     }
     for name, entries in bad.items():
         p = tmp_path / name

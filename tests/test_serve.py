@@ -99,6 +99,10 @@ def test_info_and_images(server: serve.Server) -> None:
         assert not np.array_equal(image_of(changed), image_of(body))
     status, _, body = request(server, "GET", "/api/grid?start=0&count=6&cols=3&psi=1")
     assert status == 200 and image_of(body).shape == (2 * RES, 3 * RES, 3)
+    # A tile picked from the grid is drawn again as the same picture: one truncation (towards w_avg).
+    tile = image_of(request(server, "GET", "/api/grid?start=3&count=1&cols=1&psi=0.5")[2]).astype(int)
+    alone = image_of(request(server, "GET", "/api/image?seed=3&psi=0.5")[2]).astype(int)
+    assert np.abs(tile - alone).max() <= 1
     # The page and its assets come from the package, with a policy that loads nothing from elsewhere.
     conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
     conn.request("GET", "/")

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 from corgigan import params as params_mod
+from corgigan.directions import LAYERS_HELP
 from corgigan.errors import StageError
 from corgigan.stylegan2.data import DatasetError
 from corgigan.stylegan2.devices import DeviceError
@@ -126,8 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--strength", default="-3..3",
                    help="edit: from A to B sigmas of W along the direction, 'A..B' (or 'S' for -S..S); write "
                    "--strength=-2..2 when A is negative (default: %(default)s)")
-    g.add_argument("--layers", help="edit: the ws moved: all | coarse | middle | fine | FIRST-STOP "
-                   "(default: the direction's own)")
+    g.add_argument("--layers", help=f"edit: the ws moved: {LAYERS_HELP} (default: the direction's own)")
     g.add_argument("--steps", type=int, default=7, help="edit: strip columns (default: %(default)s)")
     what = "a StyleGAN2(-ADA) PyTorch or TensorFlow pickle into a corgigan snapshot"
     c = sub.add_parser("convert", help=f"convert {what}",
@@ -274,8 +274,9 @@ def _edit(args: argparse.Namespace) -> None:
             raise StageError(f"--{e}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     frames = args.frames if args.what == "edit-video" else 0
-    path = generate.write_edit(G, args.out, d.name, d.vector, layers, parse_seeds(args.seeds), strength,
-                               args.psi, steps=args.steps, frames=frames)
+    sigma = projection.direction_sigmas(G, [d])[0]
+    path = generate.write_edit(G, args.out, d.name, d.vector, sigma, layers, parse_seeds(args.seeds),
+                               strength, args.psi, steps=args.steps, frames=frames)
     log.info("wrote %s (%s, ws %d..%d, %+g..%+g sigma)", path, d.name, layers[0], layers[1] - 1, *strength)
 
 

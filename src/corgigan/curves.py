@@ -73,12 +73,13 @@ def draw_curves(plots_dir: Path, out: Path) -> bool:
 def draw_scores(rows: list[dict[str, float]], out: Path, title: str = "") -> None:
     """Draw FID and KID against kimg from evaluate's rows ({"kimg", "fid_<f>", "kid_<f>"}) into `out`.
 
-    One row (only the last snapshot scored) is drawn as a single marker per panel. Same rows, same bytes.
+    At least one row; one row (only the last snapshot scored) is a single marker per panel. Same rows,
+    same bytes.
     """
     rows = sorted(rows, key=lambda r: r["kimg"])
     fig = Figure(figsize=(10, 3.5), dpi=80, layout="constrained")
     FigureCanvasAgg(fig)
-    names = [k for k in rows[0] if k != "kimg"] if rows else []
+    names = [k for k in rows[0] if k != "kimg"]
     for i, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), i + 1)
         ax.plot([r["kimg"] for r in rows], [r[name] for r in rows], marker="o", linewidth=1.2)

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from imagededup.methods import AHash, DHash, PHash, WHash
 from tqdm import tqdm
 
 from corgigan import images
+from corgigan.parallel import ordered_map
 
 HASHERS = {"phash": PHash, "dhash": DHash, "whash": WHash, "ahash": AHash}
 CROP_MAX_PIXELS = 1 << 26   # crops are our own PNGs at filter.resolution (<= 8192 px a side)
@@ -50,18 +50,9 @@ def hash_shards(shards: Sequence[Path], method: str, processes: int) -> dict[str
     """image_id -> hex hash for every crop in `shards`, hashed in parallel over shards."""
     tasks = [(str(s), method) for s in shards]
     out: dict[str, str] = {}
-    bar = tqdm(total=len(tasks), desc="dedup: hash", unit="shard")
-    if processes <= 1 or len(tasks) <= 1:
-        results = map(_hash_shard, tasks)
-        for result in results:
-            out.update(result)
-            bar.update()
-    else:
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
-            for result in pool.imap(_hash_shard, tasks):
-                out.update(result)
-                bar.update()
-    bar.close()
+    for result in tqdm(ordered_map(_hash_shard, tasks, min(processes, len(tasks))), total=len(tasks),
+                       desc="dedup: hash", unit="shard"):
+        out.update(result)
     return out
 
 
@@ -87,12 +78,8 @@ def _pairs_from(task: tuple[np.ndarray, int, int]) -> np.ndarray:
 def near_pairs(h: np.ndarray, max_distance: int, processes: int = 1) -> np.ndarray:
     """Every pair (i, j, distance) with i < j and popcount(h[i] ^ h[j]) <= max_distance, sorted."""
     tasks = [(h, start, max_distance) for start in range(0, len(h), TILE)]
-    if processes <= 1 or len(tasks) <= 1:
-        parts = [_pairs_from(t) for t in tqdm(tasks, desc="dedup: search", unit="block")]
-    else:
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
-            parts = list(tqdm(pool.imap(_pairs_from, tasks), total=len(tasks), desc="dedup: search",
-                              unit="block"))
+    parts = list(tqdm(ordered_map(_pairs_from, tasks, min(processes, len(tasks))), total=len(tasks),
+                      desc="dedup: search", unit="block"))
     pairs = np.concatenate(parts).astype(np.int64) if parts else np.zeros((0, 3), dtype=np.int64)
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if len(pairs) else pairs
 

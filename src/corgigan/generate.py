@@ -163,6 +163,16 @@ def save_png(img: Image.Image, path: Path) -> None:
         img.save(tmp, format="PNG")
 
 
+def find_checkpoint(checkpoints: Path) -> Path:
+    """`checkpoints` itself when it is a file (a snapshot or a reference .pkl), else the newest snapshot in
+    the folder; a StageError when there is none."""
+    last = checkpoints if checkpoints.is_file() else (
+        snapshot.latest_snapshot(checkpoints) if checkpoints.is_dir() else None)
+    if last is None:
+        raise StageError(f"no snapshot in {checkpoints}: run the train stage first (`dvc repro train`)")
+    return last
+
+
 def load(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
     """G_ema and its info from a snapshot file or folder, or from a reference StyleGAN2(-ADA) pickle (.pkl,
     read without running any of its code); a bad file is a StageError."""
@@ -192,12 +202,10 @@ def edit_ws(w: torch.Tensor, vector: torch.Tensor, layers: tuple[int, int], offs
     return ws.reshape(-1, num_ws, w.shape[1])
 
 
-def w_spread(G: torch.nn.Module, vector: torch.Tensor, samples: int = 2000) -> float:
-    """W's standard deviation along the unit `vector`, from seeds 0..samples-1 (untruncated): one sigma,
-    the unit of edit strengths, so a strength of 1 goes as far as W's own spread in that direction."""
-    w = torch.cat([map_seeds(G, list(range(i, min(i + 1000, samples))), 1.0)[:, 0]
-                   for i in range(0, samples, 1000)])
-    return max(float((w.double() @ vector.to(w).double()).std()), 1e-8)
+def sample_w(G: torch.nn.Module, seeds: list[int], psi: float, batch: int = 1024) -> torch.Tensor:
+    """w [N, w_dim] (on the CPU) for seeds at truncation psi; one w per seed (all ws are equal)."""
+    return torch.cat([map_seeds(G, seeds[i:i + batch], psi)[:, 0].cpu()
+                      for i in range(0, len(seeds), batch)]) if seeds else torch.zeros(0, G.w_dim)
 
 
 def strip_grid(images: np.ndarray, seeds: list[int], strengths: np.ndarray, corner: str = "") -> Image.Image:
@@ -212,13 +220,13 @@ def strip_grid(images: np.ndarray, seeds: list[int], strengths: np.ndarray, corn
     return labelled(grid, side, [f"{t:+.1f} sd" for t in strengths], [f"seed {s}" for s in seeds], corner)
 
 
-def write_edit(G: torch.nn.Module, out: Path, name: str, vector: torch.Tensor, layers: tuple[int, int],
-               seeds: list[int], strength: tuple[float, float], psi: float, steps: int = 7,
-               frames: int = 0) -> Path:
-    """Move the seeds' latents along a direction from strength[0] to strength[1] sigmas over `layers`:
-    a strip (out/edit-<name>.png, `steps` columns), or with frames > 0 a looping video (out/edit-<name>.mp4,
-    the seeds side by side, there and back). Returns the path written."""
-    sigma = w_spread(G, vector)
+def write_edit(G: torch.nn.Module, out: Path, name: str, vector: torch.Tensor, sigma: float,
+               layers: tuple[int, int], seeds: list[int], strength: tuple[float, float], psi: float,
+               steps: int = 7, frames: int = 0) -> Path:
+    """Move the seeds' latents along a direction (unit `vector`, W's spread `sigma` along it) from
+    strength[0] to strength[1] sigmas over `layers`: a strip (out/edit-<name>.png, `steps` columns), or with
+    frames > 0 a looping video (out/edit-<name>.mp4, the seeds side by side, there and back). Returns the
+    path written."""
     w = map_seeds(G, seeds, psi)[:, 0]
     lo, hi = strength
     if frames <= 0:

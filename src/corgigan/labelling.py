@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from corgigan import detection, generate
+from corgigan.geometry import clip_box
 
 BOX_ATTRIBUTES = ("dog_size", "dog_x", "dog_y", "num_dogs", "confidence")
 # Attributes of the dog itself: a boundary for them is fitted among the images with a dog only, so that
@@ -71,8 +72,7 @@ def box_attributes(dets: Sequence[detection.Detection], width: int, height: int)
     if not dets:
         return {"dog_size": 0.0, "dog_x": math.nan, "dog_y": math.nan, "num_dogs": 0.0, "confidence": 0.0}
     best = max(dets, key=lambda d: d.confidence)
-    x0, x1 = min(max(best.x0, 0.0), width), min(max(best.x1, 0.0), width)
-    y0, y1 = min(max(best.y0, 0.0), height), min(max(best.y1, 0.0), height)
+    x0, y0, x1, y1 = clip_box((best.x0, best.y0, best.x1, best.y1), width, height)
     return {"dog_size": (x1 - x0) * (y1 - y0) / (width * height), "dog_x": (x0 + x1) / 2 / width,
             "dog_y": (y0 + y1) / 2 / height, "num_dogs": float(len(dets)), "confidence": best.confidence}
 

@@ -10,12 +10,12 @@ only reader: unknown, missing, mistyped and out-of-range keys stop with a messag
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -31,6 +31,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from corgigan.directions import LAYERS_HELP, is_layers_spec
 from corgigan.stylegan2.devices import DEVICE_HELP, is_device_name
 
 
@@ -64,9 +65,10 @@ def _multiple_of_32(value: int) -> int:
 
 
 Number = Annotated[float, BeforeValidator(_number)]
-Device = Annotated[StrictStr, BeforeValidator(_device)]
-PowerOfTwo = Annotated[StrictInt, BeforeValidator(_power_of_two)]
-Multiple32 = Annotated[StrictInt, BeforeValidator(_multiple_of_32)]
+# After the strict type check: a value of the wrong type is "must be a string/an integer", never a crash.
+Device = Annotated[StrictStr, AfterValidator(_device)]
+PowerOfTwo = Annotated[StrictInt, AfterValidator(_power_of_two)]
+Multiple32 = Annotated[StrictInt, AfterValidator(_multiple_of_32)]
 
 
 def knob(help_text: str, **constraints: Any) -> Any:
@@ -238,10 +240,10 @@ class EvaluateParams:
     device: Annotated[Device, knob(DEVICE_HELP)]
 
 
-def _layers(value: Any) -> Any:
+def _layers(value: str) -> str:
     # A named range of the generator's ws, or FIRST-STOP; checked against the model by the explore stage.
-    if not isinstance(value, str) or not re.fullmatch(r"all|coarse|middle|fine|\d+-\d+", value):
-        raise ValueError("must be all, coarse, middle, fine or FIRST-STOP (ws indices)")
+    if not is_layers_spec(value):
+        raise ValueError(f"must be {LAYERS_HELP}")
     return value
 
 
@@ -249,7 +251,7 @@ def _layers(value: Any) -> Any:
 class ExploreParams:
     seed: Annotated[StrictInt, knob("first seed of the sampled latents; the check seeds follow them")]
     truncation_psi: Annotated[Number, knob("truncation of the sampled latents (1: none)")]
-    layers: Annotated[StrictStr, BeforeValidator(_layers),
+    layers: Annotated[StrictStr, AfterValidator(_layers),
                       knob("ws the SeFa and PCA edits move: all | coarse | middle | fine | FIRST-STOP")]
     num_components: Annotated[StrictInt, knob("closed-form (SeFa) and PCA directions kept, each with a strip",
                                               gt=0)]

@@ -20,7 +20,9 @@ Directions (for edits in `corgigan serve`; the explore stage writes them): a JSO
      "directions": {"<name>": {"vector": [w_dim floats], "layers": [first, stop]}, ...}}
 
 `vector` is a direction in W (normalised to unit length on reading); `layers` (optional; default all) is
-the half-open range of ws the edit applies to. Other keys (accuracy, method, ...) are allowed and ignored.
+the half-open range of ws the edit applies to; `sigma` (optional) is W's spread along it, the unit of edit
+strengths (measured when absent: `direction_sigmas`). Other keys (accuracy, method, ...) are allowed and
+ignored.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +44,11 @@ from PIL import Image
 
 from corgigan import geometry, images
 from corgigan.directions import FORMAT as DIRECTIONS_FORMAT
+from corgigan.directions import spread
 from corgigan.errors import StageError
-from corgigan.generate import save_png, synthesize_w, to_uint8, write_video
+from corgigan.generate import sample_w, save_png, synthesize_w, to_uint8, write_video
 from corgigan.stylegan2.devices import resolve_device
-from corgigan.tables import atomic_path
+from corgigan.tables import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -465,6 +468,7 @@ class Direction:
     name: str
     vector: torch.Tensor            # [w_dim], unit length
     layers: tuple[int, int]         # [first, stop) of the ws; (0, num_ws) for all
+    sigma: float | None = None      # W's spread along it, as the explore stage stored it (None: not stored)
 
 
 def read_directions(path: str | Path, w_dim: int, num_ws: int) -> list[Direction]:
@@ -494,8 +498,21 @@ def read_directions(path: str | Path, w_dim: int, num_ws: int) -> list[Direction
         if (not isinstance(layers, list) or len(layers) != 2 or not all(type(x) is int for x in layers)
                 or not 0 <= layers[0] < layers[1] <= num_ws):
             raise StageError(f"{where}: layers must be [first, stop] with 0 <= first < stop <= {num_ws}")
-        out.append(Direction(name=str(name), vector=v / v.norm(), layers=(layers[0], layers[1])))
+        sigma = entry.get("sigma")
+        if sigma is not None and (type(sigma) not in (int, float) or not math.isfinite(sigma) or sigma <= 0):
+            raise StageError(f"{where}: sigma must be a positive number (or absent)")
+        out.append(Direction(name=str(name), vector=v / v.norm(), layers=(layers[0], layers[1]),
+                             sigma=None if sigma is None else float(sigma)))
     return out
+
+
+def direction_sigmas(G: torch.nn.Module, found: Sequence[Direction], samples: int = 2000) -> list[float]:
+    """Each direction's sigma, the unit of edit strengths: the file's own (the explore stage stores one), else
+    measured the same way, W's spread along it over the untruncated w of seeds 0..samples-1."""
+    missing = [d.vector for d in found if d.sigma is None]
+    measured = iter(spread(sample_w(G, list(range(samples)), 1.0), torch.stack(missing)).tolist()
+                    if missing else [])
+    return [d.sigma if d.sigma is not None else next(measured) for d in found]
 
 
 @dataclass(frozen=True)
@@ -548,8 +565,7 @@ def write_outputs(out: Path, name: str, target: Image.Image, result: Projection,
     report = {"space": result.space, "steps": len(result.history), **result.errors[index], "crop": how,
               "history": [{k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()}
                           for row in result.history]}
-    with atomic_path(folder / "errors.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    write_json(report, folder / "errors.json")
     return folder
 
 

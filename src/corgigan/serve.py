@@ -208,24 +208,13 @@ class Explorer:
         self._state = threading.Lock()
         with self.lock:
             self.stats = projection.w_stats(G, self.project_cfg.w_avg_samples, self.project_cfg.seed)
-            self.sigmas = self._direction_sigmas()
+            self.sigmas = projection.direction_sigmas(G, self.directions)
         self._cache: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
         self.latents: collections.OrderedDict[str, Latent] = collections.OrderedDict()
         self.jobs: dict[str, Job] = {}
         self._queue: queue.Queue[tuple[Job, torch.Tensor]] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="corgigan-projection", daemon=True)
         self._worker.start()
-
-    @torch.no_grad()
-    def _direction_sigmas(self, samples: int = 2000) -> list[float]:
-        """W's spread along each direction, so a slider moves in sigmas whatever the model's scale."""
-        if not self.directions:
-            return []
-        gen = torch.Generator().manual_seed(self.project_cfg.seed + 1)
-        device = next(self.G.parameters()).device
-        z = torch.randn(samples, self.G.z_dim, generator=gen).to(device)
-        w = self.G.mapping(z, torch.zeros(samples, self.G.c_dim, device=device))[:, 0].float().cpu()
-        return [max(float((w @ d.vector).std()), 1e-8) for d in self.directions]
 
     # ---- reading requests ---------------------------------------------------------------------------
 
@@ -279,7 +268,7 @@ class Explorer:
             cached = self._cached(key + edit_key)
             if cached is not None:
                 return cached
-            ws = projection.apply_edit(ws, self.stats.mean, edit, self._by_name())
+            ws = projection.apply_edit(ws, self.G.mapping.w_avg, edit, self._by_name())
             png = png_bytes(generate.synthesize_w(self.G, ws)[0])
         self._store(key + edit_key, png)
         return png
@@ -297,10 +286,9 @@ class Explorer:
             return cached
         with self.lock:
             imgs = generate.generate_images(self.G, list(range(start, start + count)), psi)
-        buf = io.BytesIO()
-        generate.image_grid(imgs, cols).save(buf, format="PNG", compress_level=1)
-        self._store(key, buf.getvalue())
-        return buf.getvalue()
+        png = png_bytes(np.asarray(generate.image_grid(imgs, cols)))
+        self._store(key, png)
+        return png
 
     def _check_pixels(self, count: int) -> None:
         if count * self.G.img_resolution**2 > self.limits.max_pixels:

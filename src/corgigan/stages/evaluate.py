@@ -89,12 +89,7 @@ def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figu
     `checkpoints` may also be one file: a snapshot, or a reference StyleGAN2(-ADA) PyTorch or TensorFlow
     pickle (read without running its code), e.g. to score a pretrained model on this dataset.
     """
-    if checkpoints.is_file():
-        last: Path | None = checkpoints
-    else:
-        last = snapshot.latest_snapshot(checkpoints) if checkpoints.is_dir() else None
-    if last is None:
-        raise StageError(f"no snapshot in {checkpoints}: run the train stage first (`dvc repro train`)")
+    last = generate.find_checkpoint(checkpoints)
     if not dataset.is_file():
         raise StageError(f"dataset {dataset} not found: run the dataset stage first")
     device = resolve_device(p.device)
@@ -114,7 +109,8 @@ def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figu
     every = p.fid_every_snapshot and checkpoints.is_dir()
     rows = [*(earlier_rows(checkpoints, last, p, extractor, real, device) if every else []), row]
     write_json(rows, figures / SCORES_JSON)
-    only_last = f"{last.name} only (evaluate.fid_every_snapshot: false)"
+    only_last = (f"{last.name} only (evaluate.fid_every_snapshot: false)" if checkpoints.is_dir()
+                 else f"{last.name} (one checkpoint file)")
     draw_scores(rows, figures / SCORES_PNG, "" if every else only_last)
     write_json({
         f"fid_{extractor.name}": fid_value,

@@ -33,7 +33,6 @@ from corgigan import directions as dirs
 from corgigan import generate, labelling
 from corgigan.errors import StageError
 from corgigan.params import DetectParams, ExploreParams
-from corgigan.stylegan2 import snapshot
 from corgigan.stylegan2.devices import resolve_device
 from corgigan.tables import write_json
 
@@ -49,12 +48,6 @@ class Found:
     vector: torch.Tensor                         # [w_dim], unit length
     layers: tuple[int, int]                      # ws [first, stop) an edit moves
     scores: dict[str, float | int | None] = field(default_factory=dict)
-
-
-def sample_w(G: torch.nn.Module, seeds: list[int], psi: float, batch: int = 1024) -> torch.Tensor:
-    """w [N, w_dim] (on the CPU) for seeds at truncation psi; one w per seed (all ws are equal)."""
-    return torch.cat([generate.map_seeds(G, seeds[i:i + batch], psi)[:, 0].cpu()
-                      for i in range(0, len(seeds), batch)]) if seeds else torch.zeros(0, G.w_dim)
 
 
 def unsupervised(G: torch.nn.Module, p: ExploreParams, w_pool: torch.Tensor, layers: tuple[int, int]
@@ -108,14 +101,6 @@ def _num(x: float | int | None) -> float | int | None:
     return None if not math.isfinite(x) else round(float(x), 6)
 
 
-def _checkpoint(checkpoints: Path) -> Path:
-    last = checkpoints if checkpoints.is_file() else (
-        snapshot.latest_snapshot(checkpoints) if checkpoints.is_dir() else None)
-    if last is None:
-        raise StageError(f"no snapshot in {checkpoints}: run the train stage first (`dvc repro train`)")
-    return last
-
-
 def check_and_draw(G: torch.nn.Module, det: labelling.Detector, found: list[Found], w_check: torch.Tensor,
                    seeds: list[int], p: ExploreParams, figures: Path) -> None:
     """Move the check seeds along each direction, -max_sigma..+max_sigma; save a strip per direction.
@@ -150,7 +135,7 @@ def check_and_draw(G: torch.nn.Module, det: labelling.Detector, found: list[Foun
 def run(p: ExploreParams, detect: DetectParams, checkpoints: Path, detector: Path, directions: Path,
         metrics: Path, figures: Path) -> None:
     """Find, measure and draw directions of the latest snapshot in `checkpoints` (or of that one file)."""
-    last = _checkpoint(checkpoints)
+    last = generate.find_checkpoint(checkpoints)
     G, info = generate.load(last, resolve_device(p.device))
     try:
         layers = dirs.layer_range(p.layers, G.num_ws)
@@ -162,9 +147,9 @@ def run(p: ExploreParams, detect: DetectParams, checkpoints: Path, detector: Pat
     pool = max(p.pca_samples, p.num_labelled)
 
     t = time.perf_counter()
-    # Sigmas come from untruncated w, as `generate --what edit` and `serve` measure them, so a strength
-    # means the same everywhere; the directions are found in the truncated pool.
-    w_full = sample_w(G, list(range(p.seed, p.seed + pool)), 1.0)
+    # Sigmas come from untruncated w and are stored with each direction, which `generate --what edit` and
+    # `serve` read, so a strength means the same everywhere; the directions are found in the truncated pool.
+    w_full = generate.sample_w(G, list(range(p.seed, p.seed + pool)), 1.0)
     w_avg = G.mapping.w_avg.detach().float().cpu()
     w_pool = w_avg + p.truncation_psi * (w_full - w_avg)
     found = unsupervised(G, p, w_pool, layers)
@@ -185,7 +170,8 @@ def run(p: ExploreParams, detect: DetectParams, checkpoints: Path, detector: Pat
         f.scores["sigma"] = sigma
     t = time.perf_counter()
     check_seeds = list(range(p.seed + pool, p.seed + pool + p.check_seeds))
-    check_and_draw(G, det, found, sample_w(G, check_seeds, p.truncation_psi), check_seeds, p, figures)
+    w_check = generate.sample_w(G, check_seeds, p.truncation_psi)
+    check_and_draw(G, det, found, w_check, check_seeds, p, figures)
     times["check and strips"] = time.perf_counter() - t
     for what, seconds in times.items():
         log.info("explore: %s: %.1f s", what, seconds)
