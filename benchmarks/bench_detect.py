@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from benchmarks.timing import best_of
-from corgigan import detection
+from corgigan.data.scenes import draw_scene
+from corgigan.detector import detection
 from corgigan.images import ShardWriter
 from corgigan.params import DetectParams, ImagesParams
-from corgigan.scenes import draw_scene
 from corgigan.stages import detect
 
 log = logging.getLogger(__name__)

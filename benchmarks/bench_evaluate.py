@@ -44,7 +44,10 @@ import torch
 from cleanfid import fid as cfid
 from PIL import Image
 
-from corgigan import dataset_zip, fid, generate, images, params
+from corgigan import images, params
+from corgigan.analysis import fid
+from corgigan.analysis import sampling as generate
+from corgigan.data import dataset_zip
 from corgigan.errors import StageError
 from corgigan.params import EvaluateParams
 from corgigan.stages import evaluate

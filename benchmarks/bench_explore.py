@@ -33,8 +33,11 @@ from PIL import Image
 from tests.helpers import fake_state
 
 from benchmarks.timing import best_of
-from corgigan import detection, generate, labelling, params
-from corgigan import directions as dirs
+from corgigan import params
+from corgigan.analysis import attributes as labelling
+from corgigan.analysis import directions as dirs
+from corgigan.analysis import sampling as generate
+from corgigan.detector import detection
 from corgigan.stages import explore
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.snapshot import save_snapshot, snapshot_name

@@ -39,9 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from corgigan import generate, images, projection, serve
-from corgigan.dataset_zip import write_zip
-from corgigan.scenes import draw_scene
+from corgigan import images
+from corgigan.analysis import sampling as generate
+from corgigan.data.dataset_zip import write_zip
+from corgigan.data.scenes import draw_scene
+from corgigan.play import projection, serve
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.data import ZipDataset
 from corgigan.stylegan2.loop import training_loop

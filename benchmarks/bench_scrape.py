@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 
 def _child(n: int, min_side: int, max_side: int, generate_only: bool) -> dict[str, float]:
     """Run one scrape (or only the generation) of `n` ordinary images; report time and peak RSS."""
+    from corgigan.data.sources.synthetic import SyntheticSource
     from corgigan.params import FolderParams, ImagesParams, InstagramParams, ScrapeParams, SyntheticParams
-    from corgigan.sources.synthetic import SyntheticSource
     from corgigan.stages import scrape
 
     synthetic = SyntheticParams(seed=0, num_images=n, min_short_side=min_side, max_short_side=max_side,

@@ -250,7 +250,7 @@ def photo_bytes(width: int, height: int, fmt: str = "PNG") -> bytes:
 
 def write_directions(path: Path, w_dim: int, entries: dict) -> Path:
     """A directions file (the explore stage's format) holding `entries`."""
-    from corgigan.directions import FORMAT as DIRECTIONS_FORMAT
+    from corgigan.analysis.directions import FORMAT as DIRECTIONS_FORMAT
 
     path.write_text(json.dumps({"format": DIRECTIONS_FORMAT, "directions": entries}))
     return path

@@ -13,11 +13,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from corgigan import dataset_zip, images, tables
+from corgigan import images, tables
 from corgigan.cli import main
-from corgigan.contact_sheet import LABEL_W, PAD, TILE
+from corgigan.data import dataset_zip
+from corgigan.data.contact_sheet import LABEL_W, PAD, TILE
+from corgigan.data.funnel import FILTER_REASONS, LOOSEN
 from corgigan.errors import StageError
-from corgigan.funnel import FILTER_REASONS, LOOSEN
 from corgigan.params import DatasetParams
 from corgigan.stages import dataset
 from tests.helpers import CASES, FILTER, Spec, image_id, make_raw  # the planted raw fixture

@@ -13,7 +13,8 @@ import pytest
 from imagededup.methods import PHash
 from PIL import Image
 
-from corgigan import duplicates, images, tables
+from corgigan import images, tables
+from corgigan.data import dedup as duplicates
 from corgigan.errors import StageError
 from corgigan.params import DedupParams
 from corgigan.stages import dedup

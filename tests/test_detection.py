@@ -19,11 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
-from corgigan import detection, tables, yolo_data
+from corgigan import tables
+from corgigan.data.scenes import draw_scene
+from corgigan.detector import detection, yolo_data
 from corgigan.errors import StageError
 from corgigan.images import ShardWriter, encode_png
 from corgigan.params import DetectorParams, DetectParams, ImagesParams
-from corgigan.scenes import draw_scene
 from corgigan.stages import detect, detector
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from corgigan import directions as dirs
+from corgigan.analysis import directions as dirs
 from corgigan.stylegan2 import configs
 from tests.helpers import tiny_config
 

@@ -15,7 +15,8 @@ import torch
 import yaml
 from PIL import Image
 
-from corgigan import cli, generate
+from corgigan import cli
+from corgigan.analysis import sampling as generate
 from corgigan.params import EvaluateParams
 from corgigan.stages import evaluate
 from corgigan.stylegan2.loop import training_loop

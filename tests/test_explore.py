@@ -16,9 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from corgigan import cli, detection, generate, labelling, projection
+from corgigan import cli
+from corgigan.analysis import attributes as labelling
+from corgigan.analysis import sampling as generate
+from corgigan.detector import detection
 from corgigan.errors import StageError
 from corgigan.params import DetectParams, ExploreParams
+from corgigan.play import projection
 from corgigan.stages import explore
 from corgigan.stylegan2.snapshot import save_snapshot, snapshot_name
 from tests.helpers import fake_state, tiny_config

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from corgigan import fid
+from corgigan.analysis import fid
 from corgigan.errors import StageError
 
 CPU = torch.device("cpu")

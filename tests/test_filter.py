@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from corgigan import cropping, images, tables
+from corgigan import images, tables
+from corgigan.data import filter_rules as cropping
 from corgigan.errors import StageError
 from corgigan.params import FilterParams, ImagesParams
 from corgigan.stages import filter as filter_stage

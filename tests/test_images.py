@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from corgigan import images
+from corgigan.data.scenes import draw_scene
+from corgigan.data.sources.synthetic import bomb_png, encode_jpeg
 from corgigan.images import DecodeError, decode, decode_with_format
-from corgigan.scenes import draw_scene
-from corgigan.sources.synthetic import bomb_png, encode_jpeg
 from corgigan.tables import DECODE_STATUSES
 
 MAX = 50_000_000
@@ -183,7 +183,7 @@ def test_shards_round_trip_and_are_byte_identical(tmp_path) -> None:
 def test_not_image_stays_not_image_after_ultralytics_patches_pillow(tmp_path, monkeypatch):
     """ultralytics wraps PIL.Image.open on import; unknown bytes must still be not_image, not corrupt."""
     monkeypatch.setenv("CORGIGAN_CACHE", str(tmp_path))
-    from corgigan.detection import setup_ultralytics
+    from corgigan.detector.detection import setup_ultralytics
 
     setup_ultralytics()
     import ultralytics.utils.patches  # noqa: F401  (replaces PIL.Image.open)

@@ -33,9 +33,9 @@ from cryptography.x509.oid import NameOID
 from instaloader import InstaloaderContext
 from PIL import Image
 
+from corgigan.data.sources.instagram import Cache, CappedRateController, InstagramSource, RateLimitStop
 from corgigan.errors import StageError
 from corgigan.params import InstagramParams
-from corgigan.sources.instagram import Cache, CappedRateController, InstagramSource, RateLimitStop
 
 ENV = "CORGIGAN_IG_SESSION"
 T0 = 1_600_000_000          # 2020-09-13 12:26:40 UTC
@@ -262,7 +262,7 @@ def test_downloads_images_and_yields_them_sorted(server, session_file, tmp_path)
 def test_videos_skipped_and_sidecars_expanded(server, session_file, tmp_path, caplog):
     server.pages["corgi"] = [[video_node(server, "Vid"), sidecar_node(server, "Side", "ivi"),
                               image_node(server, "Img", 5)]]
-    with caplog.at_level(logging.INFO, logger="corgigan.sources.instagram"):
+    with caplog.at_level(logging.INFO, logger="corgigan.data.sources.instagram"):
         items = list(make_source(server, tmp_path / "cache", session_file).items())
 
     assert [it.source_id for it in items] == ["Img_0", "Side_0", "Side_2"]
@@ -433,7 +433,7 @@ def test_gone_image_is_skipped_and_recorded(server, session_file, tmp_path, capl
     node = image_node(server, "G", 1)
     del server.images["G"]                                    # deleted since it was listed
     server.pages["corgi"] = [[node, image_node(server, "H", 2)]]
-    with caplog.at_level(logging.INFO, logger="corgigan.sources.instagram"):
+    with caplog.at_level(logging.INFO, logger="corgigan.data.sources.instagram"):
         items = list(make_source(server, tmp_path / "cache", session_file).items())
     assert [it.source_id for it in items] == ["H_0"]
     assert "1 images gone" in caplog.text

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from corgigan.curves import draw_curves
+from corgigan.analysis.curves import draw_curves
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.loop import Hooks, TrainingError, ema_beta, make_optimizer, training_loop
 from corgigan.stylegan2.loss import StyleGAN2Loss, path_lengths, pl_mean_update, r1_penalty

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from corgigan import cli, generate
+from corgigan import cli
+from corgigan.analysis import sampling as generate
 from corgigan.params import EvaluateParams
 from corgigan.stages import evaluate
 from corgigan.stylegan2 import configs, importer, pickles

@@ -12,8 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from corgigan import cli, generate, geometry, projection
+from corgigan import cli, geometry
+from corgigan.analysis import sampling as generate
 from corgigan.errors import StageError
+from corgigan.play import projection
 from corgigan.stylegan2.data import ZipDataset
 from corgigan.stylegan2.loop import training_loop
 from tests.helpers import photo_bytes, tiny_config, write_dataset, write_directions

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from corgigan import serve
+from corgigan.play import serve
 from corgigan.stylegan2.loop import training_loop
 from tests.helpers import photo_bytes, tiny_config, write_dataset, write_directions
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from corgigan.data.scenes import draw_scene, paste_dog
+from corgigan.data.sources.folder import FolderSource
+from corgigan.data.sources.synthetic import CASES, SyntheticSource
 from corgigan.errors import StageError
 from corgigan.images import DecodeError, decode
 from corgigan.params import SyntheticParams
-from corgigan.scenes import draw_scene, paste_dog
-from corgigan.sources.folder import FolderSource
-from corgigan.sources.synthetic import CASES, SyntheticSource
 
 MAX = 100_000_000
 

@@ -12,8 +12,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from corgigan.analysis.fid import INCEPTION_FILE
 from corgigan.errors import StageError
-from corgigan.fid import INCEPTION_FILE
 from corgigan.params import Params
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.devices import DeviceError, resolve_device
@@ -52,7 +52,7 @@ def source_checks(p: Params, environ: dict[str, str]) -> list[Check]:
         return [Check("scrape.folder.path", ok, str(path) if ok else f"{path}: no such folder or .zip",
                       "put your photos there, or point scrape.folder.path at them")]
     if s.source == "instagram":
-        from corgigan.sources.instagram import load_session  # instaloader only when it is the source
+        from corgigan.data.sources.instagram import load_session  # instaloader only when it is the source
 
         try:
             user, _ = load_session(s.instagram.session_env, environ)

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 from corgigan import params as params_mod
-from corgigan.directions import LAYERS_HELP
+from corgigan.analysis.directions import LAYERS_HELP
 from corgigan.errors import StageError
 from corgigan.stylegan2.data import DatasetError
 from corgigan.stylegan2.devices import DeviceError
@@ -199,7 +199,7 @@ def _add_play_commands(sub: argparse._SubParsersAction) -> None:
 
 def _photo_settings(args: argparse.Namespace) -> tuple[object | None, dict]:
     """The filter stage's crop rule and the detect stage's settings from params.yaml, when it exists."""
-    from corgigan.projection import CropRule
+    from corgigan.play.projection import CropRule
 
     if not Path(args.params).is_file():
         return None, {}
@@ -221,12 +221,12 @@ def _play(args: argparse.Namespace) -> None:
     """Run `project` or `serve`."""
     rule, detect = _photo_settings(args)
     if args.command == "project":
-        from corgigan import projection
+        from corgigan.play import projection
         cfg = projection.ProjectConfig(steps=args.steps, space=args.space, seed=args.seed)
         projection.main(args.images, args.checkpoint, args.out, cfg, rule, args.detector, detect,
                         _lpips_files(args), args.device, video=not args.no_video)
         return
-    from corgigan import serve
+    from corgigan.play import serve
     if args.max_steps < 1:
         raise StageError(f"--max-steps {args.max_steps}: must be >= 1")
     limits = serve.Limits(max_steps=args.max_steps)
@@ -253,7 +253,9 @@ def parse_strength(text: str) -> tuple[float, float]:
 def _edit(args: argparse.Namespace) -> None:
     """`generate --what edit | edit-video`: read one direction of the explore stage's file (the reader of
     projection.py, the contract's owner) and draw the seeds moved along it."""
-    from corgigan import directions, generate, projection
+    from corgigan.analysis import directions
+    from corgigan.analysis import sampling as generate
+    from corgigan.play import projection
     from corgigan.stylegan2.devices import resolve_device
 
     if not args.direction:
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             _edit(args)
             return 0
         if args.command == "generate":
-            from corgigan import generate
+            from corgigan.analysis import sampling as generate
             generate.main(checkpoint=args.checkpoint, out=args.out, what=args.what,
                           seeds=parse_seeds(args.seeds), psi=args.psi, frames=args.frames,
                           device=args.device)

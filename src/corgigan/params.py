@@ -31,7 +31,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from corgigan.directions import LAYERS_HELP, is_layers_spec
+from corgigan.analysis.directions import LAYERS_HELP, is_layers_spec
 from corgigan.stylegan2.devices import DEVICE_HELP, is_device_name
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from corgigan import contact_sheet, dataset_zip, images, tables
+from corgigan import images, tables
+from corgigan.data import contact_sheet, dataset_zip
+from corgigan.data.funnel import FILTER_REASONS, check_not_empty, funnel_counts
 from corgigan.errors import StageError
-from corgigan.funnel import FILTER_REASONS, check_not_empty, funnel_counts
 from corgigan.params import DatasetParams
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from corgigan import duplicates, images, tables
+from corgigan import images, tables
+from corgigan.data import dedup as duplicates
 from corgigan.errors import StageError
 from corgigan.parallel import workers
 from corgigan.params import DedupParams

@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 from PIL import Image
 from tqdm import tqdm
 
-from corgigan import detection, tables
+from corgigan import tables
+from corgigan.detector import detection
 from corgigan.errors import StageError
 from corgigan.geometry import clip_box
 from corgigan.images import DecodeError, decode, iter_shards, list_shards

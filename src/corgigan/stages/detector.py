@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from corgigan import detection, yolo_data
+from corgigan.detector import detection, yolo_data
 from corgigan.errors import StageError
 from corgigan.params import DetectorParams
 from corgigan.stylegan2.devices import resolve_device

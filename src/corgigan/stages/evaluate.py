@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from corgigan import fid, generate
-from corgigan.curves import draw_scores
+from corgigan.analysis import fid
+from corgigan.analysis import sampling as generate
+from corgigan.analysis.curves import draw_scores
 from corgigan.errors import StageError
 from corgigan.params import EvaluateParams
 from corgigan.stylegan2 import snapshot

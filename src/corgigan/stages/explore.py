@@ -29,8 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from corgigan import directions as dirs
-from corgigan import generate, labelling
+from corgigan.analysis import attributes as labelling
+from corgigan.analysis import directions as dirs
+from corgigan.analysis import sampling as generate
 from corgigan.errors import StageError
 from corgigan.params import DetectParams, ExploreParams
 from corgigan.stylegan2.devices import resolve_device

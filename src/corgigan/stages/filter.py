@@ -18,7 +18,8 @@ import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
-from corgigan import cropping, images, tables
+from corgigan import images, tables
+from corgigan.data import filter_rules as cropping
 from corgigan.errors import StageError
 from corgigan.parallel import ordered_map, workers
 from corgigan.params import FilterParams, ImagesParams

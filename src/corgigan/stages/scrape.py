@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from corgigan import images as images_mod
 from corgigan import tables
+from corgigan.data.sources import Source, SourceItem
 from corgigan.errors import StageError
 from corgigan.params import ImagesParams, ScrapeParams
-from corgigan.sources import Source, SourceItem
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,13 @@ def extension(fmt: str | None) -> str:
 def build_source(p: ScrapeParams, cache: Path) -> Source:
     """The source named by scrape.source, built from its params section."""
     if p.source == "synthetic":
-        from corgigan.sources.synthetic import SyntheticSource
+        from corgigan.data.sources.synthetic import SyntheticSource
         return SyntheticSource(p.synthetic)
     if p.source == "folder":
-        from corgigan.sources.folder import FolderSource
+        from corgigan.data.sources.folder import FolderSource
         return FolderSource(p.folder.path)
     if p.source == "instagram":
-        from corgigan.sources.instagram import InstagramSource
+        from corgigan.data.sources.instagram import InstagramSource
         return InstagramSource(p.instagram, cache_dir=cache / "instagram")
     raise StageError(f"scrape.source: unknown source {p.source!r}")
 

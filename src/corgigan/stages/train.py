@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from corgigan.curves import draw_curves
+from corgigan.analysis.curves import draw_curves
 from corgigan.errors import StageError
 from corgigan.params import TrainParams
 from corgigan.stylegan2 import configs, distributed

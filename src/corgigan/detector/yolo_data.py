@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from corgigan.data.scenes import draw_scene
 from corgigan.errors import StageError
 from corgigan.geometry import clip_box
 from corgigan.images import DecodeError, decode, encode_png
-from corgigan.scenes import draw_scene
 
 log = logging.getLogger(__name__)
 

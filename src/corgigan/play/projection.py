@@ -43,10 +43,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from corgigan import geometry, images
-from corgigan.directions import FORMAT as DIRECTIONS_FORMAT
-from corgigan.directions import spread
+from corgigan.analysis.directions import FORMAT as DIRECTIONS_FORMAT
+from corgigan.analysis.directions import spread
+from corgigan.analysis.sampling import sample_w, save_png, synthesize_w, to_uint8, write_video
 from corgigan.errors import StageError
-from corgigan.generate import sample_w, save_png, synthesize_w, to_uint8, write_video
 from corgigan.stylegan2.devices import resolve_device
 from corgigan.tables import atomic_path, write_json
 
@@ -394,7 +394,7 @@ class DogFinder:
     @classmethod
     def load(cls, detector_dir: Path, **kwargs: Any) -> DogFinder:
         """The saved detector folder; StageError when it holds none."""
-        from corgigan import detection
+        from corgigan.detector import detection
 
         meta = detection.read_meta(detector_dir)
         dog_class = meta.get("dog_class")
@@ -404,7 +404,7 @@ class DogFinder:
 
     def best_box(self, img: Image.Image) -> tuple[float, float, float, float] | None:
         """The most confident dog box (as the filter crops around), or None."""
-        from corgigan import detection
+        from corgigan.detector import detection
 
         found = detection.predict(self.yolo, [img], classes=[self.dog_class], conf=self.conf, iou=self.iou,
                                   imgsz=self.imgsz, device=self.device)[0]
@@ -573,7 +573,7 @@ def main(photos: list[Path], checkpoint: Path, out: Path, cfg: ProjectConfig, ru
          detector: Path | None, detect_kwargs: dict[str, Any], lpips_files: tuple[Path, Path | None] | None,
          device: str, video: bool = True) -> list[dict[str, Any]]:
     """`corgigan project`: project each photo; return each one's final errors."""
-    from corgigan import generate
+    from corgigan.analysis import sampling as generate
 
     try:
         cfg.validate()

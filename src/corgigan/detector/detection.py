@@ -31,8 +31,13 @@ import torch
 import yaml
 from PIL import Image
 
+from corgigan.detector.yolo_weights import (
+    ZIP_MAGIC,
+    check_model_yaml,
+    read_ultralytics_weights,
+    unsafe_globals,
+)
 from corgigan.errors import StageError
-from corgigan.yolo_weights import ZIP_MAGIC, check_model_yaml, read_ultralytics_weights, unsafe_globals
 
 log = logging.getLogger(__name__)
 

@@ -53,9 +53,9 @@ from instaloader import (
 )
 from tqdm import tqdm
 
+from corgigan.data.sources import SourceItem
 from corgigan.errors import StageError
 from corgigan.params import InstagramParams
-from corgigan.sources import SourceItem
 from corgigan.tables import atomic_path, write_json
 
 log = logging.getLogger(__name__)

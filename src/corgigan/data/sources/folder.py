@@ -17,8 +17,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from corgigan.data.sources import SourceItem
 from corgigan.errors import StageError
-from corgigan.sources import SourceItem
 
 log = logging.getLogger(__name__)
 

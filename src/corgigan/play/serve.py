@@ -51,8 +51,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from corgigan import generate, projection
+from corgigan.analysis import sampling as generate
 from corgigan.errors import StageError
+from corgigan.play import projection
 from corgigan.stylegan2.devices import resolve_device
 
 log = logging.getLogger(__name__)

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, ImageChops
 
+from corgigan.data.scenes import Box, background_scene, draw_scene, paste_dog
+from corgigan.data.sources import SourceItem
 from corgigan.geometry import clip_box
 from corgigan.params import SyntheticParams
-from corgigan.scenes import Box, background_scene, draw_scene, paste_dog
-from corgigan.sources import SourceItem
 
 # ---------------------------------------------------------------------------------------------------
 # The synthetic source: ordinary photos plus planted cases with known truth

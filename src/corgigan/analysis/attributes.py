@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from corgigan import detection, generate
+from corgigan.analysis import sampling as generate
+from corgigan.detector import detection
 from corgigan.geometry import clip_box
 
 BOX_ATTRIBUTES = ("dog_size", "dog_x", "dog_y", "num_dogs", "confidence")
