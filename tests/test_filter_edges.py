@@ -9,12 +9,19 @@ centre by (S/2 - distance of the box centre from that border) / image side.
 
 from __future__ import annotations
 
+import io
+import logging
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
+from PIL import Image
 
-from corgigan import cropping
-from corgigan.params import FilterParams
+from corgigan import cropping, tables
+from corgigan.errors import StageError
+from corgigan.params import FilterParams, ImagesParams
+from tests.helpers import Spec, image_id, make_raw
 
 BASE: dict[str, Any] = dict(min_side=64, min_crop=64, max_dogs=1, min_confidence=0.5, min_cover=0.0,
                             max_center_shift=1.0, allow_partial=False, resolution=32, resize_filter="lanczos",
@@ -156,3 +163,56 @@ def test_partial_along_each_axis(orientation, length, partial):
     assert row["reason"] == ("partial" if partial else None)
     kept, _ = decide(size, [(*box, 0.9)], allow_partial=True)
     assert kept["kept"] and kept["partial"] is partial
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The crop plan and the crop workers' answers (the paths the filter stage's fixture never takes)
+
+
+def test_decide_all_of_no_posts_is_an_empty_filter_table():
+    posts = pd.DataFrame({"image_id": [], "decode_status": [], "width": [], "height": []})
+    table, crop_boxes = cropping.decide_all(posts, {}, FilterParams(**BASE))
+    assert table.num_rows == 0 and table.schema == tables.SCHEMAS["filter"] and crop_boxes == {}
+
+
+def test_plan_crops_chunks_follow_shards_and_the_chunk_size():
+    # Rejected images (not in crop_boxes) anywhere in posts are skipped, not the end of the plan; a chunk
+    # holds the kept images of one shard, at most CHUNK of them.
+    n = cropping.CHUNK + 2
+    ids = ["rejected"] + [f"a{i}" for i in range(n)] + ["b0", "rejected2", "b1"]
+    shards = ["s0.zip"] * (n + 1) + ["s1.zip"] * 3
+    posts = pd.DataFrame({"image_id": ids, "width": 64, "height": 48, "shard": shards})
+    boxes = {i: (0, 0, 48, 48) for i in ids if not i.startswith("rejected")}
+    tasks = cropping.plan_crops(posts, boxes, Path("/raw"), FilterParams(**BASE), ImagesParams(max_pixels=99))
+    assert [(shard, [item[0] for item in items]) for shard, items, *_ in tasks] == [
+        ("/raw/s0.zip", [f"a{i}" for i in range(cropping.CHUNK)]),
+        ("/raw/s0.zip", [f"a{i}" for i in range(cropping.CHUNK, n)]),
+        ("/raw/s1.zip", ["b0", "b1"]),
+    ]
+    assert all(tuple(rest) == (32, "lanczos", 99) for _, _, *rest in tasks)
+    assert tasks[2][1][0] == ("b0", 64, 48, (0, 0, 48, 48))
+
+
+def test_crop_chunk_answers_every_image_and_an_inconsistent_raw_set_stops(tmp_path, caplog):
+    raw = make_raw(tmp_path, [Spec("a", (64, 48), seed=1), Spec("b", (64, 48), seed=2)])
+    shard = str(next((raw / "shards").iterdir()))
+    a, b, gone = image_id("a"), image_id("b"), image_id("gone")
+    box = (0, 0, 48, 48)
+    task = (shard, [(gone, 64, 48, box), (a, 50, 48, box), (b, 64, 48, box)], 16, "lanczos", 10**6)
+    missing, changed, ok = cropping.crop_chunk(task)
+    assert missing[:3] == (gone, None, "missing") and Path(shard).name in missing[3]
+    assert changed == (a, None, "size_changed", "decodes to 64x48, posts say 50x48")
+    assert ok[0] == b and ok[2:] == ("ok", "")
+    assert Image.open(io.BytesIO(ok[1])).size == (16, 16)
+
+    posts = pd.DataFrame({"image_id": [a, b], "decode_status": "ok", "width": 64, "height": 48})
+    table, _ = cropping.decide_all(posts, {a: [(8, 8, 40, 40, 0.9)], b: [(8, 8, 40, 40, 0.9)]},
+                                   FilterParams(**{**BASE, "min_side": 32, "min_crop": 32}))
+    with pytest.raises(StageError, match=f"image {a} decodes to 64x48, posts say 50x48: data/raw"):
+        cropping.mark_failures(table, {a: changed})
+    # An image that no longer decodes (images.max_pixels lowered since scrape) becomes a rejected row.
+    with caplog.at_level(logging.WARNING, logger="corgigan.cropping"):
+        marked = cropping.mark_failures(table, {b: (b, None, "too_large", "4096 pixels > 99")}).to_pylist()
+    assert f"image {b} no longer decodes (too_large: 4096 pixels > 99)" in caplog.text
+    assert [(r["kept"], r["reason"], r["crop_side"]) for r in marked] == [(True, None, 32),
+                                                                           (False, "decode_error", None)]
