@@ -633,3 +633,27 @@ def test_freeze_d_counts_layers_as_the_reference_does():
         assert ours == frozen_in_ref, n
     with pytest.raises(TrainingError, match="D has 10 layers to freeze"):
         frozen_d_parameters(D, 11)
+
+
+def test_sizes_each_in_range_that_describe_a_huge_network_are_refused_before_it_is_built(
+        tmp_path, monkeypatch, caplog):
+    # channel_base and channel_max within their limits, together 4096 channels at every resolution:
+    # gigabytes of weights from a file of a few hundred kilobytes.
+    _, G_ema, _ = make_networks()
+    ref = pw.reference_generator(G_ema, **reference_kwargs()[0])
+    ref._init_kwargs["synthesis_kwargs"]["channel_base"] = 1 << 20
+    ref._init_kwargs["synthesis_kwargs"]["channel_max"] = 4096
+    path = pw.write(tmp_path / "huge.pkl", {"G_ema": ref})
+    real_build = importer.build_networks
+
+    def build_on_meta_only(*args, **kwargs):
+        assert torch.empty(0).device.type == "meta", "the huge network was built for real"
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(importer, "build_networks", build_on_meta_only)
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["generate", "--checkpoint", str(path), "--out", str(tmp_path / "out"),
+                         "--seeds", "0", "--device", "cpu"]) == 2
+    error = one_error(caplog)
+    assert error.startswith(f"{path}: refused: its stored settings describe networks of"), error
+    assert not (tmp_path / "out").exists()

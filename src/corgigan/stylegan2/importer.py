@@ -44,6 +44,7 @@ from corgigan.stylegan2.pickles import (
     PickleError,
     ReferencePickle,
     TFNetwork,
+    alloc_limit,
     is_pickle,
     load_reference_pickle,
 )
@@ -551,6 +552,24 @@ def build_networks(nets: Networks, with_D: bool = True) -> tuple[Generator, Disc
     return G, D
 
 
+def _check_size_fits_file(nets: Networks, nets_in: dict[str, Any], path: Path) -> None:
+    """Refuse settings that describe networks far larger than the file's weights could fill.
+
+    Each stored size may be in range while together they describe a network of billions of numbers: the
+    networks are first laid out on the meta device (no memory), counted, and refused past what a file of
+    this size may make us allocate, before they are built for real.
+    """
+    with torch.device("meta"):
+        G, D = build_networks(nets, with_D="D" in nets_in)
+    per_G = sum(t.numel() * t.element_size() for t in (*G.parameters(), *G.buffers()))
+    per_D = 0 if D is None else sum(t.numel() * t.element_size() for t in (*D.parameters(), *D.buffers()))
+    need = per_G * sum(key != "D" for key in nets_in) + per_D
+    size = path.stat().st_size
+    if need > alloc_limit(size):
+        raise PickleError(f"{path}: refused: its stored settings describe networks of {need:,} bytes, "
+                          f"more than a {size:,}-byte file can hold weights for")
+
+
 def _fit(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
     """Load `state` strictly into `module` (names and shapes must match); return the module's state dict."""
     try:
@@ -602,6 +621,7 @@ def _import(path: str | Path, with_training_nets: bool) -> tuple[Imported, Gener
     if "G" in spec and spec["G"][3] != spec["G_ema"][3]:
         raise PickleError(f"{path}: G and G_ema have different settings")
     nets = Networks(resolution, img_channels, c_dim, spec["G_ema"][3], spec["D"][3] if "D" in spec else None)
+    _check_size_fits_file(nets, nets_in, path)
     G_net, D_net = build_networks(nets, with_D="D" in nets_in)
     states: dict[str, dict[str, torch.Tensor]] = {}
     for key, obj in nets_in.items():

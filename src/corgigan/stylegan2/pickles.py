@@ -254,12 +254,17 @@ class _Tensor(_Refuses):
     tensor: torch.Tensor
 
 
+def alloc_limit(file_size: int) -> int:
+    """The most bytes reading (and importing) a file of `file_size` bytes may allocate for its values."""
+    return ALLOC_FACTOR * file_size + ALLOC_SLACK
+
+
 class _Reading:
     """One file being read: its name for messages, the storages read so far, and the allocation bound."""
 
     def __init__(self, source: str, file_size: int) -> None:
         self.source, self.file_size = source, file_size
-        self.limit = ALLOC_FACTOR * file_size + ALLOC_SLACK
+        self.limit = alloc_limit(file_size)
         self.used = 0
         # id(payload) -> (payload, its storage): a payload referenced again is not loaded again. The
         # payload is kept so its id cannot be reused by another object during the read.
