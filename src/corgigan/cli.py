@@ -23,7 +23,7 @@ from corgigan.stylegan2.devices import DeviceError
 from corgigan.stylegan2.loop import TrainingError
 from corgigan.stylegan2.ops.build import CudaOpsError
 from corgigan.stylegan2.snapshot import SnapshotError
-from corgigan.tables import REASONS, SchemaError
+from corgigan.tables import REASONS, SchemaError, remove_stale_temps
 
 log = logging.getLogger("corgigan")
 
@@ -106,6 +106,9 @@ STAGES: dict[str, tuple[str, list[tuple[str, str]]]] = {
         ("--figures", "folder for one strip per direction"),
     ]),
 }
+
+# The arguments of STAGES that name a stage's outputs (the rest are its inputs).
+OUTPUT_ARGS = ("--out", "--metrics", "--figures", "--funnel", "--directions")
 
 # Which params.yaml sections each stage receives, in order, before its paths.
 SECTIONS: dict[str, tuple[str, ...]] = {
@@ -430,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = params_mod.load(args.params)
         sections = [getattr(cfg, s) for s in SECTIONS[args.command]]
         paths = {a.lstrip("-"): getattr(args, a.lstrip("-")) for a, _ in STAGES[args.command][1]}
+        # What a killed earlier run left among this stage's outputs (hidden temporary files) goes first:
+        # nothing else ever removes it, and DVC would cache it with the outputs.
+        remove_stale_temps(*(paths[a.lstrip("-")] for a in OUTPUT_ARGS if a.lstrip("-") in paths))
         stage_module(args.command).run(*sections, **paths)
     except EXPECTED_ERRORS as e:
         log.error("%s", one_line(e))

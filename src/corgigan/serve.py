@@ -57,6 +57,7 @@ from PIL import Image
 
 from corgigan import generate, projection
 from corgigan.errors import StageError
+from corgigan.params import SEED_LIMIT
 from corgigan.stylegan2.devices import resolve_device
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
 # The page may load only from this server; inline scripts and styles are refused too.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-MAX_SEED = 2**32 - 1      # numpy's RandomState seeds, as `corgigan generate` draws them
+MAX_SEED = SEED_LIMIT - 1  # numpy's RandomState seeds, as `corgigan generate` draws them
 # A client that hung up or stalled: nobody reads an answer, and it is no fault of the server's.
 GONE = (ConnectionError, TimeoutError)
 

@@ -16,7 +16,7 @@ from corgigan.params import EvaluateParams
 from corgigan.stylegan2 import snapshot
 from corgigan.stylegan2.data import dataset_hash
 from corgigan.stylegan2.devices import resolve_device
-from corgigan.tables import remove_stale_temps, write_json
+from corgigan.tables import write_json
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,6 @@ def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figu
     `checkpoints` may also be one file: a snapshot, or a reference StyleGAN2(-ADA) PyTorch or TensorFlow
     pickle (read without running its code), e.g. to score a pretrained model on this dataset.
     """
-    # What a killed earlier run left (hidden temporary files beside the metrics and among the figures)
-    # goes first: nothing else ever removes it.
-    remove_stale_temps(metrics, figures)
     last = generate.find_checkpoint(checkpoints)
     if not dataset.is_file():
         raise StageError(f"dataset {dataset} not found: run the dataset stage first")

@@ -34,7 +34,7 @@ from corgigan import generate, labelling
 from corgigan.errors import StageError
 from corgigan.params import DetectParams, ExploreParams
 from corgigan.stylegan2.devices import resolve_device
-from corgigan.tables import remove_stale_temps, write_json
+from corgigan.tables import write_json
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +135,6 @@ def check_and_draw(G: torch.nn.Module, det: labelling.Detector, found: list[Foun
 def run(p: ExploreParams, detect: DetectParams, checkpoints: Path, detector: Path, directions: Path,
         metrics: Path, figures: Path) -> None:
     """Find, measure and draw directions of the latest snapshot in `checkpoints` (or of that one file)."""
-    # What a killed earlier run left (hidden temporary files beside the directions and metrics, among the
-    # strips) goes first: nothing else ever removes it.
-    remove_stale_temps(directions, metrics, figures)
     last = generate.find_checkpoint(checkpoints)
     G, info = generate.load(last, resolve_device(p.device))
     try:

@@ -529,6 +529,8 @@ def training_loop(
     """Train (or resume) a StyleGAN2-ADA run; return the path of the newest snapshot."""
     hooks = hooks or Hooks()
     run_dir = Path(run_dir)
+    if round(kimg * 1000) < 1:   # the loop would end before its first snapshot
+        raise TrainingError(f"kimg {kimg:g}: train at least one image (kimg >= 0.001)")
     info = distributed.current()
     dev = resolve_device(device, info.local_rank)
     if dev.type == "cuda":

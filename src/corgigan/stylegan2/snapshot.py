@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from corgigan.stylegan2 import configs
-from corgigan.stylegan2.atomic import atomic_path, is_temp
+from corgigan.stylegan2.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +66,6 @@ def latest_snapshot(directory: str | Path) -> Path | None:
     """The snapshot with the most images shown in `directory`, or None."""
     found = list_snapshots(directory)
     return found[-1][1] if found else None
-
-
-def remove_stale_temps(directory: str | Path) -> list[Path]:
-    """Delete the temporary files that a killed `atomic_path` write left in `directory`; return them.
-
-    A SIGKILL skips the cleanup in atomic_path, and the folder is a persisted DVC output: a leftover
-    would stay forever and be committed with the snapshots.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    stale = sorted(p for p in directory.iterdir() if is_temp(p.name) and p.is_file())
-    for p in stale:
-        log.warning("removing %s left by an interrupted write", p)
-        p.unlink()
-    return stale
 
 
 def save_snapshot(path: str | Path, state: dict[str, Any]) -> None:
