@@ -11,7 +11,7 @@ export YOLO_AUTOINSTALL := false
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test lint bench gpu-check clean-venv
+.PHONY: venv demo test lint bench gpu-check mutation clean-venv
 
 venv: $(STAMP)
 
@@ -41,6 +41,12 @@ bench: $(STAMP)
 OUT ?= reports/gpu-check
 gpu-check:
 	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_check.py --out $(OUT)
+
+# Mutation testing of the core modules ([tool.mutmut] in pyproject.toml): prints the score and each
+# surviving mutant. Slow (see README), so not part of `make test`. A subset, e.g. the filter's rules:
+#   make mutation MUTATE=src/corgigan/data/filter_rules.py MUTATION_TESTS="tests/test_filter.py tests/test_filter_edges.py"
+mutation: $(STAMP)
+	python tools/mutation.py $(if $(MUTATE),--only $(MUTATE)) $(if $(MUTATION_TESTS),--tests $(MUTATION_TESTS))
 
 clean-venv:
 	rm -rf $(VENV)

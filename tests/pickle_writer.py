@@ -6,17 +6,32 @@
   module_src, class_name and the object's ``__dict__``. Tensors go through torch's own pickling
   (``_rebuild_parameter``, ``_rebuild_tensor_v2``, ``_load_from_bytes``), as in the real files.
 * TensorFlow: ``dnnlib.tflib.network.Network`` stand-ins whose ``__getstate__`` is the state the real
-  class pickles (version, name, static_kwargs, components, build_module_src, build_func_name, variables).
+  class pickles (version, name, static_kwargs, components, build_module_src, build_func_name, variables,
+  and StyleGAN2-ADA's input/output shapes and names).
+
+Types are the real writers' (NVlabs stylegan2-ada dnnlib/tflib/network.py, stylegan2-ada-pytorch
+torch_utils/persistence.py and training_loop.py), not our idea of them:
+
+* a TF variable's value is what ``tf.Session.run`` returned for it: an ndarray, or a numpy scalar
+  (``numpy.float32``) for a 0-d variable such as every ``noise_strength``;
+* a persistent object's ``_init_args`` / ``_init_kwargs`` are the constructor call as made (positional
+  arguments stay positional, defaults are not filled in); nested keyword dicts are ``dnnlib.util.EasyDict``;
+  a layer's ``weight_gain`` is a ``numpy.float64``; the snapshot's training_set_kwargs a plain dict;
+* files come from Python 3.6/3.7 with numpy 1.x (pickle protocol 3, numpy's functions under
+  ``numpy.core.multiarray``) or from later Pythons (protocol 4, ``numpy._core`` under numpy 2); `write`
+  emits either.
 
 The stand-in classes live in fake modules under the formats' names (``torch_utils.persistence``,
-``dnnlib.util``, ``dnnlib.tflib.network``) that exist in sys.modules only while a file is written.
-Weights are filled from one of our own networks, so a test can compare the import with the original.
+``dnnlib.util``, ``dnnlib.tflib.network``, and numpy 1's ``numpy.core.multiarray`` when asked for) that
+exist in sys.modules only while a file is written. Weights are filled from one of our own networks, so a
+test can compare the import with the original.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import math
 import pickle
 import sys
@@ -49,17 +64,35 @@ class EasyDict(dict):
 
 
 class Network:
-    """Stand-in of dnnlib.tflib.network.Network: pickles as its state dict, like the real class."""
+    """Stand-in of dnnlib.tflib.network.Network: pickles as its state dict, like the real class.
 
-    def __init__(self, name: str, static_kwargs: dict, variables: list[tuple[str, np.ndarray]],
+    Version 5 is StyleGAN2-ADA's (it adds the input/output shapes and names), 4 the original StyleGAN2's.
+    """
+
+    def __init__(self, name: str, static_kwargs: dict, variables: list[tuple[str, Any]],
                  components: dict[str, Network] | None = None, build_func_name: str = "",
-                 build_module_src: str = "# TensorFlow code would be here\n") -> None:
-        self.state = {"version": 4, "name": name, "static_kwargs": dict(static_kwargs),
+                 build_module_src: str = "# TensorFlow code would be here\n", version: int = 5,
+                 inputs: dict[str, list] | None = None, outputs: dict[str, list] | None = None) -> None:
+        self.state = {"version": version, "name": name, "static_kwargs": dict(static_kwargs),
                       "components": dict(components or {}), "build_module_src": build_module_src,
                       "build_func_name": build_func_name, "variables": list(variables)}
+        if version >= 5:
+            inputs, outputs = inputs or {}, outputs or {}
+            self.state.update(input_shapes=list(inputs.values()), output_shapes=list(outputs.values()),
+                              input_names=list(inputs), output_names=list(outputs))
 
     def __getstate__(self) -> dict:
         return self.state
+
+
+def scalar(*args: Any) -> Any:
+    """Stand-in of numpy 1's numpy.core.multiarray.scalar: only its name matters when writing."""
+    raise AssertionError("the stand-in is for writing pickles, never for reading them")
+
+
+def _reconstruct(*args: Any) -> Any:
+    """Stand-in of numpy 1's numpy.core.multiarray._reconstruct: only its name matters when writing."""
+    raise AssertionError("the stand-in is for writing pickles, never for reading them")
 
 
 _FAKES = {
@@ -70,15 +103,29 @@ _FAKES = {
     "dnnlib.tflib": {},
     "dnnlib.tflib.network": {"Network": Network},
 }
+NUMPY1 = "numpy.core.multiarray"     # where numpy 1.x's pickles name scalar and _reconstruct
+NUMPY2 = np.float32(0).__reduce__()[0].__module__   # where this numpy's own pickles name them
+_NUMPY1_FAKES = {NUMPY1: {"scalar": scalar, "_reconstruct": _reconstruct}}
+
+
+class _Numpy1Pickler(pickle.Pickler):
+    """Pickles numpy scalars and arrays exactly as numpy reduces them, with numpy 1's module name."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, np.generic) or type(obj) is np.ndarray:
+            function, *rest = obj.__reduce__()      # numpy's own (function, args[, state])
+            return (_NUMPY1_FAKES[NUMPY1][function.__name__], *rest)
+        return NotImplemented
 
 
 @contextlib.contextmanager
-def fake_modules() -> Iterator[None]:
+def fake_modules(numpy_module: str = NUMPY2) -> Iterator[None]:
     """Put the stand-ins under the formats' module names while pickling (pickle looks globals up there)."""
-    saved = {name: sys.modules.get(name) for name in _FAKES}
+    fakes = {**_FAKES, **(_NUMPY1_FAKES if numpy_module == NUMPY1 else {})}
+    saved = {name: sys.modules.get(name) for name in fakes}
     originals = {}
     try:
-        for name, attrs in _FAKES.items():
+        for name, attrs in fakes.items():
             module = types.ModuleType(name)
             for attr, obj in attrs.items():
                 setattr(module, attr, obj)
@@ -96,10 +143,19 @@ def fake_modules() -> Iterator[None]:
                 sys.modules[name] = module
 
 
-def write(path: Path, data: Any, protocol: int = 4) -> Path:
-    """Pickle `data` (which may hold the stand-ins) to `path` with plain pickle, as the reference does."""
-    with fake_modules():
-        path.write_bytes(pickle.dumps(data, protocol=protocol))
+def write(path: Path, data: Any, protocol: int = 3, numpy_module: str = NUMPY1) -> Path:
+    """Pickle `data` (which may hold the stand-ins) to `path` with plain pickle, as the reference does.
+
+    The defaults make the files of the reference's own era (Python 3.6/3.7: protocol 3; numpy 1.x:
+    numpy.core.multiarray); protocol 4 and NUMPY2 make a later environment's.
+    """
+    if numpy_module not in (NUMPY1, NUMPY2):
+        raise ValueError(f"numpy_module must be {NUMPY1!r} or {NUMPY2!r}, got {numpy_module!r}")
+    buf = io.BytesIO()
+    with fake_modules(numpy_module):
+        pickler = (_Numpy1Pickler if numpy_module == NUMPY1 else pickle.Pickler)(buf, protocol=protocol)
+        pickler.dump(data)
+    path.write_bytes(buf.getvalue())
     return path
 
 
@@ -111,15 +167,23 @@ MODULE_SRC = "# the reference's training/networks.py would be here; readers must
 
 
 class Persistent(torch.nn.Module):
-    """Base of the stand-ins: records init kwargs and pickles as torch_utils.persistence objects do."""
+    """Base of the stand-ins: records the constructor call and pickles as torch_utils.persistence objects do.
+
+    Like the reference's persistent_class decorator, `_init_args` is the tuple of positional arguments and
+    `_init_kwargs` the dict of keyword arguments of the call as made (deep copies; defaults not filled in).
+    """
 
     module_src = MODULE_SRC
 
-    def __init__(self, init_locals: dict[str, Any]) -> None:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Persistent:
+        obj = super().__new__(cls)
+        # Kept outside nn.Module's attribute machinery until __init__ has set it up.
+        object.__setattr__(obj, "_call", (copy.deepcopy(args), copy.deepcopy(kwargs)))
+        return obj
+
+    def __init__(self) -> None:
         super().__init__()
-        self._init_args = ()
-        kwargs = {k: v for k, v in init_locals.items() if k not in ("self", "__class__", "init")}
-        self._init_kwargs = copy.deepcopy(kwargs)
+        self._init_args, self._init_kwargs = self.__dict__.pop("_call")
 
     def __reduce__(self) -> tuple:
         meta = {"type": "class", "version": 6, "module_src": self.module_src,
@@ -138,7 +202,7 @@ def _tensor(module: torch.nn.Module, name: str, value: torch.Tensor, trainable: 
 class FullyConnectedLayer(Persistent):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "linear",
                  lr_multiplier: float = 1, bias_init: float = 0) -> None:
-        super().__init__(locals())
+        super().__init__()
         self.activation = activation
         self.weight = torch.nn.Parameter(torch.randn(out_features, in_features))
         self.bias = torch.nn.Parameter(torch.zeros(out_features)) if bias else None
@@ -150,7 +214,7 @@ class Conv2dLayer(Persistent):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
                  activation: str = "linear", up: int = 1, down: int = 1, conv_clamp: float | None = None,
                  trainable: bool = True) -> None:
-        super().__init__(locals())
+        super().__init__()
         self.register_buffer("resample_filter", FILTER.clone())
         self.weight_gain = 1 / np.sqrt(in_channels * kernel_size**2)
         _tensor(self, "weight", torch.randn(out_channels, in_channels, kernel_size, kernel_size), trainable)
@@ -163,7 +227,7 @@ class Conv2dLayer(Persistent):
 class MappingNetwork(Persistent):
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int | None, num_layers: int = 8,
                  lr_multiplier: float = 0.01, w_avg_beta: float | None = 0.995) -> None:
-        super().__init__(locals())
+        super().__init__()
         self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
         self.num_layers = num_layers
         embed = w_dim if c_dim else 0
@@ -180,7 +244,7 @@ class MappingNetwork(Persistent):
 class SynthesisLayer(Persistent):
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: int = 1,
                  conv_clamp: float | None = None) -> None:
-        super().__init__(locals())
+        super().__init__()
         self.register_buffer("resample_filter", FILTER.clone())
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
@@ -192,7 +256,7 @@ class SynthesisLayer(Persistent):
 class ToRGBLayer(Persistent):
     def __init__(self, in_channels: int, out_channels: int, w_dim: int,
                  conv_clamp: float | None = None) -> None:
-        super().__init__(locals())
+        super().__init__()
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
         self.bias = torch.nn.Parameter(torch.zeros(out_channels))
@@ -202,7 +266,7 @@ class ToRGBLayer(Persistent):
 class SynthesisBlock(Persistent):
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  is_last: bool, use_fp16: bool = False, conv_clamp: float | None = None) -> None:
-        super().__init__(locals())
+        super().__init__()
         self.register_buffer("resample_filter", FILTER.clone())
         if in_channels == 0:
             self.const = torch.nn.Parameter(torch.randn(out_channels, resolution, resolution))
@@ -216,9 +280,7 @@ class SynthesisBlock(Persistent):
 class SynthesisNetwork(Persistent):
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channel_base: int = 32768,
                  channel_max: int = 512, num_fp16_res: int = 0, **block_kwargs: Any) -> None:
-        init = dict(locals())
-        init.update(init.pop("block_kwargs"))   # the reference takes them as **block_kwargs
-        super().__init__(init)
+        super().__init__()
         log2 = int(math.log2(img_resolution))
         self.block_resolutions = [2**i for i in range(2, log2 + 1)]
         ch = {r: min(channel_base // r, channel_max) for r in self.block_resolutions}
@@ -236,9 +298,8 @@ class SynthesisNetwork(Persistent):
 class ReferenceGenerator(Persistent):
     def __init__(self, z_dim: int, c_dim: int, w_dim: int, img_resolution: int, img_channels: int,
                  mapping_kwargs: dict | None = None, synthesis_kwargs: dict | None = None) -> None:
-        mapping_kwargs = EasyDict(mapping_kwargs or {})
-        synthesis_kwargs = EasyDict(synthesis_kwargs or {})
-        super().__init__(locals())
+        super().__init__()
+        mapping_kwargs, synthesis_kwargs = mapping_kwargs or {}, synthesis_kwargs or {}
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
@@ -249,7 +310,7 @@ class DiscriminatorBlock(Persistent):
     def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, resolution: int,
                  img_channels: int, first_layer_idx: int, architecture: str = "resnet",
                  conv_clamp: float | None = None, freeze_layers: int = 0) -> None:
-        super().__init__(locals())
+        super().__init__()
         self.register_buffer("resample_filter", FILTER.clone())
         self.num_layers = 0
 
@@ -268,7 +329,7 @@ class DiscriminatorBlock(Persistent):
 
 class MinibatchStdLayer(Persistent):
     def __init__(self, group_size: int | None, num_channels: int = 1) -> None:
-        super().__init__(locals())
+        super().__init__()
         self.group_size, self.num_channels = group_size, num_channels
 
 
@@ -276,7 +337,7 @@ class DiscriminatorEpilogue(Persistent):
     def __init__(self, in_channels: int, cmap_dim: int, resolution: int, img_channels: int,
                  architecture: str = "resnet", mbstd_group_size: int | None = 4, mbstd_num_channels: int = 1,
                  conv_clamp: float | None = None) -> None:
-        super().__init__(locals())
+        super().__init__()
         self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels) if mbstd_num_channels else None
         self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation="lrelu",
                                 conv_clamp=conv_clamp)
@@ -290,9 +351,9 @@ class ReferenceDiscriminator(Persistent):
                  conv_clamp: float | None = None, cmap_dim: int | None = None,
                  block_kwargs: dict | None = None, mapping_kwargs: dict | None = None,
                  epilogue_kwargs: dict | None = None) -> None:
-        block_kwargs, mapping_kwargs = EasyDict(block_kwargs or {}), EasyDict(mapping_kwargs or {})
-        epilogue_kwargs = EasyDict(epilogue_kwargs or {})
-        super().__init__(locals())
+        super().__init__()
+        block_kwargs, mapping_kwargs = block_kwargs or {}, mapping_kwargs or {}
+        epilogue_kwargs = epilogue_kwargs or {}
         log2 = int(math.log2(img_resolution))
         self.block_resolutions = [2**i for i in range(log2, 2, -1)]
         ch = {r: min(channel_base // r, channel_max) for r in [*self.block_resolutions, 4]}
@@ -357,29 +418,43 @@ def fill(reference: torch.nn.Module, ours: dict[str, torch.Tensor], rename: Any)
     return reference.requires_grad_(False)
 
 
+def _easy(kwargs: dict) -> EasyDict:
+    """The reference's train.py keeps its keyword dicts (and the dicts nested in them) as EasyDicts."""
+    return EasyDict({k: _easy(v) if isinstance(v, dict) else v for k, v in kwargs.items()})
+
+
 def reference_generator(G: Generator, mapping_kwargs: dict, synthesis_kwargs: dict) -> ReferenceGenerator:
-    """The reference-layout Generator holding G's weights, built with the given reference init kwargs."""
-    ref = ReferenceGenerator(G.z_dim, G.c_dim, G.w_dim, G.synthesis.img_resolution, G.synthesis.img_channels,
-                             mapping_kwargs=mapping_kwargs, synthesis_kwargs=synthesis_kwargs)
+    """The reference-layout Generator holding G's weights, constructed as the reference's training loop
+    does: construct_class_by_name(**G_kwargs, **common_kwargs), every argument a keyword."""
+    G_kwargs = _easy({"z_dim": G.z_dim, "w_dim": G.w_dim, "mapping_kwargs": mapping_kwargs,
+                      "synthesis_kwargs": synthesis_kwargs})
+    common = {"c_dim": G.c_dim, "img_resolution": G.synthesis.img_resolution,
+              "img_channels": G.synthesis.img_channels}
+    ref = ReferenceGenerator(**G_kwargs, **common)
     return fill(ref, G.state_dict(), reference_name_in_g)
 
 
 def reference_discriminator(D: Discriminator, **kwargs: Any) -> ReferenceDiscriminator:
-    """The reference-layout Discriminator holding D's weights, built with the given reference init kwargs."""
-    ref = ReferenceDiscriminator(D.c_dim, D.img_resolution, D.img_channels, **kwargs)
+    """The reference-layout Discriminator holding D's weights, constructed like reference_generator's G with
+    the given reference init kwargs."""
+    common = {"c_dim": D.c_dim, "img_resolution": D.img_resolution, "img_channels": D.img_channels}
+    ref = ReferenceDiscriminator(**_easy(kwargs), **common)
     return fill(ref, D.state_dict(), lambda n: reference_name_in_d(n, D.img_resolution))
 
 
 def pytorch_pickle(path: Path, G: Generator, D: Discriminator, G_ema: Generator, G_ref_kwargs: dict,
-                   D_ref_kwargs: dict, extra: dict | None = None) -> Path:
-    """A training-snapshot pickle {G, D, G_ema, augment_pipe, training_set_kwargs} of our networks."""
-    data = {"G": reference_generator(G, **G_ref_kwargs), "D": reference_discriminator(D, **D_ref_kwargs),
-            "G_ema": reference_generator(G_ema, **G_ref_kwargs), "augment_pipe": None,
-            "training_set_kwargs": EasyDict(class_name="training.dataset.ImageFolderDataset",
-                                            path="~/datasets/corgis.zip", use_labels=False, xflip=True,
-                                            resolution=G.synthesis.img_resolution)}
+                   D_ref_kwargs: dict, extra: dict | None = None, protocol: int = 3,
+                   numpy_module: str = NUMPY1) -> Path:
+    """A training-snapshot pickle {training_set_kwargs, G, D, G_ema, augment_pipe} of our networks, as the
+    reference's training loop writes it (training_set_kwargs copied into a plain dict)."""
+    training_set_kwargs = EasyDict(class_name="training.dataset.ImageFolderDataset",
+                                   path="~/datasets/corgis.zip", use_labels=False, max_size=6, xflip=True,
+                                   resolution=G.synthesis.img_resolution)
+    data = {"training_set_kwargs": dict(training_set_kwargs), "G": reference_generator(G, **G_ref_kwargs),
+            "D": reference_discriminator(D, **D_ref_kwargs),
+            "G_ema": reference_generator(G_ema, **G_ref_kwargs), "augment_pipe": None}
     data.update(extra or {})
-    return write(path, data)
+    return write(path, data, protocol, numpy_module)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -388,6 +463,18 @@ def pytorch_pickle(path: Path, G: Generator, D: Discriminator, G_ema: Generator,
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.float32)
+
+
+def tf_value(value: np.ndarray) -> Any:
+    """A variable's value as tf.Session.run returns it: a numpy scalar for a 0-d variable, else the array."""
+    return value[()] if value.ndim == 0 else value
+
+
+# G_main's own parameters in the StyleGAN2-ADA TF code: the rest of its static kwargs go on to its
+# components, with the build's is_template_graph (and the mapping's dlatent_broadcast).
+_G_MAIN_OWN = {"truncation_psi", "truncation_cutoff", "truncation_psi_val", "truncation_cutoff_val",
+               "dlatent_avg_beta", "style_mixing_prob", "is_training", "is_validation", "return_dlatents",
+               "mapping_func", "synthesis_func"}
 
 
 def _tf_conv(w: torch.Tensor, flip: bool = False) -> np.ndarray:
@@ -418,7 +505,7 @@ def tf_generator(G: Generator, name: str, static_kwargs: dict) -> Network:
                           (f"{scope}/mod_weight", _tf_dense(sd[f"{ours}.affine.weight"])),
                           (f"{scope}/mod_bias", _np(sd[f"{ours}.affine.bias"]) - 1)])
         if noise_index is not None:
-            synthesis.append((f"{scope}/noise_strength", _np(sd[f"{ours}.noise_strength"])))
+            synthesis.append((f"{scope}/noise_strength", tf_value(_np(sd[f"{ours}.noise_strength"]))))
             noise[noise_index] = _np(sd[f"{ours}.noise_const"])[None, None]
 
     for k, block in enumerate(G.synthesis.blocks):
@@ -432,10 +519,19 @@ def tf_generator(G: Generator, name: str, static_kwargs: dict) -> Network:
             layer(f"{scope}/Conv1", f"{ours}.conv1", 2 * k)
         layer(f"{scope}/ToRGB", f"{ours}.torgb", None)
     synthesis += [(f"noise{i}", noise[i]) for i in sorted(noise)]
-    components = {"mapping": Network("G_mapping", static_kwargs, mapping, build_func_name="G_mapping"),
-                  "synthesis": Network("G_synthesis", static_kwargs, synthesis,
-                                       build_func_name="G_synthesis_stylegan2")}
-    return Network(name, static_kwargs, [("dlatent_avg", _np(sd["mapping.w_avg"]))], components, "G_main")
+    res, C, num_ws = G.synthesis.img_resolution, G.synthesis.img_channels, G.synthesis.num_ws
+    passed_on = {k: v for k, v in static_kwargs.items() if k not in _G_MAIN_OWN} | {"is_template_graph": True}
+    z_shape, c_shape, img_shape = [None, G.z_dim], [None, G.c_dim], [None, C, res, res]
+    ws_shape = [None, num_ws, G.w_dim]
+    components = {
+        "mapping": Network("G_mapping", {**passed_on, "dlatent_broadcast": num_ws}, mapping,
+                           build_func_name="G_mapping", inputs={"latents_in": z_shape, "labels_in": c_shape},
+                           outputs={"dlatents_out": ws_shape}),
+        "synthesis": Network("G_synthesis", passed_on, synthesis, build_func_name="G_synthesis",
+                             inputs={"dlatents_in": ws_shape}, outputs={"images_out": img_shape}),
+    }
+    return Network(name, static_kwargs, [("dlatent_avg", _np(sd["mapping.w_avg"]))], components, "G_main",
+                   inputs={"latents_in": z_shape, "labels_in": c_shape}, outputs={"images_out": img_shape})
 
 
 def tf_discriminator(D: Discriminator, static_kwargs: dict) -> Network:
@@ -465,16 +561,21 @@ def tf_discriminator(D: Discriminator, static_kwargs: dict) -> Network:
         for i in range(D.mapping.num_layers):
             variables += [(f"Mapping{i}/weight", _tf_dense(sd[f"mapping.layers.{i}.weight"])),
                           (f"Mapping{i}/bias", _np(sd[f"mapping.layers.{i}.bias"]))]
-    return Network("D", static_kwargs, variables, build_func_name="D_stylegan2")
+    res, C = D.img_resolution, D.img_channels
+    return Network("D", static_kwargs, variables, build_func_name="D_main",
+                   inputs={"images_in": [None, C, res, res], "labels_in": [None, D.c_dim]},
+                   outputs={"scores_out": [None, 1]})
 
 
 def tf_pickle(path: Path, G: Generator, D: Discriminator | None, Gs: Generator, G_static: dict,
-              D_static: dict | None = None) -> Path:
-    """A TF (G, D, Gs) tuple of our networks, or Gs alone when D is None."""
+              D_static: dict | None = None, protocol: int = 3, numpy_module: str = NUMPY1) -> Path:
+    """A TF (G, D, Gs) tuple of our networks as the reference's training loop pickles it, or Gs alone when D
+    is None."""
     gs = tf_generator(Gs, "Gs", G_static)
     if D is None:
-        return write(path, gs)
-    return write(path, (tf_generator(G, "G", G_static), tf_discriminator(D, D_static or {}), gs))
+        return write(path, gs, protocol, numpy_module)
+    return write(path, (tf_generator(G, "G", G_static), tf_discriminator(D, D_static or {}), gs), protocol,
+                 numpy_module)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from corgigan import params
+from corgigan.errors import MAX_LINE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,7 +136,7 @@ def test_every_knob_is_documented_once_and_the_files_say_the_same(name: str) -> 
 def test_ranges_and_optional_values(raw: dict) -> None:
     bad = copy.deepcopy(raw)
     bad["train"]["batch"] = 0
-    with pytest.raises(params.ParamsError, match=r"train.batch: must be > 0, got 0"):
+    with pytest.raises(params.ParamsError, match=r"train.batch: must be in \(0, 1024\], got 0"):
         params.from_dict(bad)
     bad["train"].update(batch=None, resume_from=None)
     p = params.from_dict(bad)
@@ -143,3 +144,73 @@ def test_ranges_and_optional_values(raw: dict) -> None:
     bad["filter"].update(min_crop=600, min_side=500)
     with pytest.raises(params.ParamsError, match=r"filter.min_crop: must be in \(0, min_side\]"):
         params.from_dict(bad)
+
+
+SEED_KEYS = [("scrape", "synthetic", "seed"), ("detector", "seed"), ("train", "seed"), ("evaluate", "seed"),
+             ("explore", "seed")]
+
+
+def _set(raw: dict, path: tuple, value: object) -> dict:
+    bad = copy.deepcopy(raw)
+    node = bad
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    return bad
+
+
+@pytest.mark.parametrize("path", SEED_KEYS, ids=[".".join(p) for p in SEED_KEYS])
+@pytest.mark.parametrize("value", [-1, 2**32, 2**70])
+def test_every_seed_is_in_numpys_range(raw: dict, path: tuple, value: int) -> None:
+    # numpy's RandomState and SeedSequence take seeds in [0, 2**32): anything else crashed after hours.
+    with pytest.raises(params.ParamsError, match=rf"{'.'.join(path)}: must be in \[0, 4294967296\), "
+                                                 rf"got {value}$"):
+        params.from_dict(_set(raw, path, value))
+    assert params.from_dict(_set(raw, path, 2**32 - 6000)) is not None     # explore draws 5012 seeds
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({("evaluate", "seed"): 2**32 - 10}, r"evaluate.seed: the seeds 4294967286 .. 4294967485 run past "
+                                         r"2\*\*32 - 1 \(seed \+ max\(num_images, grid_seeds\)\)"),
+    ({("evaluate", "seed"): 2**32 - 200, ("evaluate", "grid_seeds"): 201}, r"evaluate.seed: the seeds"),
+    ({("explore", "seed"): 2**32 - 5000}, r"explore.seed: the seeds 4294962296 .. 4294967307 run past"),
+])
+def test_a_seed_range_must_end_below_2_32(raw: dict, changes: dict, message: str) -> None:
+    bad = raw
+    for path, value in changes.items():
+        bad = _set(bad, path, value)
+    with pytest.raises(params.ParamsError, match=message):
+        params.from_dict(bad)
+
+
+@pytest.mark.parametrize(("path", "value", "message"), [
+    (("train", "batch"), 10**20, r"train.batch: must be in \(0, 1024\], got 100000000000000000000"),
+    (("train", "batch"), 1025, r"train.batch: must be in \(0, 1024\]"),
+    (("evaluate", "batch"), 10**6, r"evaluate.batch: must be in \(0, 1024\]"),
+    (("detect", "batch"), 10**6, r"detect.batch: must be in \(0, 1024\]"),
+    (("detector", "batch"), 10**6, r"detector.batch: must be in \(0, 1024\]"),
+    (("train", "kimg"), 0.0004, r"train.kimg: must be in \[0.001, 1000000\], got 0.0004"),
+    (("train", "kimg"), 1e300, r"train.kimg: must be in \[0.001, 1000000\]"),
+    (("train", "snapshot_kimg"), 1e300, r"train.snapshot_kimg: must be in \[0.001, 1000000\]"),
+    (("train", "tick_kimg"), 1e-9, r"train.tick_kimg: must be in \[0.001, 1000000\]"),
+    (("evaluate", "truncation_psi"), 1e30, r"evaluate.truncation_psi: must be in \[-10, 10\]"),
+    (("explore", "truncation_psi"), -11, r"explore.truncation_psi: must be in \[-10, 10\]"),
+    (("explore", "max_sigma"), 1e30, r"explore.max_sigma: must be in \(0, 100\]"),
+    (("explore", "strip_steps"), 10**6, r"explore.strip_steps: must be in \[3, 100\]"),
+    (("evaluate", "video_frames"), 10**6, r"evaluate.video_frames: must be in \[2, 2400\]"),
+    (("evaluate", "grid_seeds"), 10**6, r"evaluate.grid_seeds: must be in \(0, 1000\]"),
+])
+def test_sizes_have_sane_bounds(raw: dict, path: tuple, value: object, message: str) -> None:
+    # Values the schema used to pass that asserted (kimg below one image), overflowed or ran out of memory.
+    with pytest.raises(params.ParamsError, match=message):
+        params.from_dict(_set(raw, path, value))
+
+
+def test_messages_quote_values_capped(raw: dict) -> None:
+    huge = {"k" * 10_000: list(range(100_000))}
+    for path, value in ((("train", "device"), "x" * 1_000_000), (("train", "kimg"), huge),
+                        (("train", "k" * 1_000_000), 1)):
+        with pytest.raises(params.ParamsError) as info:
+            params.from_dict(_set(raw, path, value))
+        text = str(info.value)
+        assert len(text) <= MAX_LINE and "…" in text and "\n" not in text, text[:300]

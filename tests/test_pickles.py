@@ -10,11 +10,13 @@ from __future__ import annotations
 import builtins
 import copy
 import dataclasses
+import io
 import json
 import logging
 import math
 import os
 import pickle
+import pickletools
 from collections import OrderedDict
 from pathlib import Path
 
@@ -87,6 +89,37 @@ def images(G: torch.nn.Module, seeds=(0, 1, 2), psi: float = 0.7) -> np.ndarray:
     return generate.generate_images(G.eval(), list(seeds), psi)
 
 
+def pickle_globals(path: Path) -> set[str]:
+    """The globals (module.name) a pickle file names, read from its opcodes without unpickling it."""
+    found, memo, recent = set(), {}, []
+    for op, arg, _ in pickletools.genops(path.read_bytes()):
+        if op.name == "GLOBAL":                     # protocols <= 3: "module name"
+            found.add(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":             # protocol 4: the two strings pushed before it
+            found.add(f"{recent[-2]}.{recent[-1]}")
+        elif op.name == "MEMOIZE":
+            memo[len(memo)] = recent[-1] if recent else None
+        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+            memo[arg] = recent[-1] if recent else None
+        elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+            recent.append(memo.get(arg))
+        else:
+            recent.append(arg if isinstance(arg, str) and "UNICODE" in op.name else None)
+    return found
+
+
+def one_error(caplog: pytest.LogCaptureFixture) -> str:
+    """The one ERROR record the CLI logged (asserting there is exactly one, on one line)."""
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    return errors[0]
+
+
+# The files NVIDIA's code writes: under Python 3.6/3.7 and numpy 1.x (protocol 3, numpy.core), and under
+# later Pythons (protocol 4) with numpy 1.x or 2.x (numpy._core).
+ERAS = [(3, pw.NUMPY1), (4, pw.NUMPY1), (4, pw.NUMPY2)]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Conversion: the imported networks are the ones the pickle was written from
 
@@ -135,6 +168,84 @@ def test_tensorflow_pickle_converts_to_the_networks_it_holds(tmp_path, c_dim):
     assert_same_state(imp.D, D.state_dict())
     G_pkl, _ = importer.load_generator(path)
     assert np.array_equal(images(G_pkl), images(G_ema))
+
+
+@pytest.mark.parametrize("protocol, numpy_module", ERAS)
+def test_tensorflow_pickle_as_nvidia_writes_it_converts_and_generates(tmp_path, protocol, numpy_module):
+    G, G_ema, D = make_networks()
+    G_static, D_static = tf_static()
+    path = pw.tf_pickle(tmp_path / "corgi.pkl", G, D, G_ema, G_static, D_static, protocol, numpy_module)
+    # As TF returned them: every noise strength (a 0-d variable) a numpy.float32, pickled as numpy's scalar.
+    synthesis = pw.tf_generator(G_ema, "Gs", G_static).state["components"]["synthesis"].state["variables"]
+    strengths = [v for name, v in synthesis if name.endswith("/noise_strength")]
+    assert len(strengths) == 5 and all(type(v) is np.float32 for v in strengths)
+    assert path.read_bytes()[1] == protocol and f"{numpy_module}.scalar" in pickle_globals(path)
+    out = tmp_path / "corgi.pt"
+    assert cli.main(["convert", str(path), "--out", str(out)]) == 0
+    assert cli.main(["generate", "--checkpoint", str(path), "--out", str(tmp_path / "png"), "--seeds", "0-2",
+                     "--psi", "0.7", "--device", "cpu"]) == 0
+    got = np.stack([np.asarray(Image.open(tmp_path / "png" / f"seed{s:05d}.png")) for s in range(3)])
+    assert np.array_equal(got, images(G_ema))
+    G_pt, _ = load_generator(out)
+    assert np.array_equal(images(G_pt), images(G_ema))
+    state = load_snapshot(out)
+    assert_same_state(state["D"], D.state_dict())
+    assert all(torch.equal(state["G"][k], v) for k, v in G.state_dict().items())
+
+
+@pytest.mark.parametrize("protocol, numpy_module", ERAS)
+def test_pytorch_pickle_as_the_reference_writes_it_converts(tmp_path, protocol, numpy_module):
+    G, G_ema, D = make_networks()
+    path = pw.pytorch_pickle(tmp_path / "network-snapshot-000040.pkl", G, D, G_ema, *reference_kwargs(),
+                             protocol=protocol, numpy_module=numpy_module)
+    names = pickle_globals(path)
+    assert f"{numpy_module}.scalar" in names                  # each layer's weight_gain: a numpy.float64
+    assert ("builtins.set" in names) == (protocol == 3)       # each module's _non_persistent_buffers_set
+    # The constructor calls as the reference's persistence records them: G by keywords (the training
+    # loop's construct_class_by_name) with EasyDict sub-dicts, its layers partly by position.
+    ref = pw.reference_generator(G_ema, **reference_kwargs()[0])
+    assert ref._init_args == () and type(ref._init_kwargs["mapping_kwargs"]) is pw.EasyDict
+    assert ref.mapping.fc0._init_args == (16, 16) and type(ref.mapping.fc0.weight_gain) is np.float64
+    out = tmp_path / "net.pt"
+    assert cli.main(["convert", str(path), "--out", str(out)]) == 0
+    state = load_snapshot(out)
+    assert state["progress"]["nimg"] == 40_000
+    assert_same_state(state["G_ema"], G_ema.state_dict())
+    assert_same_state(state["D"], D.state_dict())
+    G_pt, _ = load_generator(out)
+    assert np.array_equal(images(G_pt), images(G_ema))
+
+
+def _forbid_building(*args, **kwargs):
+    raise AssertionError("a network was built from impossible settings")
+
+
+@pytest.mark.parametrize("kind, key, value, message", [
+    ("pytorch", "z_dim", -1, "z_dim = -1 is outside 1..4096"),
+    ("pytorch", "w_dim", 2**20, "w_dim = 1048576 is outside 1..4096"),
+    ("pytorch", "img_resolution", 48, "img_resolution = 48 is not a power of two"),
+    ("pytorch", "img_channels", 1000, "img_channels = 1000 is outside 1..4"),
+    ("tensorflow", "latent_size", -5, "latent_size = -5 is outside 1..4096"),
+    ("tensorflow", "resolution", 3, "resolution = 3 is outside 8..4096"),
+    ("tensorflow", "fmap_base", 2**30, "2 * fmap_base = 2147483648 is outside"),
+])
+def test_impossible_stored_sizes_are_one_line_errors_before_any_network_is_built(
+        tmp_path, monkeypatch, caplog, kind, key, value, message):
+    _, G_ema, _ = make_networks()
+    if kind == "pytorch":
+        ref = pw.reference_generator(G_ema, **reference_kwargs()[0])
+        ref._init_kwargs[key] = value
+        path = pw.write(tmp_path / "impossible.pkl", {"G_ema": ref})
+    else:
+        G_static, _ = tf_static(**{key: value})
+        path = pw.write(tmp_path / "impossible.pkl", pw.tf_generator(G_ema, "Gs", G_static))
+    monkeypatch.setattr(importer, "build_networks", _forbid_building)
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["generate", "--checkpoint", str(path), "--out", str(tmp_path / "out"),
+                         "--seeds", "0", "--device", "cpu"]) == 2
+    error = one_error(caplog)
+    assert error.startswith(f"{path} ") and message in error, error
+    assert not (tmp_path / "out").exists()
 
 
 def _upsample_2d_tf(x: torch.Tensor) -> torch.Tensor:
@@ -283,6 +394,31 @@ def test_pickles_referencing_any_other_global_are_refused_without_running(tmp_pa
     # The same files really would run code if unpickled the ordinary way (the tests are not vacuous).
     pickle.loads((tmp_path / "shell.pkl").read_bytes())
     assert marker.exists()
+
+
+class StoredBytes:
+    """A storage whose nested payload (what torch.storage._load_from_bytes reads) is `payload`."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __reduce__(self) -> tuple:
+        return torch.storage._load_from_bytes, (self.payload,)
+
+
+def test_code_hidden_in_a_tensors_stored_bytes_is_refused_in_one_line(tmp_path, caplog):
+    marker = tmp_path / "pwned"
+    payload = io.BytesIO()
+    torch.save(Shell(marker), payload, _use_new_zipfile_serialization=False)   # a storage payload's format
+    path = pw.write(tmp_path / "hidden.pkl", {"G_ema": StoredBytes(payload.getvalue())})
+    # Hidden one level down: the outer pickle names only allowed globals.
+    assert "posix.system" not in pickle_globals(path) and b"system" in path.read_bytes()
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["convert", str(path), "--out", str(tmp_path / "x.pt")]) == 2
+    error = one_error(caplog)
+    assert error.startswith(f"{path}: refused: ") and f"{os.system.__module__}.system" in error, error
+    assert "nothing of the file was run" in error and "weights_only" not in error
+    assert not marker.exists() and not (tmp_path / "x.pt").exists()
 
 
 def test_forged_object_states_and_views_are_refused(tmp_path):
@@ -498,3 +634,27 @@ def test_freeze_d_counts_layers_as_the_reference_does():
         assert ours == frozen_in_ref, n
     with pytest.raises(TrainingError, match="D has 10 layers to freeze"):
         frozen_d_parameters(D, 11)
+
+
+def test_sizes_each_in_range_that_describe_a_huge_network_are_refused_before_it_is_built(
+        tmp_path, monkeypatch, caplog):
+    # channel_base and channel_max within their limits, together 4096 channels at every resolution:
+    # gigabytes of weights from a file of a few hundred kilobytes.
+    _, G_ema, _ = make_networks()
+    ref = pw.reference_generator(G_ema, **reference_kwargs()[0])
+    ref._init_kwargs["synthesis_kwargs"]["channel_base"] = 1 << 20
+    ref._init_kwargs["synthesis_kwargs"]["channel_max"] = 4096
+    path = pw.write(tmp_path / "huge.pkl", {"G_ema": ref})
+    real_build = importer.build_networks
+
+    def build_on_meta_only(*args, **kwargs):
+        assert torch.empty(0).device.type == "meta", "the huge network was built for real"
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(importer, "build_networks", build_on_meta_only)
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["generate", "--checkpoint", str(path), "--out", str(tmp_path / "out"),
+                         "--seeds", "0", "--device", "cpu"]) == 2
+    error = one_error(caplog)
+    assert error.startswith(f"{path}: refused: its stored settings describe networks of"), error
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 import subprocess
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from corgigan import cli
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.loop import decide_start
 from corgigan.stylegan2.snapshot import (
@@ -88,6 +90,36 @@ def test_cli_refuses_a_snapshot_with_a_payload_without_running_it(tmp_path):
     assert "corgigan train" in proc.stderr            # says what a snapshot is
     assert "weights_only=False" not in proc.stderr     # never passes on torch's advice to run the code
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def _set(section: str, key: str, value: object):
+    return lambda state: state[section].__setitem__(key, value)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_set("config", "name", "paper9000"), "unknown config 'paper9000'"),
+    (_set("config", "resolution", 3), "resolution = 3 is outside 8..4096"),
+    (_set("config", "resolution", 48), "resolution = 48 is not a power of two"),
+    (lambda state: state["dataset"].pop("num_channels"), "its dataset record lacks num_channels"),
+    (_set("dataset", "num_channels", -3), "dataset.num_channels = -3 is outside 1..4"),
+    (lambda state: state["config"]["G_kwargs"].update(w_dim=2**20), "G_kwargs.w_dim = 1048576 is outside"),
+    (lambda state: state["config"]["G_kwargs"].pop("z_dim"), "G_kwargs.z_dim is missing"),
+])
+def test_a_stored_config_that_cannot_rebuild_the_networks_is_one_line(tmp_path, caplog, damage, message):
+    state = fake_state(tiny_config())
+    damage(state)
+    path = tmp_path / snapshot_name(8)
+    save_snapshot(path, state)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["generate", "--checkpoint", str(path), "--out", str(out), "--seeds", "0",
+                         "--device", "cpu"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith(f"{path}: ") and message in errors[0], errors[0]
+    assert not out.exists()
+    with pytest.raises(SnapshotError, match="stored networks cannot be rebuilt"):   # every reader, not one
+        load_snapshot(path)
 
 
 def test_files_that_are_not_torch_files(tmp_path):

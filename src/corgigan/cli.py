@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 from corgigan import params as params_mod
 from corgigan.analysis.directions import LAYERS_HELP
-from corgigan.errors import StageError
+from corgigan.errors import StageError, one_line, quote
+from corgigan.params import MAX_FRAMES, MAX_PSI, MAX_SEEDS, MAX_SIGMAS, MAX_STEPS, SEED_LIMIT
 from corgigan.stylegan2.data import DatasetError
 from corgigan.stylegan2.devices import DeviceError
 from corgigan.stylegan2.loop import TrainingError
 from corgigan.stylegan2.ops.build import CudaOpsError
 from corgigan.stylegan2.snapshot import SnapshotError
-from corgigan.tables import REASONS, SchemaError
+from corgigan.tables import REASONS, SchemaError, remove_stale_temps
 
 log = logging.getLogger("corgigan")
 
@@ -30,6 +33,28 @@ EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     params_mod.ParamsError, StageError, SchemaError, DatasetError, SnapshotError, TrainingError, CudaOpsError,
     DeviceError,
 )
+
+MAX_PROJECT_STEPS = 10_000   # optimisation steps of one projection (`project --steps`, `serve --max-steps`)
+
+# The CLI's numbers: command -> argument -> (lowest, highest), both allowed. check_arguments holds every
+# command to them before it reads or writes anything; --seeds and --strength have their own parsers.
+BOUNDS: dict[str, dict[str, tuple[int, int]]] = {
+    "generate": {"psi": (-MAX_PSI, MAX_PSI), "frames": (2, MAX_FRAMES), "steps": (2, MAX_STEPS)},
+    "project": {"steps": (1, MAX_PROJECT_STEPS), "seed": (0, SEED_LIMIT - 1)},
+    "serve": {"port": (0, 65535), "max_steps": (1, MAX_PROJECT_STEPS)},
+}
+
+
+class UsageError(Exception):
+    """argparse refused the command line; main prints the reason as one line and returns 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line raises UsageError (one capped line) instead of printing the usage
+    and exiting; sub-command parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 # stage -> (help, [(argument, help)]); every argument is a required path.
 STAGES: dict[str, tuple[str, list[tuple[str, str]]]] = {
@@ -82,6 +107,9 @@ STAGES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     ]),
 }
 
+# The arguments of STAGES that name a stage's outputs (the rest are its inputs).
+OUTPUT_ARGS = ("--out", "--metrics", "--figures", "--funnel", "--directions")
+
 # Which params.yaml sections each stage receives, in order, before its paths.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "scrape": ("scrape", "images"),
@@ -97,7 +125,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="corgigan", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="corgigan", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -227,8 +255,6 @@ def _play(args: argparse.Namespace) -> None:
                         _lpips_files(args), args.device, video=not args.no_video)
         return
     from corgigan.play import serve
-    if args.max_steps < 1:
-        raise StageError(f"--max-steps {args.max_steps}: must be >= 1")
     limits = serve.Limits(max_steps=args.max_steps)
     explorer = serve.load_explorer(args.checkpoint, args.device, args.directions, args.detector, detect, rule,
                                    _lpips_files(args), limits)
@@ -236,7 +262,7 @@ def _play(args: argparse.Namespace) -> None:
 
 
 def parse_strength(text: str) -> tuple[float, float]:
-    """Parse '-3..3' (from A to B) or '2' (-2..2) into (A, B)."""
+    """Parse '-3..3' (from A to B) or '2' (-2..2) into (A, B), finite and within MAX_SIGMAS sigmas."""
     try:
         if ".." in text:
             lo, hi = (float(x) for x in text.split("..", 1))
@@ -244,9 +270,12 @@ def parse_strength(text: str) -> tuple[float, float]:
             hi = abs(float(text))
             lo = -hi
     except ValueError:
-        raise StageError(f"--strength {text!r}: use A..B in sigmas, e.g. --strength=-3..3") from None
+        raise StageError(f"--strength {quote(text)}: use A..B in sigmas, e.g. --strength=-3..3") from None
+    if not all(math.isfinite(x) and abs(x) <= MAX_SIGMAS for x in (lo, hi)):
+        raise StageError(f"--strength {quote(text)}: A and B must be finite numbers in [-{MAX_SIGMAS}, "
+                         f"{MAX_SIGMAS}]")
     if lo == hi:
-        raise StageError(f"--strength {text!r}: A and B are equal; nothing would move")
+        raise StageError(f"--strength {quote(text)}: A and B are equal; nothing would move")
     return lo, hi
 
 
@@ -260,13 +289,11 @@ def _edit(args: argparse.Namespace) -> None:
 
     if not args.direction:
         raise StageError(f"--what {args.what} needs --direction NAME (a name in {args.directions})")
-    if args.steps < 2:
-        raise StageError(f"--steps {args.steps}: must be >= 2")
-    strength = parse_strength(args.strength)
     G, _ = generate.load(args.checkpoint, resolve_device(args.device))
     found = {d.name: d for d in projection.read_directions(args.directions, G.w_dim, G.num_ws)}
     if args.direction not in found:
-        raise StageError(f"{args.directions}: no direction {args.direction!r}; it has {', '.join(found)}")
+        raise StageError(f"{args.directions}: no direction {quote(args.direction)}; it has "
+                         f"{quote(', '.join(found))}")
     d = found[args.direction]
     layers = d.layers
     if args.layers:
@@ -274,12 +301,14 @@ def _edit(args: argparse.Namespace) -> None:
             layers = directions.layer_range(args.layers, G.num_ws)
         except ValueError as e:
             raise StageError(f"--{e}") from None
+    generate.check_picture(G, args.what, len(args.seeds), frames=args.frames, steps=args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
     frames = args.frames if args.what == "edit-video" else 0
     sigma = projection.direction_sigmas(G, [d])[0]
-    path = generate.write_edit(G, args.out, d.name, d.vector, sigma, layers, parse_seeds(args.seeds),
-                               strength, args.psi, steps=args.steps, frames=frames)
-    log.info("wrote %s (%s, ws %d..%d, %+g..%+g sigma)", path, d.name, layers[0], layers[1] - 1, *strength)
+    path = generate.write_edit(G, args.out, d.name, d.vector, sigma, layers, args.seeds, args.strength,
+                               args.psi, steps=args.steps, frames=frames)
+    log.info("wrote %s (%s, ws %d..%d, %+g..%+g sigma)", path, d.name, layers[0], layers[1] - 1,
+             *args.strength)
 
 
 def _stage_description(name: str, help_text: str) -> str:
@@ -319,39 +348,73 @@ def stage_module(name: str) -> ModuleType:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """Parse '0-7' or '1,5,9' (or a mix: '0-3,9') into a list of seeds."""
-    seeds: list[int] = []
+    """Parse '0-7' or '1,5,9' (or a mix: '0-3,9') into a list of seeds, each in [0, 2**32), at most
+    MAX_SEEDS of them (counted before a range is expanded, so '0-1000000000' costs nothing)."""
+    ranges: list[tuple[int, int]] = []
+    count = 0
     for part in text.split(","):
         part = part.strip()
+        if not part:
+            continue
         try:
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
-                    raise StageError(f"--seeds {text!r}: range {part} runs backwards (write {hi}-{lo})")
-                seeds.extend(range(lo, hi + 1))
-            elif part:
-                seeds.append(int(part))
+            lo, hi = (int(x) for x in part.split("-", 1)) if "-" in part else (int(part),) * 2
         except ValueError:
-            raise StageError(f"--seeds {text!r}: {part!r} is not a seed; use '0-7' or '1,5,9'") from None
-    if not seeds:
-        raise StageError(f"--seeds {text!r}: no seeds; use '0-7' or '1,5,9'")
-    return seeds
+            raise StageError(f"--seeds {quote(text)}: {quote(part)} is not a seed; use '0-7' or "
+                             "'1,5,9'") from None
+        if hi < lo:
+            raise StageError(f"--seeds {quote(text)}: range {part} runs backwards (write {hi}-{lo})")
+        for seed in (lo, hi):
+            if not 0 <= seed < SEED_LIMIT:
+                raise StageError(f"--seeds {quote(text)}: seed {quote(seed)} is not in [0, {SEED_LIMIT})")
+        ranges.append((lo, hi))
+        count += hi - lo + 1
+    if not ranges:
+        raise StageError(f"--seeds {quote(text)}: no seeds; use '0-7' or '1,5,9'")
+    if count > MAX_SEEDS:
+        raise StageError(f"--seeds {quote(text)}: {count} seeds; at most {MAX_SEEDS} per command")
+    return [seed for lo, hi in ranges for seed in range(lo, hi + 1)]
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Hold the command's numbers to BOUNDS (finite, in range) and parse `generate`'s --seeds and
+    --strength in place; a StageError names the argument. Runs before the command reads or writes anything,
+    so a bad value leaves no empty output folder."""
+    for name, (lo, hi) in BOUNDS.get(args.command, {}).items():
+        value, flag = getattr(args, name), "--" + name.replace("_", "-")
+        if isinstance(value, float):
+            if not (math.isfinite(value) and lo <= value <= hi):   # NaN fails every comparison: say so
+                raise StageError(f"{flag} {value:g}: must be a finite number in [{lo}, {hi}]")
+        elif not lo <= value <= hi:
+            raise StageError(f"{flag} {quote(value)}: must be in [{lo}, {hi}]")
+    if args.command == "generate":
+        args.seeds = parse_seeds(args.seeds)
+        args.strength = parse_strength(args.strength)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `corgigan` console script."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        args = _parser().parse_args(argv)
+    except UsageError as e:
+        _setup_logging(verbose=False)
+        log.error("%s", one_line(e))
+        return 2
+    _setup_logging(args.verbose)
+    # Every line printed for an error goes through one_line: one line, capped, whatever it quotes.
+    try:
+        check_arguments(args)
         if args.command == "generate" and args.what in ("edit", "edit-video"):
             _edit(args)
             return 0
         if args.command == "generate":
             from corgigan.analysis import sampling as generate
-            generate.main(checkpoint=args.checkpoint, out=args.out, what=args.what,
-                          seeds=parse_seeds(args.seeds), psi=args.psi, frames=args.frames,
-                          device=args.device)
+            generate.main(checkpoint=args.checkpoint, out=args.out, what=args.what, seeds=args.seeds,
+                          psi=args.psi, frames=args.frames, device=args.device)
             return 0
         if args.command in ("project", "serve"):
             _play(args)
@@ -372,12 +435,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = params_mod.load(args.params)
         sections = [getattr(cfg, s) for s in SECTIONS[args.command]]
         paths = {a.lstrip("-"): getattr(args, a.lstrip("-")) for a, _ in STAGES[args.command][1]}
+        # What a killed earlier run left among this stage's outputs (hidden temporary files) goes first:
+        # nothing else ever removes it, and DVC would cache it with the outputs.
+        remove_stale_temps(*(paths[a.lstrip("-")] for a in OUTPUT_ARGS if a.lstrip("-") in paths))
         stage_module(args.command).run(*sections, **paths)
     except EXPECTED_ERRORS as e:
-        log.error("%s", e)
+        log.error("%s", one_line(e))
         return 2
     except OSError as e:   # disk full, permission denied, a path that is a folder: the system says why
-        log.error("%s: %s", e.filename or type(e).__name__, e.strerror or e)
+        log.error("%s", one_line(f"{e.filename or type(e).__name__}: {e.strerror or e}"))
         return 2
     return 0
 

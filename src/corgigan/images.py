@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from corgigan.stylegan2.atomic import commit
+from corgigan.stylegan2.atomic import commit, make_temp
 
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)   # fixed member time (the earliest a zip can hold): byte-identical zips
 
@@ -192,7 +192,7 @@ class ShardWriter:
     def add(self, image_id: str, data: bytes, ext: str) -> str:
         """Store one image as `<image_id><ext>`; return the name of the shard that holds it."""
         if self._zip is None:
-            self._tmp = self.directory / f".{self.current_name}.tmp"
+            self._tmp = make_temp(self.directory / self.current_name)
             self._zip = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED)
         self._zip.writestr(zip_member(f"{image_id}{ext}"), data)
         name = self.current_name

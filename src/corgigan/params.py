@@ -27,16 +27,39 @@ from pydantic import (
     model_validator,
 )
 from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
+from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from corgigan.analysis.directions import LAYERS_HELP, is_layers_spec
+from corgigan.errors import clip, one_line, quote
 from corgigan.stylegan2.devices import DEVICE_HELP, is_device_name
+
+# Bounds shared by the params and the CLI's arguments (cli.py), so a value means the same in both.
+SEED_LIMIT = 2**32        # seeds are in [0, 2**32): numpy's RandomState and SeedSequence take no others
+MAX_SEEDS = 1000          # seeds one picture or grid may draw (`generate --seeds`, evaluate.grid_seeds)
+MAX_FRAMES = 2400         # frames of one video (100 s at 24 fps); a video is held in memory while drawn
+MAX_STEPS = 100           # columns of one edit strip
+MAX_PSI = 10              # |truncation psi|: far beyond this, float32 styles overflow and images go black
+MAX_SIGMAS = 100          # |strength| of an edit along a direction, in sigmas of W
+MAX_BATCH = 1024          # images per batch of any kind (16x the reference's largest, 64)
+MIN_KIMG = 0.001          # one image: below it the run would stop before its first step, with no snapshot
+MAX_KIMG = 1_000_000      # 1e9 images, 100x the reference's longest run
+MAX_YAML_NODES = 10_000   # values in a params file once its aliases are expanded; the shipped ones hold ~200
+MAX_YAML_DEPTH = 32       # nesting of a params file (the shipped ones: 3); ruamel's composer recurses
 
 
 class ParamsError(ValueError):
-    """A params.yaml key is unknown, missing, of the wrong type or out of range."""
+    """A params.yaml key is unknown, missing, of the wrong type or out of range.
+
+    The message is one line of at most errors.MAX_LINE characters, whatever it quotes.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 def _number(value: Any) -> Any:
@@ -69,6 +92,18 @@ Number = Annotated[float, BeforeValidator(_number)]
 Device = Annotated[StrictStr, AfterValidator(_device)]
 PowerOfTwo = Annotated[StrictInt, AfterValidator(_power_of_two)]
 Multiple32 = Annotated[StrictInt, AfterValidator(_multiple_of_32)]
+# Knobs of one kind share one type, so each bound is written once.
+Seed = Annotated[StrictInt, Field(ge=0, lt=SEED_LIMIT)]
+Batch = Annotated[StrictInt, Field(gt=0, le=MAX_BATCH)]
+Kimg = Annotated[Number, Field(ge=MIN_KIMG, le=MAX_KIMG)]
+Psi = Annotated[Number, Field(ge=-MAX_PSI, le=MAX_PSI)]
+
+
+def _seed_range(first: int, count: int, how: str) -> None:
+    """A section that draws `count` seeds from `first` on must end below SEED_LIMIT."""
+    last = first + count - 1
+    if last >= SEED_LIMIT:
+        raise ValueError(f"seed: the seeds {first} .. {last} run past 2**32 - 1 ({how}); lower the seed")
 
 
 def knob(help_text: str, **constraints: Any) -> Any:
@@ -82,7 +117,7 @@ section = dataclass(frozen=True, config=_CONFIG)
 
 @section
 class SyntheticParams:
-    seed: Annotated[StrictInt, knob("drawing seed; same seed, same bytes")]
+    seed: Annotated[Seed, knob("drawing seed; same seed, same bytes")]
     num_images: Annotated[StrictInt, knob("ordinary single-dog photos; planted cases come on top", ge=0)]
     min_short_side: Annotated[StrictInt, knob("photo-like sizes: the short side is drawn in [min, max]",
                                               ge=16)]
@@ -136,13 +171,12 @@ class DetectorParams:
     stanford_dogs_path: Annotated[StrictStr, knob("folder with Images/ and Annotation/ (labels: "
                                                   "stanford_dogs)")]
     model: Annotated[StrictStr, knob("ultralytics model definition, trained from scratch")]
-    seed: Annotated[StrictInt, knob("training seed, separate from the scraped set's")]
+    seed: Annotated[Seed, knob("training seed, separate from the scraped set's")]
     num_images: Annotated[StrictInt, knob("synthetic training scenes (a sixth with no dog, the rest 1-3 "
                                           "dogs)", ge=10)]
     epochs: Annotated[StrictInt, knob("training epochs (meta.json reports the mAP50 reached)", gt=0)]
     imgsz: Annotated[Multiple32, knob("training image size, a multiple of 32")]
-    batch: Annotated[StrictInt, knob("training batch; small ones give more steps from a few hundred "
-                                     "scenes", gt=0)]
+    batch: Annotated[Batch, knob("training batch; small ones give more steps from a few hundred scenes")]
     val_fraction: Annotated[Number, knob("held-out share of the labelled images; meta.json reports mAP50 on "
                                          "it", gt=0, lt=1)]
     device: Annotated[Device, knob(DEVICE_HELP)]
@@ -154,7 +188,7 @@ class DetectParams:
     conf: Annotated[Number, knob("boxes below this confidence are not kept", ge=0, le=1)]
     iou: Annotated[Number, knob("non-maximum suppression IoU threshold", ge=0, le=1)]
     imgsz: Annotated[Multiple32, knob("inference size: as detector.imgsz, the size it was trained at")]
-    batch: Annotated[StrictInt, knob("images per inference batch", gt=0)]
+    batch: Annotated[Batch, knob("images per inference batch")]
     device: Annotated[Device, knob(DEVICE_HELP)]
 
 
@@ -197,13 +231,13 @@ class DatasetParams:
 class TrainParams:
     config: Annotated[Literal["demo", "auto", "stylegan2", "paper256", "paper512", "paper1024", "cifar"],
                       knob("demo | auto | stylegan2 | paper256 | paper512 | paper1024 | cifar")]
-    kimg: Annotated[Number, knob("training length in thousands of real images shown", gt=0)]
-    batch: Annotated[StrictInt | None, knob("images per step; null: the config's own", gt=0)]
-    snapshot_kimg: Annotated[Number, knob("snapshot and image grid every this many kimg", gt=0)]
-    tick_kimg: Annotated[Number, knob("training metrics (reports/train) every this many kimg", gt=0)]
+    kimg: Annotated[Kimg, knob("training length in thousands of real images shown")]
+    batch: Annotated[Batch | None, knob("images per step; null: the config's own")]
+    snapshot_kimg: Annotated[Kimg, knob("snapshot and image grid every this many kimg")]
+    tick_kimg: Annotated[Kimg, knob("training metrics (reports/train) every this many kimg")]
     keep_snapshots: Annotated[StrictInt, knob("keep only the newest N snapshots (0: all); a 1024-px snapshot "
                                               "is ~0.8 GB", ge=0)]
-    seed: Annotated[StrictInt, knob("the one seed of the run")]
+    seed: Annotated[Seed, knob("the one seed of the run")]
     augment: Annotated[Literal["ada", "fixed", "none"], knob("ada | fixed | none")]
     augment_p: Annotated[Number, knob("initial augmentation probability p (the fixed p when augment is "
                                       "fixed)", ge=0, le=1)]
@@ -226,18 +260,23 @@ class TrainParams:
 @section
 class EvaluateParams:
     num_images: Annotated[StrictInt, knob("generated images for FID/KID", ge=2)]
-    seed: Annotated[StrictInt, knob("first seed of the generated images")]
-    truncation_psi: Annotated[Number, knob("truncation of the generated images (1: none)")]
+    seed: Annotated[Seed, knob("first seed of the generated images")]
+    truncation_psi: Annotated[Psi, knob("truncation of the generated images (1: none)")]
     features: Annotated[Literal["inception", "pixels"], knob("inception (real FID) | pixels (offline, no "
                                                              "download; not comparable)")]
     inception_path: Annotated[StrictStr, knob("local Inception weights (clean-fid's "
                                               "inception-2015-12-05.pt)")]
-    batch: Annotated[StrictInt, knob("images per generation and feature batch", gt=0)]
+    batch: Annotated[Batch, knob("images per generation and feature batch")]
     fid_every_snapshot: Annotated[StrictBool, knob("score every snapshot, not only the last "
                                                    "(figures: fid_vs_kimg.json and .png)")]
-    grid_seeds: Annotated[StrictInt, knob("images in the sample grid", gt=0)]
-    video_frames: Annotated[StrictInt, knob("frames of the latent interpolation video", ge=2)]
+    grid_seeds: Annotated[StrictInt, knob("images in the sample grid", gt=0, le=MAX_SEEDS)]
+    video_frames: Annotated[StrictInt, knob("frames of the latent interpolation video", ge=2, le=MAX_FRAMES)]
     device: Annotated[Device, knob(DEVICE_HELP)]
+
+    @model_validator(mode="after")
+    def _seeds(self) -> EvaluateParams:
+        _seed_range(self.seed, max(self.num_images, self.grid_seeds), "seed + max(num_images, grid_seeds)")
+        return self
 
 
 def _layers(value: str) -> str:
@@ -249,8 +288,8 @@ def _layers(value: str) -> str:
 
 @section
 class ExploreParams:
-    seed: Annotated[StrictInt, knob("first seed of the sampled latents; the check seeds follow them")]
-    truncation_psi: Annotated[Number, knob("truncation of the sampled latents (1: none)")]
+    seed: Annotated[Seed, knob("first seed of the sampled latents; the check seeds follow them")]
+    truncation_psi: Annotated[Psi, knob("truncation of the sampled latents (1: none)")]
     layers: Annotated[StrictStr, AfterValidator(_layers),
                       knob("ws the SeFa and PCA edits move: all | coarse | middle | fine | FIRST-STOP")]
     num_components: Annotated[StrictInt, knob("closed-form (SeFa) and PCA directions kept, each with a strip",
@@ -266,14 +305,18 @@ class ExploreParams:
                                            "measure its rank correlation", ge=1)]
     strip_seeds: Annotated[StrictInt, knob("rows of each direction's strip (the first check seeds)", ge=1)]
     strip_steps: Annotated[StrictInt, knob("columns of each strip and steps of each check, -max_sigma to "
-                                           "+max_sigma", ge=3)]
-    max_sigma: Annotated[Number, knob("strips and checks move this many sigmas of W either way", gt=0)]
+                                           "+max_sigma", ge=3, le=MAX_STEPS)]
+    max_sigma: Annotated[Number, knob("strips and checks move this many sigmas of W either way", gt=0,
+                                      le=MAX_SIGMAS)]
     device: Annotated[Device, knob(DEVICE_HELP)]
 
     @model_validator(mode="after")
     def _strips(self) -> ExploreParams:
         if self.strip_seeds > self.check_seeds:
             raise ValueError("strip_seeds: must be <= check_seeds")
+        # The fitting pool, then the check seeds (stages/explore.py).
+        _seed_range(self.seed, max(self.pca_samples, self.num_labelled) + self.check_seeds,
+                    "seed + max(pca_samples, num_labelled) + check_seeds")
         return self
 
 
@@ -307,7 +350,7 @@ def _range(cls: Any, name: str) -> str | None:
     fields = getattr(cls, "__pydantic_fields__", {})
     if name not in fields:
         return None
-    bounds = {k: getattr(m, k) for m in fields[name].metadata for k in ("ge", "gt", "le", "lt")
+    bounds = {k: getattr(m, k) for m in _constraints(fields[name]) for k in ("ge", "gt", "le", "lt")
               if hasattr(m, k)}
     lo = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds['gt']}" if "gt" in bounds else None
     hi = f"{bounds['le']}]" if "le" in bounds else f"{bounds['lt']})" if "lt" in bounds else None
@@ -316,6 +359,22 @@ def _range(cls: Any, name: str) -> str | None:
     if lo:
         return f"{'>=' if lo[0] == '[' else '>'} {lo[1:]}"
     return f"{'<=' if hi[-1] == ']' else '<'} {hi[:-1]}" if hi else None
+
+
+def _constraints(field: Any) -> list[Any]:
+    """A field's constraint objects: its own and those of its type's Annotated parts (``Batch | None``)."""
+    found = list(field.metadata)
+    todo = [field.annotation]
+    while todo:
+        hint = todo.pop()
+        for part in typing.get_args(hint):
+            if isinstance(part, FieldInfo):
+                found += part.metadata
+            elif hasattr(part, "__metadata__") or typing.get_args(part):
+                todo.append(part)
+            elif any(hasattr(part, k) for k in ("ge", "gt", "le", "lt")):
+                found.append(part)
+    return found
 
 
 def _subsection(cls: Any, name: str) -> Any:
@@ -338,30 +397,32 @@ def _message(error: dict[str, Any]) -> str:
     """One pydantic error as '<key>: <expected>, got <found>'."""
     loc = tuple(str(x) for x in error["loc"])
     kind, found = error["type"], error.get("input")
+    # Keys come from the file too: each part is capped like a value, so the message's end survives.
+    key = ".".join(clip(part) for part in loc)
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
         cls = _section_class(loc)
         known = ", ".join(f.name for f in dataclasses.fields(cls)) if cls else ""
-        return f"{'.'.join(loc)}: unknown key (known: {known})"
+        return f"{key}: unknown key (known: {known})"
     if kind in ("missing", "missing_argument"):
-        return f"{'.'.join(loc)}: missing"
+        return f"{key}: missing"
     if kind == "value_error":
         text = str(error["ctx"]["error"])
         # A cross-field check names its own key: "min_crop: must be ..." inside the section's location.
         head, sep, rest = text.partition(": ")
         if sep and head.isidentifier() and not head.startswith("must"):
-            return f"{'.'.join((*loc, head))}: {rest}"
-        return f"{'.'.join(loc)}: {text}, got {found!r}"
+            return f"{key + '.' if key else ''}{head}: {rest}"
+        return f"{key}: {text}, got {quote(found)}"
     if kind == "literal_error":
         choices = error["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
-        return f"{'.'.join(loc)}: must be one of {choices}, got {found!r}"
+        return f"{key}: must be one of {choices}, got {quote(found)}"
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         cls = _section_class(loc)
         phrase = _range(cls, loc[-1]) if cls else None
-        return f"{'.'.join(loc)}: must be {phrase or error['msg'].lower()}, got {found!r}"
+        return f"{key}: must be {phrase or error['msg'].lower()}, got {quote(found)}"
     if kind in ("too_short", "too_long"):
-        return f"{'.'.join(loc)}: {error['msg'].lower()}"
+        return f"{key}: {error['msg'].lower()}"
     what = _MESSAGES.get(kind, error["msg"])
-    return f"{'.'.join(loc) or 'params'}: {what}, got {found!r}"
+    return f"{key or 'params'}: {what}, got {quote(found)}"
 
 
 def from_dict(raw: Any) -> Params:
@@ -400,13 +461,32 @@ def load(path: str | Path = "params.yaml") -> Params:
 
 
 def parse_yaml(text: str, where: str) -> Any:
-    """Parse YAML as DVC does (ruamel.yaml, YAML 1.2); duplicate keys and syntax errors are ParamsErrors.
+    """Parse YAML as DVC does (ruamel.yaml, YAML 1.2); duplicate keys, syntax errors and files that attack
+    the reader (aliases that expand beyond MAX_YAML_NODES values, deep nesting, huge numbers) are
+    ParamsErrors.
 
     PyYAML would silently keep the last of two equal keys, and reads some scalars differently from DVC
     (``yes``, ``1e-3``), so `dvc params diff` and the stages would disagree.
     """
+    yaml = YAML(typ="safe", pure=True)
     try:
-        return YAML(typ="safe", pure=True).load(text)
+        # The parser is a flat state machine: its events give the depth before the recursive composer
+        # would run out of stack on "[[[[...".
+        depth = 0
+        for event in yaml.parse(text):
+            depth += isinstance(event, CollectionStartEvent) - isinstance(event, CollectionEndEvent)
+            if depth > MAX_YAML_DEPTH:
+                raise ParamsError(f"{where}:{event.start_mark.line + 1}: invalid YAML: nested more than "
+                                  f"{MAX_YAML_DEPTH} levels deep (a params file is a few levels deep)")
+        # Composing keeps an alias as a second reference to its node, so a 1 KB "billion laughs" file is a
+        # small graph here; its expanded size is measured before anything walks the values one by one.
+        node = yaml.compose(text)
+        if node is None:
+            return None
+        _check_expansion(node, where)
+        return yaml.constructor.construct_document(node)
+    except ParamsError:
+        raise
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark is not None else where
@@ -414,3 +494,36 @@ def parse_yaml(text: str, where: str) -> Any:
         raise ParamsError(f"{at}: invalid YAML: {what}{e.problem or e.context}") from e
     except YAMLError as e:
         raise ParamsError(f"{where}: invalid YAML: {str(e).splitlines()[0]}") from e
+    except ValueError as e:   # a number past CPython's 4300 digits: ruamel's int() refuses it
+        raise ParamsError(f"{where}: invalid YAML: {str(e).split(';')[0]}") from None
+
+
+def _check_expansion(root: Node, where: str) -> None:
+    """Refuse a document whose aliases expand to more than MAX_YAML_NODES values, or refer to themselves."""
+    sizes: dict[int, int | None] = {}    # id(node) -> its expanded size (capped); None while being counted
+
+    def size(node: Node) -> int:
+        if id(node) in sizes:
+            known = sizes[id(node)]
+            if known is None:
+                raise ParamsError(f"{where}: invalid YAML: an alias refers to its own value (line "
+                                  f"{node.start_mark.line + 1})")
+            return known
+        sizes[id(node)] = None
+        if isinstance(node, SequenceNode):
+            children = node.value
+        elif isinstance(node, MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_NODES:
+                break
+        sizes[id(node)] = total
+        return total
+
+    if size(root) > MAX_YAML_NODES:
+        raise ParamsError(f"{where}: invalid YAML: more than {MAX_YAML_NODES} values once aliases are "
+                          "expanded (a params file holds a few hundred); write the values out")

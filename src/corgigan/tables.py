@@ -18,8 +18,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# The one atomic write (fsync, then rename; see its module), re-exported for the library modules.
+# The one temporary-file rule (atomic write: fsync, then rename; the sweep of what a killed write left;
+# see its module), re-exported for the library modules.
 from corgigan.stylegan2.atomic import atomic_path
+from corgigan.stylegan2.atomic import remove_stale_temps as remove_stale_temps
 
 # Why an image was dropped (the contact sheet's row order); `None` in a `reason` column means kept.
 REASONS: dict[str, str] = {

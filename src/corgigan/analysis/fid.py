@@ -24,12 +24,13 @@ from tqdm import tqdm
 
 from corgigan.errors import StageError
 from corgigan.stylegan2.data import DatasetError, ZipDataset
-from corgigan.tables import atomic_path
+from corgigan.tables import atomic_path, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
 INCEPTION_FILE = "inception-2015-12-05.pt"   # the file name clean-fid's wrapper loads
 PIXEL_SIDE = 8                                # "pixels" features: 8x8x3
+STALE_CACHE_TEMP_S = 3600                     # a cache temp untouched this long was left by a killed run
 
 
 @dataclass
@@ -108,6 +109,8 @@ def dataset_features(dataset: Path, dataset_sha: str, extractor: Extractor, cach
         feats = features_of(iter_dataset_images(data, batch), extractor, n, "real features")
     except DatasetError as e:
         raise StageError(str(e)) from e
+    # A killed run's half-written cache file goes; a younger one may be another evaluation writing it now.
+    remove_stale_temps(cache, min_age_s=STALE_CACHE_TEMP_S)
     with atomic_path(cache) as tmp, tmp.open("wb") as f:
         np.save(f, feats)
     return feats

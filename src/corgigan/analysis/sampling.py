@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 TRUNCATION_PSIS = (1.0, 0.85, 0.7, 0.5, 0.3, 0.0)
 VIDEO_FPS = 24
+BATCH = 16                       # images per generator pass
+# A picture (grid, strip, video) holds all its images in memory while it is drawn: at most this many
+# pixels (3 GiB as uint8 RGB: 1024 images at 1024 px, 262144 at 64 px). One PNG per seed streams instead.
+MAX_PICTURE_PIXELS = 2**30
 
 
 def seed_latents(seeds: list[int], z_dim: int) -> torch.Tensor:
@@ -55,7 +59,7 @@ def map_seeds(G: torch.nn.Module, seeds: list[int], psi: float) -> torch.Tensor:
     return G.mapping(z, c, truncation_psi=psi)
 
 
-def generate_images(G: torch.nn.Module, seeds: list[int], psi: float, batch: int = 16) -> np.ndarray:
+def generate_images(G: torch.nn.Module, seeds: list[int], psi: float, batch: int = BATCH) -> np.ndarray:
     """uint8 images [N, H, W, 3], one per seed."""
     out = [synthesize_w(G, map_seeds(G, seeds[i:i + batch], psi), batch)
            for i in range(0, len(seeds), batch)]
@@ -244,15 +248,42 @@ def write_edit(G: torch.nn.Module, out: Path, name: str, vector: torch.Tensor, s
     return write_video(np.ascontiguousarray(video), out / f"edit-{name}.mp4")
 
 
+def picture_images(what: str, num_seeds: int, frames: int, steps: int) -> int:
+    """How many generated images `generate --what` holds in memory at once for `num_seeds` seeds."""
+    half = max(1, num_seeds // 2)
+    cols = max(num_seeds - half, 1)
+    counts = {"images": min(num_seeds, BATCH), "truncation": num_seeds * len(TRUNCATION_PSIS),
+              "mixing": (half + 1) * (cols + 1), "video": frames, "edit": num_seeds * steps,
+              "edit-video": num_seeds * frames}
+    if what not in counts:
+        raise ValueError(f"unknown picture kind {what!r}")
+    return counts[what]
+
+
+def check_picture(G: torch.nn.Module, what: str, num_seeds: int, frames: int, steps: int) -> None:
+    """A StageError, before anything is drawn or written, when the picture would exceed MAX_PICTURE_PIXELS."""
+    count = picture_images(what, num_seeds, frames, steps)
+    side = G.img_resolution
+    pixels = count * side * side
+    if pixels > MAX_PICTURE_PIXELS:
+        raise StageError(f"--what {what}: {count} images of {side}x{side} px ({pixels * 3 / 2**30:.1f} GiB) "
+                         f"exceed the {MAX_PICTURE_PIXELS * 3 / 2**30:.1f} GiB one picture may hold; use "
+                         "fewer --seeds, --steps or --frames")
+
+
 def main(checkpoint: Path, out: Path, what: str, seeds: list[int], psi: float, frames: int,
          device: str) -> None:
     """`corgigan generate`: write the requested pictures of a snapshot into `out`."""
     G, info = load(checkpoint, resolve_device(device))
     log.info("generator from %s (kimg %.1f)", checkpoint, info.get("kimg", float("nan")))
+    check_picture(G, what, len(seeds), frames, steps=0)
     out.mkdir(parents=True, exist_ok=True)
     if what == "images":
-        for seed, img in zip(seeds, generate_images(G, seeds, psi)):
-            save_png(Image.fromarray(img), out / f"seed{seed:05d}.png")
+        # A batch at a time: the same images as in one call, with memory bounded whatever the seed count.
+        for i in range(0, len(seeds), BATCH):
+            chunk = seeds[i:i + BATCH]
+            for seed, img in zip(chunk, generate_images(G, chunk, psi)):
+                save_png(Image.fromarray(img), out / f"seed{seed:05d}.png")
     elif what == "truncation":
         save_png(truncation_sweep(G, seeds), out / "truncation.png")
     elif what == "mixing":

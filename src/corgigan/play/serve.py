@@ -10,7 +10,10 @@ scripts from the internet and phone home unless configured not to, and bring a l
 the standard library's ThreadingHTTPServer with a JSON/PNG API does all this page needs.
 
 Every request's work is bounded (`Limits`): images per grid, generated pixels per request, projection
-steps, upload bytes and pixels, projections queued, photos kept. All model work runs under one FIFO lock,
+steps, upload bytes and pixels, projections queued, photos kept; so is every connection: a socket timeout
+(idle keep-alive, stalled bodies) and a cap on connections served at once, so idle sockets cannot hold
+threads. An answer sent before its request's body was read closes the connection, so an unread body is
+never taken for a request of its own (request smuggling). All model work runs under one FIFO lock,
 so concurrent requests queue instead of oversubscribing the CPU, and a projection yields the model
 between its steps, so the sliders stay responsive while it runs. Bad uploads (not an image, too large,
 truncated) get a JSON error that the page shows. The server binds 127.0.0.1 unless told otherwise, and
@@ -36,6 +39,7 @@ import json
 import logging
 import queue
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -53,6 +57,7 @@ from PIL import Image
 
 from corgigan.analysis import sampling as generate
 from corgigan.errors import StageError
+from corgigan.params import SEED_LIMIT
 from corgigan.play import projection
 from corgigan.stylegan2.devices import resolve_device
 
@@ -67,7 +72,9 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
 # The page may load only from this server; inline scripts and styles are refused too.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-MAX_SEED = 2**32 - 1      # numpy's RandomState seeds, as `corgigan generate` draws them
+MAX_SEED = SEED_LIMIT - 1  # numpy's RandomState seeds, as `corgigan generate` draws them
+# A client that hung up or stalled: nobody reads an answer, and it is no fault of the server's.
+GONE = (ConnectionError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class Limits:
     max_latents: int = 16                    # projected photos kept (the oldest is dropped)
     max_sigmas: float = 5.0                  # direction sliders move at most this many sigmas either way
     cache_images: int = 64                   # rendered PNGs kept for repeated requests
+    timeout: float = 5.0                     # seconds a connection may sit idle or stall mid-request
+    max_connections: int = 32                # connections served at once; more wait (then get a 503)
 
     def grid_cap(self, resolution: int) -> int:
         """Images one grid may hold at this resolution."""
@@ -237,6 +246,7 @@ class Explorer:
 
     def _edit(self, q: dict[str, list[str]]) -> tuple[projection.Edit, tuple]:
         """The edit a query asks for, and its part of the cache key."""
+        self._check_directions(q)
         psi = _float(q, "psi", 1.0, -1.0, 2.0)
         mix_text = _one(q, "mix")
         mix = None if mix_text in (None, "") else _int(q, "mix", 0, 0, MAX_SEED)
@@ -247,6 +257,16 @@ class Explorer:
         mix_ws = generate.map_seeds(self.G, [mix], 1.0)[0].cpu() if mix is not None else None
         edit = projection.Edit(psi=psi, mix=mix_ws, cutoff=cutoff, moves=moves)
         return edit, (psi, mix, cutoff if mix is not None else None, amounts)
+
+    def _check_directions(self, q: dict[str, list[str]]) -> None:
+        """RequestError naming every direction parameter (d<i>, or any other d...) this model lacks: a
+        slider for another model's direction would otherwise be ignored and the image look unedited."""
+        known = {f"d{i}" for i in range(len(self.directions))}
+        unknown = [k for k in q if k.startswith("d") and k not in known]
+        if unknown:
+            has = ", ".join(f"d{i} ({d.name})" for i, d in enumerate(self.directions)) or "none"
+            raise RequestError(HTTPStatus.BAD_REQUEST,
+                               f"no such direction: {', '.join(unknown)} (this model's directions: {has})")
 
     def _source(self, q: dict[str, list[str]]) -> tuple[torch.Tensor, tuple]:
         """The latent to draw ([1, num_ws, w_dim]) and its cache key: a seed or a projected photo."""
@@ -416,22 +436,69 @@ class Explorer:
 
 
 def _is_loopback(host: str) -> bool:
+    """Whether `host` (an IP literal, IPv6 with or without brackets, or a name) is this machine's loopback."""
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
-        return host == "localhost"
+        # DNS names are case-insensitive; only the name itself, never one that merely contains it. ASCII
+        # only, so that no other letter lower-cases into it.
+        return host.isascii() and host.lower() == "localhost"
+
+
+BUSY = b'{"error": "the server is busy with other connections; try again"}'
+BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(BUSY), BUSY))
 
 
 class Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer holding the Explorer its handlers use."""
+    """ThreadingHTTPServer holding the Explorer its handlers use; at most `max_connections` at once."""
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128    # connections past the cap wait in the kernel's backlog, not in threads
 
     def __init__(self, address: tuple[str, int], explorer: Explorer) -> None:
         self.explorer = explorer
         self.loopback_only = _is_loopback(address[0])
+        self._slots = threading.BoundedSemaphore(explorer.limits.max_connections)
         super().__init__(address, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread of its own once one of `max_connections` slots is free.
+
+        Waiting here (in the accepting thread) keeps further connections in the backlog; idle ones free
+        their slot within `timeout`, so a wait longer than that means every slot is busy working.
+        """
+        lim = self.explorer.limits
+        if not self._slots.acquire(timeout=lim.timeout):
+            log.warning("%d connections busy for %g s: refused one from %s", lim.max_connections, lim.timeout,
+                        client_address[0])
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(BUSY_RESPONSE)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()     # no thread started: it will not release the slot
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """The connection's thread (ThreadingMixIn's), giving its slot back when the connection ends."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An exception that left a connection's handler: a client gone is one debug line, not a traceback
+        on stderr (socketserver's default); anything else is logged with its traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, GONE):
+            log.debug("%s: connection dropped (%s)", client_address[0], exc)
+        else:
+            log.error("connection from %s failed:\n%s", client_address[0], traceback.format_exc())
 
     @property
     def url(self) -> str:
@@ -447,8 +514,14 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"      # keep-alive: the page asks for many small images
     server_version = "corgigan"
     sys_version = ""
+    # Whether the current request's body may still be (partly) on the wire; True until a request has been
+    # looked at, so that an answer sent by a path that never looked closes the connection.
+    _body_unread = True
 
     def setup(self) -> None:
+        # Every read and write on the connection, including waiting for the next keep-alive request and
+        # for the rest of a body, gives up after this (StreamRequestHandler applies it in setup).
+        self.timeout = self.server.explorer.limits.timeout
         super().setup()
         # Headers and body leave in two writes; with Nagle's algorithm the second waits for the client's
         # delayed ACK of the first (~40 ms on Linux) on every keep-alive request.
@@ -461,6 +534,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str, extra: dict[str, str] | None = None
               ) -> None:
+        """The one way an answer leaves: headers every answer carries, then the body (none for HEAD).
+
+        An answer to a request whose body was not read in full (refused before reading, or a body nobody
+        reads) ends the connection: the rest of that body, read as the next request, would be a request
+        nobody sent, e.g. an upload smuggled inside a cross-origin form's text/plain body.
+        """
+        if self._body_unread:
+            extra = {**(extra or {}), "Connection": "close"}
+            self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -499,7 +581,25 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._handle(self._post)
 
+    def _has_body(self) -> bool:
+        """Whether the request declares a body: any Transfer-Encoding, or a Content-Length other than 0."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            return True
+        return any(v.strip() != "0" for v in self.headers.get_all("Content-Length") or [])
+
     def _handle(self, route: Any) -> None:
+        """Answer one request exactly once; a client gone (or stalled past the timeout) ends the
+        connection."""
+        self._body_unread = self._has_body()
+        try:
+            self._answer(route)
+        except GONE as e:
+            # The page moved on (a newer slider value) or the client hung up mid-upload: nobody reads an
+            # answer, and the connection is in no state to carry another request.
+            self.close_connection = True
+            log.debug("%s %s: client gone (%s)", self.command, self.path, e)
+
+    def _answer(self, route: Any) -> None:
         try:
             if not self._host_ok():
                 raise RequestError(HTTPStatus.FORBIDDEN, "this server answers only 127.0.0.1 or localhost")
@@ -507,8 +607,8 @@ class Handler(BaseHTTPRequestHandler):
             route(url.path, parse_qs(url.query, keep_blank_values=True))
         except RequestError as e:
             self._error(e.status, str(e))
-        except (BrokenPipeError, ConnectionResetError):
-            pass   # the page moved on (a newer slider value): nobody reads this answer
+        except GONE:
+            raise
         except Exception:
             log.error("%s %s failed:\n%s", self.command, self.path, traceback.format_exc())
             with contextlib.suppress(OSError):
@@ -551,10 +651,24 @@ class Handler(BaseHTTPRequestHandler):
         self._json(self.server.explorer.submit(data, q), HTTPStatus.ACCEPTED)
 
     def _read_body(self, limit: int) -> bytes:
-        """The request body, at most `limit` bytes; larger ones are refused before they are read."""
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        """The request body, at most `limit` bytes; larger ones are refused before they are read. A body
+        that stalls for the connection's timeout is refused (408) and the connection closed."""
+        try:
+            return self._read_length(limit)
+        except TimeoutError:
+            raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the upload stalled for {self.timeout:g} s; "
+                               "try again") from None
+
+    def _read_length(self, limit: int) -> bytes:
+        """`_read_body` without the timeout's translation: the body its one Content-Length frames."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            # Chunked or any other coding: only a Content-Length frames a body here, and one framed both
+            # ways is read differently by different parsers.
             self.close_connection = True
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "send the photo with a Content-Length")
+        if len(self.headers.get_all("Content-Length") or []) > 1:
+            # Which one frames the body is a guess another parser may make differently.
+            raise RequestError(HTTPStatus.BAD_REQUEST, "send the photo with one Content-Length")
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
@@ -580,6 +694,7 @@ class Handler(BaseHTTPRequestHandler):
         if len(data) != length:
             self.close_connection = True
             raise RequestError(HTTPStatus.BAD_REQUEST, "the upload was cut short; try again")
+        self._body_unread = False
         return data
 
 

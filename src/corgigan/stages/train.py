@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from corgigan.analysis.curves import draw_curves
+from corgigan.analysis.curves import draw_curves, open_live
 from corgigan.errors import StageError
 from corgigan.params import TrainParams
 from corgigan.stylegan2 import configs, distributed
@@ -29,7 +29,6 @@ from corgigan.stylegan2.devices import DeviceError
 from corgigan.stylegan2.loop import Hooks, TrainingError, training_loop
 from corgigan.stylegan2.ops.build import CudaOpsError
 from corgigan.stylegan2.snapshot import SnapshotError
-from corgigan.tables import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +49,10 @@ class _Reporter:
         self.bar: tqdm | None = None
 
     def on_start(self, info: dict[str, Any]) -> None:
-        from dvclive import Live  # imported here: only rank 0 of the train stage needs it
-
         # A resumed run continues its history from the snapshot's tick (rows a killed run logged after
-        # its last snapshot are dropped: the resumed run logs those ticks again); a fresh one starts anew.
-        if info["resumed"]:
-            truncate_history(self.metrics / "plots" / "metrics", info["tick"])
-        self.live = Live(str(self.metrics), resume=info["resumed"], dvcyaml=False, save_dvc_exp=False)
+        # its last snapshot are dropped: the resumed run logs those ticks again, and whatever a kill left
+        # half-written is repaired); a fresh one starts anew.
+        self.live = open_live(self.metrics, info["tick"] if info["resumed"] else None, NOT_COMPARED)
         self.bar = tqdm(total=info["total_nimg"] / 1000, initial=info["nimg"] / 1000, desc="train",
                         bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]")
 
@@ -82,22 +78,6 @@ class _Reporter:
             self.bar.close()
         if self.live is not None:
             self.live.end()
-
-
-def truncate_history(plots_dir: Path, last_step: int) -> None:
-    """Drop rows with step > last_step from every dvclive metric history (.tsv) under plots_dir."""
-    for tsv in sorted(plots_dir.rglob("*.tsv")):
-        lines = tsv.read_text().splitlines()
-        if not lines:
-            continue
-        header = lines[0].split("\t")
-        if "step" not in header:
-            continue
-        col = header.index("step")
-        kept = [lines[0]] + [row for row in lines[1:] if int(row.split("\t")[col]) <= last_step]
-        if len(kept) != len(lines):
-            with atomic_path(tsv) as tmp:
-                tmp.write_text("\n".join(kept) + "\n")
 
 
 def check_device_fits(device: str, on_gpu: bool, cfg: configs.TrainingConfig) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +25,77 @@ STYLE_MIXING_PROB = 0.9
 G_REG_INTERVAL = 4        # lazy path-length regularisation every 4 minibatches
 D_REG_INTERVAL = 16       # lazy R1 every 16 minibatches
 BETAS = (0.0, 0.99)       # Adam
+
+
+# What a network description may ask for (inclusive). The reference's models (up to 1024 px, 512-d latents,
+# 8 mapping layers, 512 feature maps) sit well inside. A stored description outside these is damaged or
+# forged: building it would fail deep inside torch, or allocate gigabytes before anything is checked.
+SIZE_LIMITS: dict[str, tuple[int, int]] = {
+    "resolution": (8, 4096),          # also a power of two
+    "img_channels": (1, 4),
+    "c_dim": (0, 65536),
+    "z_dim": (1, 4096),
+    "w_dim": (1, 4096),
+    "mapping_layers": (1, 32),
+    "label_mapping_layers": (0, 32),  # the discriminator's label mapping; 0 where it has none
+    "channel_base": (1, 1 << 20),
+    "channel_max": (1, 4096),
+    "num_fp16_res": (0, 16),
+    "mbstd_group_size": (1, 1024),
+    "mbstd_num_channels": (0, 64),
+}
+
+
+def check_size(kind: str, value: Any, name: str | None = None) -> int:
+    """`value` if it is an integer within SIZE_LIMITS[kind] (a resolution also a power of two); else a
+    ValueError naming it as `name` (default: `kind`)."""
+    lo, hi = SIZE_LIMITS[kind]
+    name = name or kind
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} = {value!r} is not an integer")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} = {value} is outside {lo}..{hi}")
+    if kind == "resolution" and value & (value - 1):
+        raise ValueError(f"{name} = {value} is not a power of two")
+    return value
+
+
+# (kwargs dict, key path, SIZE_LIMITS kind) of the sizes a config's network keywords carry; the required
+# ones are the keywords our Generator and Discriminator cannot do without.
+_KWARG_SIZES = (
+    ("G_kwargs", ("z_dim",), "z_dim", True),
+    ("G_kwargs", ("w_dim",), "w_dim", True),
+    ("G_kwargs", ("mapping_kwargs", "num_layers"), "mapping_layers", False),
+    ("G_kwargs", ("synthesis_kwargs", "channel_base"), "channel_base", False),
+    ("G_kwargs", ("synthesis_kwargs", "channel_max"), "channel_max", False),
+    ("G_kwargs", ("synthesis_kwargs", "num_fp16_res"), "num_fp16_res", False),
+    ("D_kwargs", ("channel_base",), "channel_base", False),
+    ("D_kwargs", ("channel_max",), "channel_max", False),
+    ("D_kwargs", ("num_fp16_res",), "num_fp16_res", False),
+    ("D_kwargs", ("mbstd_group_size",), "mbstd_group_size", False),
+    ("D_kwargs", ("mbstd_num_channels",), "mbstd_num_channels", False),
+    ("D_kwargs", ("mapping_kwargs", "num_layers"), "mapping_layers", False),
+)
+
+
+def check_network_kwargs(G_kwargs: dict, D_kwargs: dict) -> None:
+    """Raise ValueError naming the first size in G_kwargs / D_kwargs outside SIZE_LIMITS (or missing)."""
+    kwargs = {"G_kwargs": G_kwargs, "D_kwargs": D_kwargs}
+    for section, keys, kind, required in _KWARG_SIZES:
+        name = ".".join((section, *keys))
+        value: Any = kwargs[section]
+        for depth, key in enumerate(keys):
+            if value is None:          # an absent sub-dict (mapping_kwargs None): the network's default
+                break
+            if not isinstance(value, dict):
+                raise ValueError(f"{'.'.join((section, *keys[:depth]))} is a {type(value).__name__}, "
+                                 "not a dict")
+            value = value.get(key)
+        if value is None:
+            if required:
+                raise ValueError(f"{name} is missing")
+            continue
+        check_size(kind, value, name)
 
 
 @dataclass(frozen=True)
@@ -210,7 +280,9 @@ def config_from_dict(d: dict[str, Any]) -> TrainingConfig:
     if values["name"] not in CONFIG_NAMES:
         raise ValueError(f"training config dict: unknown config {values['name']!r}; "
                          f"choose one of {', '.join(CONFIG_NAMES)}")
-    if not (isinstance(values["resolution"], int) and math.log2(values["resolution"]).is_integer()):
-        raise ValueError(f"training config dict: resolution must be a power of two, "
-                         f"got {values['resolution']!r}")
+    try:
+        check_size("resolution", values["resolution"])
+        check_network_kwargs(values["G_kwargs"], values["D_kwargs"])
+    except ValueError as e:
+        raise ValueError(f"training config dict: {e}") from None
     return TrainingConfig(**values)

@@ -44,6 +44,7 @@ from corgigan.stylegan2.pickles import (
     PickleError,
     ReferencePickle,
     TFNetwork,
+    alloc_limit,
     is_pickle,
     load_reference_pickle,
 )
@@ -95,25 +96,38 @@ class Imported:
 # Keyword checking
 
 
+def _plain(value: Any) -> Any:
+    """Stored keywords as plain data: numpy numbers (which a pickle may hold) become python numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 class _Kwargs:
     """Reads the keywords of one stored network, refusing the ones our networks cannot honour."""
 
     def __init__(self, values: Any, where: str) -> None:
         if not isinstance(values, dict):
             raise PickleError(f"{where}: keywords are a {type(values).__name__}, not a dict")
-        self.values, self.where, self.used = dict(values), where, set()
+        self.values = {k: _plain(v) for k, v in values.items()}
+        self.where, self.used = where, set()
 
     def get(self, name: str, default: Any) -> Any:
         self.used.add(name)
         return self.values.get(name, default)
 
-    def number(self, name: str, default: Any, kind: type = int) -> Any:
-        """A number (an int unless kind is float; bools are refused either way)."""
+    def number(self, name: str, default: Any, kind: type = int, size: str | None = None) -> Any:
+        """A number (an int unless kind is float; bools are refused either way); with `size`, an integer
+        within configs.SIZE_LIMITS[size], checked before anything is built from it."""
         value = self.get(name, default)
         types = (int, float) if kind is float else (int,)
         if isinstance(value, bool) or not isinstance(value, types):
             what = "a number" if kind is float else "an integer"
             raise PickleError(f"{self.where}: {name} = {value!r} is not {what}")
+        if size is not None:
+            _check_size(size, value, name, self.where)
         return value
 
     def fixed(self, name: str, default: Any, *allowed: Any) -> Any:
@@ -134,6 +148,14 @@ class _Kwargs:
         if unknown:
             raise PickleError(f"{self.where}: unknown keyword {unknown[0]!r} (not a StyleGAN2-ADA network, "
                               "or a variant corgigan does not read)")
+
+
+def _check_size(kind: str, value: Any, name: str, where: str) -> int:
+    """configs.check_size as a PickleError naming the file: the one range check of every stored size."""
+    try:
+        return configs.check_size(kind, value, name)
+    except ValueError as e:
+        raise PickleError(f"{where}: {e} (not a network corgigan can build)") from None
 
 
 def _bind(obj: PersistentObject, names: list[str], where: str) -> dict[str, Any]:
@@ -174,9 +196,10 @@ def _disc_kwargs(channel_base: int, channel_max: int, num_fp16_res: int, conv_cl
         # run's config sets its own.
         log.info("%s: mbstd_group_size None (whole minibatch) is read as 4", where)
         mbstd_group_size = 4
+    _check_size("mbstd_group_size", mbstd_group_size, "mbstd_group_size", where)
     out: dict[str, Any] = {"channel_base": channel_base, "channel_max": channel_max,
                            "num_fp16_res": num_fp16_res, "conv_clamp": conv_clamp,
-                           "mbstd_group_size": int(mbstd_group_size),
+                           "mbstd_group_size": mbstd_group_size,
                            "mbstd_num_channels": mbstd_num_channels, "architecture": architecture}
     if c_dim > 0 and (map_layers != 8 or map_lr != 0.01):
         if map_layers < 1:
@@ -201,10 +224,12 @@ def _pt_generator_spec(obj: PersistentObject, where: str) -> tuple[int, int, int
     _expect_class(obj, "Generator", where)
     k = _Kwargs(_bind(obj, ["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs",
                             "synthesis_kwargs"], where), where)
-    z_dim, c_dim, w_dim = k.number("z_dim", None), k.number("c_dim", None), k.number("w_dim", None)
-    resolution, img_channels = k.number("img_resolution", None), k.number("img_channels", None)
+    z_dim, c_dim = k.number("z_dim", None, size="z_dim"), k.number("c_dim", None, size="c_dim")
+    w_dim = k.number("w_dim", None, size="w_dim")
+    resolution = k.number("img_resolution", None, size="resolution")
+    img_channels = k.number("img_channels", None, size="img_channels")
     m = _Kwargs(k.get("mapping_kwargs", {}), f"{where} mapping_kwargs")
-    num_layers = m.number("num_layers", 8)
+    num_layers = m.number("num_layers", 8, size="mapping_layers")
     m.fixed("embed_features", None, None, w_dim)
     m.fixed("layer_features", None, None, w_dim)
     m.fixed("activation", "lrelu", "lrelu")
@@ -212,8 +237,10 @@ def _pt_generator_spec(obj: PersistentObject, where: str) -> tuple[int, int, int
     beta = m.get("w_avg_beta", 0.995)
     m.done()
     s = _Kwargs(k.get("synthesis_kwargs", {}), f"{where} synthesis_kwargs")
-    syn = {"channel_base": s.number("channel_base", 32768), "channel_max": s.number("channel_max", 512),
-           "num_fp16_res": s.number("num_fp16_res", 0), "conv_clamp": s.get("conv_clamp", None)}
+    syn = {"channel_base": s.number("channel_base", 32768, size="channel_base"),
+           "channel_max": s.number("channel_max", 512, size="channel_max"),
+           "num_fp16_res": s.number("num_fp16_res", 0, size="num_fp16_res"),
+           "conv_clamp": s.get("conv_clamp", None)}
     s.fixed("architecture", "skip", "skip")
     s.fixed("resample_filter", RESAMPLE_FILTER, RESAMPLE_FILTER)
     s.fixed("use_noise", True, True)
@@ -233,11 +260,13 @@ def _pt_discriminator_spec(obj: PersistentObject, where: str) -> tuple[int, int,
     k = _Kwargs(_bind(obj, ["c_dim", "img_resolution", "img_channels", "architecture", "channel_base",
                             "channel_max", "num_fp16_res", "conv_clamp", "cmap_dim", "block_kwargs",
                             "mapping_kwargs", "epilogue_kwargs"], where), where)
-    c_dim, resolution, img_channels = k.number("c_dim", None), k.number("img_resolution", None), \
-        k.number("img_channels", None)
+    c_dim = k.number("c_dim", None, size="c_dim")
+    resolution = k.number("img_resolution", None, size="resolution")
+    img_channels = k.number("img_channels", None, size="img_channels")
     architecture = k.fixed("architecture", "resnet", "resnet", "orig")
-    base, cmax = k.number("channel_base", 32768), k.number("channel_max", 512)
-    fp16, clamp = k.number("num_fp16_res", 0), k.get("conv_clamp", None)
+    base = k.number("channel_base", 32768, size="channel_base")
+    cmax = k.number("channel_max", 512, size="channel_max")
+    fp16, clamp = k.number("num_fp16_res", 0, size="num_fp16_res"), k.get("conv_clamp", None)
     _check_cmap(k.get("cmap_dim", None), min(base // 4, cmax), c_dim, where)
     b = _Kwargs(k.get("block_kwargs", {}), f"{where} block_kwargs")
     b.fixed("activation", "lrelu", "lrelu")
@@ -245,14 +274,15 @@ def _pt_discriminator_spec(obj: PersistentObject, where: str) -> tuple[int, int,
     b.ignore("fp16_channels_last", "freeze_layers")  # memory layout; Freeze-D is a training setting
     b.done()
     m = _Kwargs(k.get("mapping_kwargs", {}), f"{where} mapping_kwargs")
-    map_layers, map_lr = m.number("num_layers", 8), m.number("lr_multiplier", 0.01, float)
+    map_layers = m.number("num_layers", 8, size="label_mapping_layers")
+    map_lr = m.number("lr_multiplier", 0.01, float)
     m.fixed("embed_features", None, None, min(base // 4, cmax))
     m.fixed("layer_features", None, None, min(base // 4, cmax))
     m.fixed("activation", "lrelu", "lrelu")
     m.done()
     e = _Kwargs(k.get("epilogue_kwargs", {}), f"{where} epilogue_kwargs")
     group = e.get("mbstd_group_size", 4)
-    mbstd_channels = e.number("mbstd_num_channels", 1)
+    mbstd_channels = e.number("mbstd_num_channels", 1, size="mbstd_num_channels")
     e.fixed("activation", "lrelu", "lrelu")
     e.done()
     k.done()
@@ -314,6 +344,13 @@ def _from_reference(tensors: dict[str, torch.Tensor], ours_to_ref: dict[str, str
 # TensorFlow pickles: kwargs and variables
 
 
+def _tf_channels(k: _Kwargs, where: str) -> tuple[int, int]:
+    """(channel_base, channel_max) from TF's fmap_base and fmap_max (TF halves the base: ours is twice)."""
+    base = 2 * k.number("fmap_base", 16384)
+    _check_size("channel_base", base, "2 * fmap_base", where)
+    return base, k.number("fmap_max", 512, size="channel_max")
+
+
 def _tf_check_capacity(k: _Kwargs, channels: dict[int, int]) -> None:
     k.fixed("fmap_decay", 1, 1, 1.0)
     fmap_min = k.number("fmap_min", 1)
@@ -324,10 +361,11 @@ def _tf_check_capacity(k: _Kwargs, channels: dict[int, int]) -> None:
 def _tf_generator_spec(net: TFNetwork, where: str) -> tuple[int, int, int, dict]:
     """(resolution, img_channels, c_dim, our G_kwargs) from Gs's static kwargs (TF defaults elsewhere)."""
     k = _Kwargs(net.static_kwargs, where)
-    z_dim, c_dim = k.number("latent_size", 512), k.number("label_size", 0)
-    w_dim = k.number("dlatent_size", 512)
-    resolution, img_channels = k.number("resolution", 1024), k.number("num_channels", 3)
-    num_layers = k.number("mapping_layers", 8)
+    z_dim, c_dim = k.number("latent_size", 512, size="z_dim"), k.number("label_size", 0, size="c_dim")
+    w_dim = k.number("dlatent_size", 512, size="w_dim")
+    resolution = k.number("resolution", 1024, size="resolution")
+    img_channels = k.number("num_channels", 3, size="img_channels")
+    num_layers = k.number("mapping_layers", 8, size="mapping_layers")
     k.fixed("mapping_fmaps", None, None, w_dim)
     k.fixed("label_fmaps", None, None, z_dim)   # TF's label embedding defaults to the latent size
     if c_dim and z_dim != w_dim:
@@ -338,11 +376,12 @@ def _tf_generator_spec(net: TFNetwork, where: str) -> tuple[int, int, int, dict]
     k.fixed("normalize_latents", True, True)
     beta = k.get("dlatent_avg_beta", k.get("w_avg_beta", 0.995))
     beta = 1.0 if beta is None else beta   # None: the TF code never moves dlatent_avg
-    base, cmax = 2 * k.number("fmap_base", 16384), k.number("fmap_max", 512)
+    base, cmax = _tf_channels(k, where)
     res_list = [2**i for i in range(2, int(math.log2(resolution)) + 1)]
     _tf_check_capacity(k, channels_per_resolution(base, cmax, res_list))
     k.fixed("fmap_const", None, None, min(base // 4, cmax))
-    syn = {"channel_base": base, "channel_max": cmax, "num_fp16_res": k.number("num_fp16_res", 0),
+    syn = {"channel_base": base, "channel_max": cmax,
+           "num_fp16_res": k.number("num_fp16_res", 0, size="num_fp16_res"),
            "conv_clamp": k.get("conv_clamp", None)}
     k.fixed("architecture", "skip", "skip")
     k.fixed("nonlinearity", "lrelu", "lrelu")
@@ -362,25 +401,27 @@ def _tf_generator_spec(net: TFNetwork, where: str) -> tuple[int, int, int, dict]
 def _tf_discriminator_spec(net: TFNetwork, where: str) -> tuple[int, int, int, dict]:
     """(resolution, img_channels, c_dim, our D_kwargs) from D's static kwargs."""
     k = _Kwargs(net.static_kwargs, where)
-    c_dim, resolution, img_channels = k.number("label_size", 0), k.number("resolution", 1024), \
-        k.number("num_channels", 3)
-    base, cmax = 2 * k.number("fmap_base", 16384), k.number("fmap_max", 512)
+    c_dim = k.number("label_size", 0, size="c_dim")
+    resolution = k.number("resolution", 1024, size="resolution")
+    img_channels = k.number("num_channels", 3, size="img_channels")
+    base, cmax = _tf_channels(k, where)
     res_list = [2**i for i in range(2, int(math.log2(resolution)) + 1)]
     _tf_check_capacity(k, channels_per_resolution(base, cmax, res_list))
     architecture = k.fixed("architecture", "resnet", "resnet", "orig")
     _check_cmap(k.get("mapping_fmaps", None), min(base // 4, cmax), c_dim, where)
-    map_layers, map_lr = k.number("mapping_layers", 0), k.number("mapping_lrmul", 0.1, float)
+    map_layers = k.number("mapping_layers", 0, size="label_mapping_layers")
+    map_lr = k.number("mapping_lrmul", 0.1, float)
     k.fixed("nonlinearity", "lrelu", "lrelu")
     k.fixed("resample_kernel", RESAMPLE_FILTER, RESAMPLE_FILTER)
     # The original StyleGAN2's D defaults to groups of 4; StyleGAN2-ADA always stores its value.
     group = k.get("mbstd_group_size", 4)
-    mbstd_channels = k.number("mbstd_num_features", 1)
+    mbstd_channels = k.number("mbstd_num_features", 1, size="mbstd_num_channels")
     k.fixed("use_pagan", False, False)
     k.fixed("use_spectral_norm", False, False)
     k.fixed("score_max", 1, 1)
     k.ignore("freeze_layers", "augment_strength", "adaptive_dropout", "pagan_num", "pagan_fade", "score_size",
              "dtype", "structure", "is_training", "is_template_graph")
-    fp16, clamp = k.number("num_fp16_res", 0), k.get("conv_clamp", None)
+    fp16, clamp = k.number("num_fp16_res", 0, size="num_fp16_res"), k.get("conv_clamp", None)
     k.done()
     if c_dim and map_layers < 1:
         raise PickleError(f"{where}: a conditional discriminator without label mapping layers is not "
@@ -511,6 +552,24 @@ def build_networks(nets: Networks, with_D: bool = True) -> tuple[Generator, Disc
     return G, D
 
 
+def _check_size_fits_file(nets: Networks, nets_in: dict[str, Any], path: Path) -> None:
+    """Refuse settings that describe networks far larger than the file's weights could fill.
+
+    Each stored size may be in range while together they describe a network of billions of numbers: the
+    networks are first laid out on the meta device (no memory), counted, and refused past what a file of
+    this size may make us allocate, before they are built for real.
+    """
+    with torch.device("meta"):
+        G, D = build_networks(nets, with_D="D" in nets_in)
+    per_G = sum(t.numel() * t.element_size() for t in (*G.parameters(), *G.buffers()))
+    per_D = 0 if D is None else sum(t.numel() * t.element_size() for t in (*D.parameters(), *D.buffers()))
+    need = per_G * sum(key != "D" for key in nets_in) + per_D
+    size = path.stat().st_size
+    if need > alloc_limit(size):
+        raise PickleError(f"{path}: refused: its stored settings describe networks of {need:,} bytes, "
+                          f"more than a {size:,}-byte file can hold weights for")
+
+
 def _fit(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
     """Load `state` strictly into `module` (names and shapes must match); return the module's state dict."""
     try:
@@ -562,6 +621,7 @@ def _import(path: str | Path, with_training_nets: bool) -> tuple[Imported, Gener
     if "G" in spec and spec["G"][3] != spec["G_ema"][3]:
         raise PickleError(f"{path}: G and G_ema have different settings")
     nets = Networks(resolution, img_channels, c_dim, spec["G_ema"][3], spec["D"][3] if "D" in spec else None)
+    _check_size_fits_file(nets, nets_in, path)
     G_net, D_net = build_networks(nets, with_D="D" in nets_in)
     states: dict[str, dict[str, torch.Tensor]] = {}
     for key, obj in nets_in.items():

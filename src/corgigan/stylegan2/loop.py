@@ -39,7 +39,7 @@ from PIL import Image
 
 from corgigan.stylegan2 import augment as augment_mod
 from corgigan.stylegan2 import configs, distributed, importer
-from corgigan.stylegan2.atomic import atomic_path
+from corgigan.stylegan2.atomic import atomic_path, remove_stale_temps
 from corgigan.stylegan2.data import StreamSampler, ZipDataset, dataset_hash, make_loader
 from corgigan.stylegan2.devices import resolve_device
 from corgigan.stylegan2.grid import tile
@@ -54,7 +54,6 @@ from corgigan.stylegan2.snapshot import (
     list_snapshots,
     load_snapshot,
     make_state,
-    remove_stale_temps,
     restore_state,
     save_snapshot,
     snapshot_name,
@@ -530,6 +529,8 @@ def training_loop(
     """Train (or resume) a StyleGAN2-ADA run; return the path of the newest snapshot."""
     hooks = hooks or Hooks()
     run_dir = Path(run_dir)
+    if round(kimg * 1000) < 1:   # the loop would end before its first snapshot
+        raise TrainingError(f"kimg {kimg:g}: train at least one image (kimg >= 0.001)")
     info = distributed.current()
     dev = resolve_device(device, info.local_rank)
     if dev.type == "cuda":

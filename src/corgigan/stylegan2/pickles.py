@@ -22,15 +22,23 @@ Why records rather than the real objects while unpickling: pickle's BUILD opcode
 ``__setstate__`` of whatever object is on the stack. Torch tensors and numpy arrays have one that
 trusts its input, so tensors and arrays exist only inside records whose ``__setstate__`` refuses (or
 checks) its state; `read_pickle` swaps them for the real values once the whole file is read.
+
+A few hundred bytes of pickle can describe gigabytes: a one-element storage viewed with stride 0 at a huge
+size, one storage (or one array's bytes) rebuilt thousands of times. Every tensor and array is therefore
+charged at the bytes it will take before it is made (`_Reading.charge`), each storage once however often
+it is referenced, and a file is refused once the total passes what its own size can hold
+(ALLOC_FACTOR x its size + ALLOC_SLACK).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import math
 import pickle
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +46,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from corgigan.stylegan2.snapshot import SnapshotError
+from corgigan.stylegan2.snapshot import SnapshotError, one_line, refused_global
 
 PICKLE_SUFFIX = ".pkl"
 # The dtypes a network's tensors and arrays may have (no object or structured dtypes: those carry
 # pickled objects or field tables rather than numbers).
 _NUMERIC_DTYPE_CODES = frozenset({"b1", "u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8", "f2", "f4", "f8"})
+# What a file may make the reader allocate for its tensors and arrays: a real file's storages and arrays
+# are its own bytes (x1); views cut from a storage add their copies. Twice the file leaves room for those,
+# and the constant for small files.
+ALLOC_FACTOR = 2
+ALLOC_SLACK = 16 << 20
+# torch writes a storage's nested payload in its legacy format (magic number pickle first) and never as a
+# zip archive, whose compressed members could inflate far beyond the payload.
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 class PickleError(SnapshotError):
@@ -144,14 +160,19 @@ class TFNetwork:
         # state["build_module_src"] is the network's TensorFlow code: dropped unread, never executed.
 
     def collect(self, prefix: str = "") -> dict[str, np.ndarray]:
-        """All variables of this network and its components, named ``component/.../variable``."""
+        """All variables of this network and its components, named ``component/.../variable``.
+
+        The values are what TensorFlow returned for each variable when the network was pickled: numpy
+        arrays, and numpy scalars (numpy.float32) for 0-d variables such as every noise strength; the
+        scalars come back as 0-d arrays.
+        """
         out: dict[str, np.ndarray] = {}
         for entry in self.variables:
             if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
-                    and isinstance(entry[1], np.ndarray)):
+                    and isinstance(entry[1], (np.ndarray, np.generic))):
                 raise PickleError(f"TensorFlow network {self.name!r}: a variable entry is not "
-                                  "(name, numpy array)")
-            out[prefix + entry[0]] = entry[1]
+                                  "(name, numpy array or scalar)")
+            out[prefix + entry[0]] = np.asarray(entry[1])
         for name, comp in self.components.items():
             if not isinstance(comp, TFNetwork):
                 raise PickleError(f"TensorFlow network {self.name!r}: component {name!r} is a "
@@ -195,6 +216,7 @@ class _Dtype:
 class _Array:
     """A numpy array under reconstruction; its BUILD state is checked and turned into a real array."""
 
+    reading: _Reading
     array: np.ndarray | None = None
 
     def __setstate__(self, state: Any) -> None:
@@ -209,9 +231,12 @@ class _Array:
             raise UnsafePickleError(f"numpy array data is a {type(data).__name__}, not raw bytes "
                                     "(object arrays are refused)")
         dt = dtype.resolve()
-        if len(data) != math.prod(shape) * dt.itemsize:
+        nbytes = math.prod(shape) * dt.itemsize
+        if len(data) != nbytes:
             raise PickleError(f"numpy array of shape {list(shape)} and dtype {dt} holds {len(data)} bytes")
-        self.array = np.frombuffer(bytes(data), dtype=dt).reshape(shape, order="F" if fortran else "C").copy()
+        # The bytes are the file's own, but one bytes object can be BUILT into any number of arrays.
+        self.reading.charge(nbytes, f"a numpy array of shape {list(shape)}")
+        self.array = np.frombuffer(data, dtype=dt).reshape(shape, order="F" if fortran else "C").copy()
 
 
 @dataclass
@@ -223,9 +248,36 @@ class _Storage(_Refuses):
 
 @dataclass
 class _Tensor(_Refuses):
-    """A rebuilt tensor (its own memory), held in a record until the read is over."""
+    """A rebuilt tensor, held in a record until the read is over (a whole storage's tensor shares the
+    storage's memory, any other view is a copy)."""
 
     tensor: torch.Tensor
+
+
+def alloc_limit(file_size: int) -> int:
+    """The most bytes reading (and importing) a file of `file_size` bytes may allocate for its values."""
+    return ALLOC_FACTOR * file_size + ALLOC_SLACK
+
+
+class _Reading:
+    """One file being read: its name for messages, the storages read so far, and the allocation bound."""
+
+    def __init__(self, source: str, file_size: int) -> None:
+        self.source, self.file_size = source, file_size
+        self.limit = alloc_limit(file_size)
+        self.used = 0
+        # id(payload) -> (payload, its storage): a payload referenced again is not loaded again. The
+        # payload is kept so its id cannot be reused by another object during the read.
+        self.storages: dict[int, tuple[Any, _Storage]] = {}
+
+    def charge(self, nbytes: int, what: str) -> None:
+        """Count `nbytes` about to be allocated for `what`; refuse the file past its limit."""
+        self.used += nbytes
+        if self.used > self.limit:
+            raise PickleError(
+                f"refused: {what} would take the tensors and arrays read so far to {self.used:,} bytes, over "
+                f"the {self.limit:,} a {self.file_size:,}-byte file can hold (stored values expanded or "
+                "reused far beyond the file's content; nothing was allocated for them)")
 
 
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
@@ -253,10 +305,19 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
                             state=dict(meta["state"]))
 
 
-def _load_from_bytes(payload: Any) -> _Storage:
-    """torch.storage._load_from_bytes: the nested payload, read by torch's own weights-only loader."""
+def _load_from_bytes(reading: _Reading, payload: Any) -> _Storage:
+    """torch.storage._load_from_bytes: the nested payload, read by torch's own weights-only loader (once
+    per payload object, however often the file references it)."""
     if not isinstance(payload, (bytes, bytearray)):
         raise UnsafePickleError(f"a storage payload is a {type(payload).__name__}, not bytes")
+    if id(payload) in reading.storages:
+        return reading.storages[id(payload)][1]
+    if bytes(payload[:4]) == _ZIP_MAGIC:
+        raise PickleError("a storage payload is a zip archive; the reference's storages are torch's legacy "
+                          "payloads")
+    # A legacy payload carries its storage's bytes: loading it touches at most len(payload) bytes (torch
+    # checks the stored size against the declared one before reading the data).
+    reading.charge(len(payload), "a tensor storage")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TypedStorage deprecation: the format is what it is
@@ -269,13 +330,22 @@ def _load_from_bytes(payload: Any) -> _Storage:
                 raise PickleError(f"a storage payload holds a {type(storage).__name__}, not a storage")
     except PickleError:
         raise
+    except pickle.UnpicklingError as e:
+        # torch's own refusal runs to several lines and advises weights_only=False (running the code).
+        found = refused_global(e)
+        what = f"the global {found}" if found else f"what torch's weights-only loader refuses ({one_line(e)})"
+        raise UnsafePickleError(f"refused: a tensor's stored bytes reference {what}, which is not part of "
+                                "the StyleGAN2 network pickle formats (nothing of the file was run)") from e
     except Exception as e:
-        raise PickleError(f"a tensor storage cannot be read ({type(e).__name__}: {e})") from e
-    return _Storage(flat)
+        raise PickleError(f"a tensor storage cannot be read ({one_line(e)})") from e
+    record = _Storage(flat)
+    reading.storages[id(payload)] = (payload, record)
+    return record
 
 
-def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-                       backward_hooks: Any = None, metadata: Any = None) -> _Tensor:
+def _rebuild_tensor_v2(reading: _Reading, storage: Any, storage_offset: Any, size: Any, stride: Any,
+                       requires_grad: Any = False, backward_hooks: Any = None,
+                       metadata: Any = None) -> _Tensor:
     """torch._utils._rebuild_tensor_v2, with the bounds checks torch's own rebuild leaves out."""
     if not isinstance(storage, _Storage):
         raise UnsafePickleError(f"a tensor is built on a {type(storage).__name__}, not a storage")
@@ -287,11 +357,25 @@ def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any
     if metadata:
         raise UnsafePickleError("a tensor carries python metadata")
     # A view must stay inside its storage: Tensor.set_ does not check this, so check here.
-    if math.prod(size) > 0:
+    numel = math.prod(size)
+    if numel > 0:
         last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= storage.flat.numel():
             raise PickleError(f"a tensor of size {list(size)} reaches past the end of its storage")
+    if storage_offset == 0 and numel == storage.flat.numel() and stride == _contiguous_strides(size):
+        return _Tensor(storage.flat.view(size))     # the whole storage: its memory, already counted
+    # Any other view becomes a copy of its own, charged at its full size: a stride-0 view of one stored
+    # value can be any size at all.
+    reading.charge(numel * storage.flat.element_size(), f"a tensor of size {list(size)}")
     return _Tensor(storage.flat.as_strided(size, stride, storage_offset).clone())
+
+
+def _contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(size):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> _Tensor:
@@ -309,60 +393,72 @@ def _numpy_dtype(code: Any, align: Any = False, copy: Any = True) -> _Dtype:
     return _Dtype(code)
 
 
-def _numpy_scalar(dtype: Any, data: Any = b"") -> int | float | bool:
-    """numpy.core.multiarray.scalar: a numpy number (e.g. a layer's weight gain) as a python number."""
+def _numpy_scalar(dtype: Any, data: Any = b"") -> np.generic:
+    """numpy.core.multiarray.scalar: a numpy number as the file holds it (numpy.float32 for a TensorFlow
+    0-d variable, numpy.float64 for a PyTorch layer's weight gain), of a plain numeric dtype."""
     if not isinstance(dtype, _Dtype) or not isinstance(data, (bytes, bytearray)):
         raise UnsafePickleError("a numpy scalar without a numeric dtype and raw bytes")
     dt = dtype.resolve()
     if len(data) != dt.itemsize:
         raise PickleError(f"a numpy {dt} scalar holds {len(data)} bytes")
-    return np.frombuffer(bytes(data), dtype=dt)[0].item()
+    return np.frombuffer(bytes(data), dtype=dt)[0]
 
 
-def _numpy_reconstruct(subtype: Any, shape: Any = (0,), dtype_code: Any = b"b") -> _Array:
+def _numpy_reconstruct(reading: _Reading, subtype: Any, shape: Any = (0,), dtype_code: Any = b"b") -> _Array:
     """numpy.core.multiarray._reconstruct: an empty array record that the following BUILD fills."""
     if subtype is not _NDARRAY:
         raise UnsafePickleError("numpy array of a subclass: only plain numpy.ndarray is read")
-    return _Array()
+    return _Array(reading)
+
+
+@dataclass(frozen=True)
+class _PerRead:
+    """An allowed global whose function takes the file's `_Reading` first (bound per read)."""
+
+    function: Callable[..., Any]
 
 
 # (module, name) -> what it resolves to. These are exactly the globals the two formats use (numpy's
-# module is numpy.core before numpy 2 and numpy._core after).
+# module is numpy.core before numpy 2 and numpy._core after; protocol 3, the default of the Python 3.6/3.7
+# the reference ran on, pickles a set, such as every torch module's _non_persistent_buffers_set, as a call
+# of builtins.set).
 ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v2"): _PerRead(_rebuild_tensor_v2),
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): _load_from_bytes,
+    ("torch.storage", "_load_from_bytes"): _PerRead(_load_from_bytes),
     ("collections", "OrderedDict"): collections.OrderedDict,
+    ("builtins", "set"): set,
     ("dnnlib.util", "EasyDict"): EasyDict,
     ("dnnlib.tflib.network", "Network"): TFNetwork,
     ("numpy", "dtype"): _numpy_dtype,
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _PerRead(_numpy_reconstruct),
+    ("numpy._core.multiarray", "_reconstruct"): _PerRead(_numpy_reconstruct),
 }
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """pickle.Unpickler that resolves globals only through ALLOWED_GLOBALS."""
 
-    def __init__(self, file: Any, source: str) -> None:
+    def __init__(self, file: Any, reading: _Reading) -> None:
         super().__init__(file)
-        self.source = source
+        self.reading = reading
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return ALLOWED_GLOBALS[(module, name)]
+            target = ALLOWED_GLOBALS[(module, name)]
         except KeyError:
             raise UnsafePickleError(
-                f"{self.source}: refused: the pickle references the global {module}.{name}, which is not "
-                "part of the StyleGAN2 network pickle formats (nothing of the file was run)") from None
+                f"refused: the pickle references the global {module}.{name}, which is not part of the "
+                "StyleGAN2 network pickle formats (nothing of the file was run)") from None
+        return functools.partial(target.function, self.reading) if isinstance(target, _PerRead) else target
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"{self.source}: refused: the pickle uses a persistent id ({pid!r}), which "
-                                "the network pickle formats never do")
+        raise UnsafePickleError(f"refused: the pickle uses a persistent id ({str(pid)[:60]!r}), which the "
+                                "network pickle formats never do")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -424,14 +520,16 @@ def read_pickle(path: str | Path) -> Any:
         raise PickleError(f"{path}: pickle not found")
     try:
         with open(path, "rb") as f:
-            data = _RestrictedUnpickler(f, str(path)).load()
+            reading = _Reading(str(path), path.stat().st_size)
+            data = _RestrictedUnpickler(f, reading).load()
         return _unwrap(data, {})
-    except PickleError:
-        raise
+    except PickleError as e:
+        # Raised inside the unpickler, where the file is not known: every message names it here, once.
+        raise type(e)(f"{path}: {e}") from e
     except RecursionError:
         raise PickleError(f"{path}: the pickle nests too deeply to be a network pickle") from None
     except Exception as e:  # truncated files, bad opcodes, wrong argument counts to the allowed globals
-        raise PickleError(f"{path}: not a readable network pickle ({type(e).__name__}: {e})") from e
+        raise PickleError(f"{path}: not a readable network pickle ({one_line(e)})") from e
 
 
 @dataclass

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from corgigan.stylegan2 import configs
-from corgigan.stylegan2.atomic import atomic_path, is_temp
+from corgigan.stylegan2.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +66,6 @@ def latest_snapshot(directory: str | Path) -> Path | None:
     """The snapshot with the most images shown in `directory`, or None."""
     found = list_snapshots(directory)
     return found[-1][1] if found else None
-
-
-def remove_stale_temps(directory: str | Path) -> list[Path]:
-    """Delete the temporary files that a killed `atomic_path` write left in `directory`; return them.
-
-    A SIGKILL skips the cleanup in atomic_path, and the folder is a persisted DVC output: a leftover
-    would stay forever and be committed with the snapshots.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    stale = sorted(p for p in directory.iterdir() if is_temp(p.name) and p.is_file())
-    for p in stale:
-        log.warning("removing %s left by an interrupted write", p)
-        p.unlink()
-    return stale
 
 
 def save_snapshot(path: str | Path, state: dict[str, Any]) -> None:
@@ -121,10 +105,9 @@ def load_snapshot(path: str | Path, map_location: str | torch.device = "cpu") ->
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refused what the pickle asks for (a class or function, i.e. code) or it is no pickle
-        # at all. torch's message advises retrying with weights_only=False, which would run that code: give
-        # only what was refused.
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        detail = (f"it holds a reference to {found.group(1)}, code that no snapshot contains" if found
+        # at all.
+        global_name = refused_global(e)
+        detail = (f"it holds a reference to {global_name}, code that no snapshot contains" if global_name
                   else "not a torch file of tensors and plain data")
         raise SnapshotError(f"{path}: not a corgigan snapshot ({detail}); {what}. It was not loaded, "
                             f"and nothing in it ran") from e
@@ -141,7 +124,50 @@ def load_snapshot(path: str | Path, map_location: str | torch.device = "cpu") ->
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise SnapshotError(f"{path}: snapshot is incomplete, it lacks {missing}")
+    try:
+        # Everything that rebuilds the networks is checked here, once, so no reader of a snapshot meets a
+        # config it cannot build (a KeyError or a torch error deep inside a constructor).
+        configs.config_from_dict(state["config"])
+        _check_dataset_record(state["dataset"])
+    except ValueError as e:
+        raise SnapshotError(f"{path}: the snapshot's stored networks cannot be rebuilt: {e}") from None
     return state
+
+
+def _check_dataset_record(data: Any) -> None:
+    """ValueError unless `data` is a snapshot's dataset record with usable image format and labels."""
+    if not isinstance(data, dict):
+        raise ValueError(f"its dataset record is a {type(data).__name__}, not a dict")
+    for key, kind in (("resolution", "resolution"), ("num_channels", "img_channels"), ("label_dim", "c_dim")):
+        if key not in data:
+            raise ValueError(f"its dataset record lacks {key}")
+        configs.check_size(kind, data[key], f"dataset.{key}")
+    if not isinstance(data.get("hash"), str):
+        raise ValueError("its dataset record has no hash string")
+
+
+def refused_global(e: BaseException) -> str | None:
+    """The global that torch's weights_only loader refused in `e` (None for other failures).
+
+    torch's message runs to several lines and advises retrying with weights_only=False, which would run
+    the refused code: callers give one line naming the global instead.
+    """
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    return found.group(1) if found else None
+
+
+def one_line(e: BaseException) -> str:
+    """`e` as one line for an error message: its type and first non-empty line (torch's weights_only
+    refusals as the global they refused, without the advice to load the file with weights_only=False)."""
+    global_name = refused_global(e)
+    if global_name:
+        return f"{type(e).__name__}: the global {global_name} is refused"
+    # torch's weights_only messages put their advice on the lines that name the option; the reason is
+    # on another line ("WeightsUnpickler error: Unsupported operand ...").
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and "weights_only" not in line]
+    if not lines and "weights_only" in str(e):
+        lines = ["refused by torch's weights-only loader"]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def make_state(*, config: dict[str, Any], run: dict[str, Any], dataset: dict[str, Any],

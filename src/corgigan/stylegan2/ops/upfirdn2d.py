@@ -70,8 +70,10 @@ def setup_filter(
     """
     if f is None:
         f = 1
+    # Taps are made on the CPU (then moved to `device`), so a network can be laid out on the meta device
+    # to count its size before any memory is allocated for it (the importer does).
     f = torch.as_tensor(np.asarray(f, dtype=np.float32) if not isinstance(f, Tensor) else f,
-                        dtype=torch.float32)
+                        dtype=torch.float32, device="cpu")
     if f.ndim == 0:
         f = f[None]
     if f.ndim not in (1, 2) or f.numel() == 0:

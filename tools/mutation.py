@@ -1,0 +1,166 @@
+"""`make mutation`: run mutmut on the core modules and print the score and every surviving mutant.
+
+The modules and their tests are pyproject.toml's [tool.mutmut] (only_mutate, and the tests that exercise them
+in pytest_add_cli_args_test_selection). `--only` narrows the run to some of those modules and `--tests` to
+the tests that exercise them, e.g.
+
+    python tools/mutation.py --only src/corgigan/data/filter_rules.py \
+        --tests tests/test_filter.py tests/test_filter_edges.py tests/test_geometry.py
+
+Each run works in its own folder under mutants/ (git-ignored): pyproject.toml with the narrowed [tool.mutmut],
+and links to src/ and tests/, so runs over different modules keep their own results and a narrowed run
+never touches the repository's files. Re-running continues where mutmut left off (it caches results).
+
+The score is killed / (mutants checked), where timeouts and type-check catches count as killed. Survivors
+that were examined and found equivalent (no test can tell them apart from the original) are listed in
+EQUIVALENT with the reason; the score is printed with and without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+log = logging.getLogger("mutation")
+
+ROOT = Path(__file__).resolve().parents[1]
+# What a mutmut exit code means (mutmut.stats.status_by_exit_code, restated so this report does not depend
+# on mutmut's internals beyond the .meta files it writes).
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped",
+          35: "suspicious", 36: "timeout", 37: "caught by type check", 24: "timeout", -24: "timeout",
+          152: "timeout", 255: "timeout", -11: "segfault", -9: "segfault", 2: "interrupted",
+          None: "not checked"}
+KILLED = {"killed", "timeout", "caught by type check"}
+
+# Surviving mutants examined by hand that no test can kill: the mutant behaves exactly as the original.
+# Key: the mutant's name as `mutmut show` takes it; value: why it is equivalent.
+_MULTI_SORT = "pandas ignores sort_values' kind for a sort on several columns (always a stable lexsort)"
+_ZIP_STRICT = "zip's strict only matters for unequal lengths; both sides are fixed tuples of equal length"
+EQUIVALENT: dict[str, str] = {
+    "corgigan.data.filter_rules.x_boxes_by_image__mutmut_3": _MULTI_SORT,
+    "corgigan.data.filter_rules.x_boxes_by_image__mutmut_5": _MULTI_SORT,
+    "corgigan.data.filter_rules.x_boxes_by_image__mutmut_22": _MULTI_SORT,
+    "corgigan.data.filter_rules.x_boxes_by_image__mutmut_23": _MULTI_SORT,
+    "corgigan.data.filter_rules.x_decide__mutmut_52": _ZIP_STRICT,
+    "corgigan.data.filter_rules.x_decide__mutmut_55": _ZIP_STRICT,
+    "corgigan.data.filter_rules.x_decide__mutmut_57": _ZIP_STRICT,
+    "corgigan.data.filter_rules.x_decide__mutmut_85": _ZIP_STRICT,
+    "corgigan.data.filter_rules.x_decide__mutmut_88": _ZIP_STRICT,
+    "corgigan.data.filter_rules.x_decide__mutmut_89": _ZIP_STRICT,
+    "corgigan.data.filter_rules.x_decide_all__mutmut_14": "DataFrame.to_dict lower-cases its orient ('RECORDS')",
+    "corgigan.data.filter_rules.x_plan_crops__mutmut_3": "the initial shard is read only once a chunk exists",
+}
+
+
+def _section(text: str, name: str) -> tuple[int, int]:
+    """Start and end offsets of the TOML table [name] in `text` (up to the next table or the end)."""
+    start = text.index(f"[{name}]")
+    nxt = re.search(r"^\[", text[start + 1:], flags=re.MULTILINE)
+    return start, (start + 1 + nxt.start()) if nxt else len(text)
+
+
+def _workdir(only: list[str], tests: list[str]) -> Path:
+    """The run's folder under mutants/: pyproject.toml with a narrowed [tool.mutmut]; src/, tests/ linked."""
+    text = (ROOT / "pyproject.toml").read_text()
+    cfg = tomllib.loads(text)["tool"]["mutmut"]
+    modules = only or cfg["only_mutate"]
+    unknown = [m for m in modules if m not in cfg["only_mutate"]]
+    if unknown:
+        raise SystemExit(f"--only {' '.join(unknown)}: not in [tool.mutmut] only_mutate of pyproject.toml")
+    label = "all" if not only else "-".join(Path(m).stem for m in modules)
+    work = ROOT / "mutants" / label
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = {**cfg, "only_mutate": modules,
+           "pytest_add_cli_args_test_selection": tests or cfg["pytest_add_cli_args_test_selection"]}
+    body = "[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.items()) + "\n"
+    start, end = _section(text, "tool.mutmut")
+    (work / "pyproject.toml").write_text(text[:start] + body + text[end:])
+    for name in ("src", "tests"):
+        link = work / name
+        if not link.is_symlink():
+            link.symlink_to(ROOT / name)
+    return work
+
+
+def _results(work: Path) -> dict[str, str]:
+    """Mutant name -> status, from the .meta files mutmut writes next to each mutated module."""
+    out: dict[str, str] = {}
+    for meta in sorted((work / "mutants").rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        for name, code in data.get("exit_code_by_key", {}).items():
+            out[name] = STATUS.get(code, "suspicious")
+    return out
+
+
+def _show(work: Path, name: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True,
+                          text=True)
+    return proc.stdout.strip() or proc.stderr.strip()
+
+
+def report(work: Path, diffs: bool = True) -> int:
+    """Print the score and the survivors of the run in `work`; return the number of unexplained survivors."""
+    results = _results(work)
+    if not results:
+        print(f"no mutmut results under {work / 'mutants'}")
+        return 1
+    counts = Counter(results.values())
+    checked = sum(n for status, n in counts.items() if status not in ("skipped", "not checked"))
+    killed = sum(counts[s] for s in KILLED)
+    survivors = sorted(n for n, s in results.items() if s not in KILLED | {"skipped", "not checked"})
+    equivalent = [n for n in survivors if n in EQUIVALENT]
+    open_ = [n for n in survivors if n not in EQUIVALENT]
+    print(f"\nmutation score: {killed}/{checked} killed = {100 * killed / max(checked, 1):.1f}%  "
+          f"({', '.join(f'{s} {n}' for s, n in sorted(counts.items()))})")
+    if equivalent:
+        print(f"without the {len(equivalent)} equivalent mutants: "
+              f"{100 * killed / max(checked - len(equivalent), 1):.1f}%")
+    stale = sorted(set(EQUIVALENT) - set(survivors))
+    for name in stale:
+        print(f"note: {name} is listed as equivalent but is no longer a survivor of this run")
+    for name in equivalent:
+        print(f"\nequivalent: {name}: {EQUIVALENT[name]}")
+    for name in open_:
+        print(f"\nSURVIVOR ({results[name]}): {name}")
+        if diffs:
+            print(_show(work, name))
+    return len(open_)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run mutmut over the configured (or the --only) modules, then print the report."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", nargs="+", default=[], help="module paths from [tool.mutmut] only_mutate")
+    ap.add_argument("--tests", nargs="+", default=[], help="the tests to run (default: the configured ones)")
+    ap.add_argument("--max-children", type=int, default=1,
+                    help="mutants tested at once (default 1: the machine is shared)")
+    ap.add_argument("--report-only", action="store_true", help="print the last run's report, run nothing")
+    ap.add_argument("--no-diffs", action="store_true", help="list survivors without their diffs")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    work = _workdir(args.only, args.tests)
+    if not args.report_only:
+        t0 = time.perf_counter()
+        env = dict(os.environ, PYTHONHASHSEED="0", YOLO_OFFLINE="1", YOLO_AUTOINSTALL="false",
+                   DVC_NO_ANALYTICS="1")
+        # On as many cores as mutants at once: the data stages size their process pools by the cores they
+        # may use, so with one core they run inline, where mutmut sees which functions the tests reach.
+        cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:args.max_children])
+        cmd = ["taskset", "-c", cores, sys.executable, "-m", "mutmut", "run", "--max-children",
+               str(args.max_children)]
+        proc = subprocess.run(cmd, cwd=work, env=env)
+        log.info("mutmut ran %.0f s in %s (exit %d)", time.perf_counter() - t0, work, proc.returncode)
+    return 1 if report(work, diffs=not args.no_diffs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
