@@ -214,6 +214,7 @@ def test_crop_chunk_answers_every_image_and_an_inconsistent_raw_set_stops(tmp_pa
     # An image that no longer decodes (images.max_pixels lowered since scrape) becomes a rejected row.
     with caplog.at_level(logging.WARNING, logger="corgigan.data.filter_rules"):
         marked = cropping.mark_failures(table, {b: (b, None, "too_large", "4096 pixels > 99")}).to_pylist()
-    assert f"image {b} no longer decodes (too_large: 4096 pixels > 99)" in caplog.text
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [f"image {b} no longer decodes (too_large: 4096 pixels > 99)"]
     assert [(r["kept"], r["reason"], r["crop_side"]) for r in marked] == [(True, None, 32),
                                                                            (False, "decode_error", None)]
