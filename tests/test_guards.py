@@ -29,7 +29,9 @@ from tests.helpers import tiny_config
 
 # The globals the two reference formats use (NOTES.md: checked on pickles the reference code wrote):
 # persistence's reconstructor, torch's tensor/parameter/storage rebuilders, OrderedDict, EasyDict, the TF
-# Network class, numpy dtype/ndarray and the scalar and array reconstructors under numpy 1.x and 2.x names.
+# Network class, numpy dtype/ndarray and the scalar and array reconstructors under numpy 1.x and 2.x names,
+# and builtins.set: protocol 3 (the reference's Python 3.6/3.7 default) pickles a set, such as every torch
+# module's _non_persistent_buffers_set, as a call of builtins.set.
 FORMAT_GLOBALS = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"),
     ("torch._utils", "_rebuild_tensor_v2"),
