@@ -56,7 +56,7 @@ EQUIVALENT: dict[str, str] = {
     "corgigan.data.filter_rules.x_decide__mutmut_85": _ZIP_STRICT,
     "corgigan.data.filter_rules.x_decide__mutmut_88": _ZIP_STRICT,
     "corgigan.data.filter_rules.x_decide__mutmut_89": _ZIP_STRICT,
-    "corgigan.data.filter_rules.x_decide_all__mutmut_14": "DataFrame.to_dict lower-cases its orient ('RECORDS')",
+    "corgigan.data.filter_rules.x_decide_all__mutmut_14": "DataFrame.to_dict lower-cases orient",
     "corgigan.data.filter_rules.x_plan_crops__mutmut_3": "the initial shard is read only once a chunk exists",
 }
 
