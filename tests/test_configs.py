@@ -152,3 +152,37 @@ def test_paper1024_at_1024_asks_for_the_networks_whose_sizes_test_networks_check
     s = cfg.G_kwargs["synthesis_kwargs"]
     assert (s["channel_base"], s["channel_max"]) == (32768, 512)
     assert (cfg.D_kwargs["channel_base"], cfg.D_kwargs["channel_max"]) == (32768, 512)
+
+
+def test_knobs_replace_the_presets_values_and_none_keeps_them():
+    from corgigan.stylegan2.configs import Knobs
+
+    assert make_config("paper256", 256, knobs=Knobs()) == make_config("paper256", 256)
+    cfg = make_config("paper256", 256, knobs=Knobs(
+        batch_gpu=4, r1_gamma=5.0, G_lr=0.001, D_lr=0.003, channel_base=8192, channel_max=256,
+        mapping_layers=4, mbstd_group=2, num_fp16_res=0, ema_kimg=5.0, ema_rampup=0.0, pl_weight=0.0,
+        style_mixing_prob=0.5))
+    assert (cfg.batch, cfg.batch_gpu, cfg.mbstd_group, cfg.D_kwargs["mbstd_group_size"]) == (64, 4, 2, 2)
+    assert (cfg.r1_gamma, cfg.G_lr, cfg.D_lr, cfg.ema_kimg, cfg.ema_rampup) == (5.0, 0.001, 0.003, 5.0, None)
+    assert (cfg.pl_weight, cfg.style_mixing_prob) == (0.0, 0.5)
+    s = cfg.G_kwargs["synthesis_kwargs"]
+    assert (s["channel_base"], s["channel_max"], s["num_fp16_res"]) == (8192, 256, 0)
+    assert (cfg.D_kwargs["channel_base"], cfg.D_kwargs["channel_max"], cfg.D_kwargs["num_fp16_res"]) == (
+        8192, 256, 0)
+    assert cfg.G_kwargs["mapping_kwargs"]["num_layers"] == 4
+    # The group follows batch_gpu when not set: a group is drawn from one GPU's images.
+    assert make_config("paper256", 256, knobs=Knobs(batch_gpu=2)).mbstd_group == 2
+    assert make_config("auto", 256, knobs=Knobs(ema_rampup=0.1)).ema_rampup == 0.1
+
+
+def test_knobs_that_cannot_work_are_refused_with_the_knobs_name():
+    from corgigan.stylegan2.configs import Knobs
+
+    with pytest.raises(ValueError, match="batch_gpu 3 does not divide the 64"):
+        make_config("paper256", 256, knobs=Knobs(batch_gpu=3))
+    with pytest.raises(ValueError, match="mbstd_group 16 is larger than batch_gpu 8"):
+        make_config("paper256", 256, knobs=Knobs(mbstd_group=16))
+    with pytest.raises(ValueError, match="channel_max = 0 is outside"):
+        make_config("demo", 64, knobs=Knobs(channel_max=0))
+    with pytest.raises(ValueError, match="mapping_layers = 99 is outside"):
+        make_config("demo", 64, knobs=Knobs(mapping_layers=99))

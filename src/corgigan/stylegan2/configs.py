@@ -181,12 +181,38 @@ def _largest_divisor_at_most(n: int, cap: int) -> int:
     return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)
 
 
-def make_config(name: str, resolution: int, gpus: int = 1, batch: int | None = None) -> TrainingConfig:
+@dataclass(frozen=True)
+class Knobs:
+    """A user's changes to a preset (params.yaml `train:`); None keeps the preset's own value.
+
+    Each is one of the reference's command-line flags (StyleGAN2-ADA / StyleGAN3 train.py, in brackets).
+    """
+
+    batch_gpu: int | None = None            # images per GPU per pass [--batch-gpu]; divides batch / gpus
+    r1_gamma: float | None = None           # R1 weight [--gamma]
+    G_lr: float | None = None               # generator learning rate [--glr]
+    D_lr: float | None = None               # discriminator learning rate [--dlr]
+    channel_base: int | None = None         # feature maps: min(channel_base / res, channel_max) [--cbase]
+    channel_max: int | None = None          # [--cmax]
+    mapping_layers: int | None = None       # mapping network depth [--map-depth]
+    mbstd_group: int | None = None          # minibatch-stddev group size [--mbstd-group]
+    num_fp16_res: int | None = None         # float16 in this many highest resolutions; 0: [--fp32]
+    ema_kimg: float | None = None           # G_ema half-life in kimg [--ema]
+    ema_rampup: float | None = None         # G_ema half-life ramp-up as a fraction of images seen; 0: off
+    pl_weight: float | None = None          # path-length regularisation weight; 0: off [--pl-weight]
+    style_mixing_prob: float | None = None  # style-mixing probability; 0: off [--style-mixing]
+
+
+def make_config(name: str, resolution: int, gpus: int = 1, batch: int | None = None,
+                knobs: Knobs | None = None) -> TrainingConfig:
     """Build the named preset for images of `resolution` on `gpus` GPUs; batch None keeps the preset's.
 
     batch_gpu follows the reference: the preset's batch / ref_gpus (so one GPU accumulates gradients over
-    several rounds), capped by the per-GPU batch; an explicit batch sets batch_gpu = batch / gpus.
+    several rounds), capped by the per-GPU batch; an explicit batch sets batch_gpu = batch / gpus, and
+    knobs.batch_gpu sets it outright. The minibatch-stddev group follows batch_gpu (a group is drawn from
+    one GPU's images) unless knobs.mbstd_group sets it. `knobs` then replaces the preset's values.
     """
+    knobs = knobs or Knobs()
     if name not in CONFIG_NAMES:
         raise ValueError(f"unknown training config {name!r}; choose one of {', '.join(CONFIG_NAMES)}")
     if resolution < 8 or resolution & (resolution - 1):
@@ -208,7 +234,15 @@ def make_config(name: str, resolution: int, gpus: int = 1, batch: int | None = N
         raise ValueError(f"batch {total} does not split evenly over {gpus} GPUs; pass a multiple of {gpus}")
     per_gpu = total // gpus
     batch_gpu = per_gpu if batch else _largest_divisor_at_most(per_gpu, max(spec.batch // spec.ref_gpus, 1))
-    mbstd_group = min(spec.mbstd, batch_gpu)
+    if knobs.batch_gpu is not None:
+        if knobs.batch_gpu <= 0 or per_gpu % knobs.batch_gpu:
+            raise ValueError(f"batch_gpu {knobs.batch_gpu} does not divide the {per_gpu} images each of "
+                             f"{gpus} GPU(s) takes per step (batch {total}); pick a divisor of {per_gpu}")
+        batch_gpu = knobs.batch_gpu
+    mbstd_group = min(spec.mbstd, batch_gpu) if knobs.mbstd_group is None else knobs.mbstd_group
+    if mbstd_group > batch_gpu:
+        raise ValueError(f"mbstd_group {mbstd_group} is larger than batch_gpu {batch_gpu}: a group is drawn "
+                         "from one GPU's images; lower mbstd_group or raise batch_gpu")
 
     if name == "demo":
         latent, channel_base, channel_max = DEMO_LATENT, DEMO_CHANNEL_BASE, DEMO_CHANNEL_MAX
@@ -216,10 +250,18 @@ def make_config(name: str, resolution: int, gpus: int = 1, batch: int | None = N
     else:
         latent, channel_base, channel_max = 512, int(spec.fmaps * 32768), CHANNEL_MAX
         num_fp16_res = NUM_FP16_RES
+    channel_base = _knob(knobs.channel_base, channel_base)
+    channel_max = _knob(knobs.channel_max, channel_max)
+    num_fp16_res = _knob(knobs.num_fp16_res, num_fp16_res)
+    map_layers = _knob(knobs.mapping_layers, spec.map_layers)
+    for kind, value in (("channel_base", channel_base), ("channel_max", channel_max),
+                        ("num_fp16_res", num_fp16_res), ("mapping_layers", map_layers),
+                        ("mbstd_group_size", mbstd_group)):
+        check_size(kind, value, "mbstd_group" if kind == "mbstd_group_size" else kind)
     G_kwargs = {
         "z_dim": latent,
         "w_dim": latent,
-        "mapping_kwargs": {"num_layers": spec.map_layers},
+        "mapping_kwargs": {"num_layers": map_layers},
         "synthesis_kwargs": {"channel_base": channel_base, "channel_max": channel_max,
                              "num_fp16_res": num_fp16_res, "conv_clamp": CONV_CLAMP},
     }
@@ -233,13 +275,21 @@ def make_config(name: str, resolution: int, gpus: int = 1, batch: int | None = N
         "architecture": "orig" if name == "cifar" else "resnet",
     }
     plain = name == "cifar"  # cifar: no path-length regularisation and no style mixing
+    ema_rampup = spec.ema_rampup if knobs.ema_rampup is None else (knobs.ema_rampup or None)  # 0: off
     return TrainingConfig(
         name=name, resolution=resolution, batch=total, batch_gpu=batch_gpu, mbstd_group=mbstd_group,
-        G_kwargs=G_kwargs, D_kwargs=D_kwargs, G_lr=spec.lr, D_lr=spec.lr, betas=BETAS, r1_gamma=spec.gamma,
-        ema_kimg=spec.ema_kimg, ema_rampup=spec.ema_rampup,
-        pl_weight=0.0 if plain else PL_WEIGHT, style_mixing_prob=0.0 if plain else STYLE_MIXING_PROB,
+        G_kwargs=G_kwargs, D_kwargs=D_kwargs, G_lr=_knob(knobs.G_lr, spec.lr),
+        D_lr=_knob(knobs.D_lr, spec.lr), betas=BETAS, r1_gamma=_knob(knobs.r1_gamma, spec.gamma),
+        ema_kimg=_knob(knobs.ema_kimg, spec.ema_kimg),
+        ema_rampup=ema_rampup, pl_weight=_knob(knobs.pl_weight, 0.0 if plain else PL_WEIGHT),
+        style_mixing_prob=_knob(knobs.style_mixing_prob, 0.0 if plain else STYLE_MIXING_PROB),
         G_reg_interval=G_REG_INTERVAL, D_reg_interval=D_REG_INTERVAL,
     )
+
+
+def _knob(value: Any, preset: Any) -> Any:
+    """The user's value when set, else the preset's."""
+    return preset if value is None else value
 
 
 def build_networks(cfg: TrainingConfig, img_channels: int = 3,
