@@ -45,8 +45,7 @@ from cleanfid import fid as cfid
 from PIL import Image
 
 from corgigan import images, params
-from corgigan.analysis import fid
-from corgigan.analysis import sampling as generate
+from corgigan.analysis import fid, sampling
 from corgigan.data import dataset_zip
 from corgigan.errors import StageError
 from corgigan.params import EvaluateParams
@@ -82,7 +81,7 @@ def train_snapshot(data: Path, run_dir: Path, resolution: int) -> tuple[torch.nn
     cfg = configs.make_config("demo", resolution)
     path = training_loop(data, run_dir, cfg, kimg=cfg.batch / 1000, snapshot_kimg=cfg.batch / 1000,
                          seed=0, augment="none", workers=0, device="cpu")
-    G, _ = generate.load(path, CPU)
+    G, _ = sampling.load(path, CPU)
     return G, path
 
 
@@ -122,9 +121,9 @@ def throughput(G: torch.nn.Module, extractors: list[fid.Extractor], n: int, batc
     """Log images/s of generation and of each extractor, as ratios against the bare G forward."""
     seeds = list(range(n))
     base = n / median_seconds(lambda: forward_all(G, n, batch), repeats)
-    fake = generate.generate_images(G, seeds, 1.0, batch)
+    fake = sampling.generate_images(G, seeds, 1.0, batch)
     rows = [("G forward (baseline)", base),
-            ("generate_images", n / median_seconds(lambda: generate.generate_images(G, seeds, 1.0, batch),
+            ("generate_images", n / median_seconds(lambda: sampling.generate_images(G, seeds, 1.0, batch),
                                                    repeats))]
     for ex in extractors:
         rate = n / median_seconds(lambda ex=ex: [ex(fake[i:i + batch]) for i in range(0, n, batch)],
@@ -155,7 +154,7 @@ def write_generated(G: torch.nn.Module, p: EvaluateParams, folder: Path) -> None
     """The stage's generated images (same seeds, psi, batch) as PNG files, for clean-fid."""
     folder.mkdir(parents=True)
     seeds = list(range(p.seed, p.seed + p.num_images))
-    for seed, img in zip(seeds, generate.generate_images(G, seeds, p.truncation_psi, p.batch)):
+    for seed, img in zip(seeds, sampling.generate_images(G, seeds, p.truncation_psi, p.batch)):
         Image.fromarray(img).save(folder / f"seed{seed:06d}.png")
 
 

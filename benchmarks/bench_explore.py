@@ -34,9 +34,8 @@ from tests.helpers import fake_state
 
 from benchmarks.timing import best_of
 from corgigan import params
-from corgigan.analysis import attributes as labelling
+from corgigan.analysis import attributes, sampling
 from corgigan.analysis import directions as dirs
-from corgigan.analysis import sampling as generate
 from corgigan.detector import detection
 from corgigan.stages import explore
 from corgigan.stylegan2 import configs
@@ -71,7 +70,7 @@ def demo_detector(root: Path, given: Path) -> Path:
     return root / "detector"
 
 
-def bare_predict(det: labelling.Detector, images: list[Image.Image]) -> int:
+def bare_predict(det: attributes.Detector, images: list[Image.Image]) -> int:
     """What a plain ultralytics user writes for in-memory images; returns the number of boxes."""
     boxes = 0
     for i in range(0, len(images), det.batch):
@@ -100,41 +99,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-explore-") as tmp:
         root = Path(tmp)
         ckpt, det_dir = demo_checkpoint(root, args.checkpoint), demo_detector(root, args.detector)
-        G, _ = generate.load(ckpt, torch.device("cpu"))
-        det = labelling.load_detector(det_dir, conf=d.conf, iou=d.iou, imgsz=d.imgsz, batch=d.batch,
+        G, _ = sampling.load(ckpt, torch.device("cpu"))
+        det = attributes.load_detector(det_dir, conf=d.conf, iou=d.iou, imgsz=d.imgsz, batch=d.batch,
                                       device="cpu")
         n = args.images
-        w = generate.sample_w(G, list(range(n)), 1.0)
+        w = sampling.sample_w(G, list(range(n)), 1.0)
         ws = w[:, None].repeat(1, G.num_ws, 1)
-        imgs = generate.synthesize_w(G, ws, d.batch)
+        imgs = sampling.synthesize_w(G, ws, d.batch)
         pil = [Image.fromarray(im) for im in imgs]
         log.info("generator %d px (w_dim %d, num_ws %d), detector imgsz %d, batch %d, %d images, %d threads",
                  G.img_resolution, G.w_dim, G.num_ws, d.imgsz, d.batch, n, torch.get_num_threads())
 
-        labelling.label_images(det, imgs[:d.batch])          # warm-up: the first predict builds the predictor
+        attributes.label_images(det, imgs[:d.batch])        # warm-up: the first predict builds the predictor
         bare_predict(det, pil[:d.batch])
         # Interleaved repeats, best of each: a busy machine slows all three alike.
         t_bare = t_label = t_draw_label = float("inf")
         for _ in range(args.repeats):
             t_bare = min(t_bare, best_of(1, lambda: bare_predict(det, pil)))
-            t_label = min(t_label, best_of(1, lambda: labelling.label_images(det, imgs)))
-            t_draw_label = min(t_draw_label, best_of(1, lambda: labelling.label_latents(G, det, ws)))
+            t_label = min(t_label, best_of(1, lambda: attributes.label_images(det, imgs)))
+            t_draw_label = min(t_draw_label, best_of(1, lambda: attributes.label_latents(G, det, ws)))
         log.info("bare ultralytics predict:        %7.1f images/s (%.2f s)", n / t_bare, t_bare)
         log.info("labelling.label_images:          %7.1f images/s (%.2f s)  ratio to bare %.3f "
                  "(target >= 0.90)", n / t_label, t_label, t_bare / t_label)
         log.info("draw + label (label_latents):    %7.1f images/s (%.2f s)  generator share %.0f%%",
                  n / t_draw_label, t_draw_label, 100 * (1 - t_label / t_draw_label))
 
-        labels = labelling.label_images(det, imgs)
+        labels = attributes.label_images(det, imgs)
         p = cfg.explore
         timings = {
-            f"sample {args.pca_samples} w": lambda: generate.sample_w(G, list(range(args.pca_samples)), 1.0),
+            f"sample {args.pca_samples} w": lambda: sampling.sample_w(G, list(range(args.pca_samples)), 1.0),
             "SeFa (all layers)": lambda: dirs.sefa(dirs.style_affines(G, 0, G.num_ws), p.num_components),
             f"PCA of {args.pca_samples} w": lambda: dirs.pca(w_pca, p.num_components),
-            f"boundaries for {len(labelling.ATTRIBUTES)} attributes": lambda: explore.labelled_directions(
+            f"boundaries for {len(attributes.ATTRIBUTES)} attributes": lambda: explore.labelled_directions(
                 labels, w, p, G.num_ws),
         }
-        w_pca = generate.sample_w(G, list(range(args.pca_samples)), 1.0)
+        w_pca = sampling.sample_w(G, list(range(args.pca_samples)), 1.0)
         total = 0.0
         for what, fn in timings.items():
             seconds = best_of(args.repeats, fn)

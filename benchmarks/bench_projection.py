@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from corgigan import images
-from corgigan.analysis import sampling as generate
+from corgigan.analysis import sampling
 from corgigan.data.dataset_zip import write_zip
 from corgigan.data.scenes import draw_scene
 from corgigan.play import projection, serve
@@ -118,7 +118,7 @@ def page_latency(repeats: int) -> None:
     log.info("%-34s %9s %9s", "page update at 256 px", "ms", "vs. G")
     for name, res in PAGE_NETS:
         G, D = networks(name, res)
-        ws = generate.map_seeds(G, [0], 1.0)
+        ws = sampling.map_seeds(G, [0], 1.0)
 
         @torch.no_grad()
         def bare(G: torch.nn.Module = G, ws: torch.Tensor = ws) -> None:
@@ -181,7 +181,7 @@ def train_model(folder: Path, kimg: float) -> tuple[Path, Path]:
 
 def errors_table(checkpoint: Path, data: Path, n: int, steps_list: list[int]) -> None:
     """Log mean reconstruction errors of n dataset images by space and steps, against the average w."""
-    G, info = generate.load(checkpoint, CPU)
+    G, info = sampling.load(checkpoint, CPU)
     D = projection.load_discriminator(Path(info["path"]), CPU)
     ds = ZipDataset(data)
     idx = np.linspace(0, len(ds) - 1, n).round().astype(int)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from corgigan.analysis import sampling as generate
+from corgigan.analysis import sampling
 from corgigan.cli import main
 from corgigan.errors import MAX_LINE
 from corgigan.stylegan2.snapshot import save_snapshot
@@ -109,7 +109,7 @@ def test_project_and_serve_numbers(tmp_path, caplog, model):
 def test_a_picture_beyond_the_memory_budget_is_refused_before_any_output(tmp_path, caplog, model,
                                                                        monkeypatch):
     # 8-px tiles: 64 pixels each. A budget of 64 * 100 pixels takes 100 images, not 3 seeds x 40 steps.
-    monkeypatch.setattr(generate, "MAX_PICTURE_PIXELS", 64 * 100)
+    monkeypatch.setattr(sampling, "MAX_PICTURE_PIXELS", 64 * 100)
     out = tmp_path / "out"
     assert main(_generate(model, out, *EDIT, "--seeds", "0-2", "--steps", "40")) == 2
     assert "120 images of 8x8 px" in _error(caplog)

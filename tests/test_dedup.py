@@ -14,10 +14,10 @@ from imagededup.methods import PHash
 from PIL import Image
 
 from corgigan import images, tables
-from corgigan.data import dedup as duplicates
+from corgigan.data import dedup
 from corgigan.errors import StageError
 from corgigan.params import DedupParams
-from corgigan.stages import dedup
+from corgigan.stages import dedup as dedup_stage
 
 PARAMS = DedupParams(method="phash", max_distance=4)
 
@@ -55,7 +55,7 @@ def test_near_duplicate_found_and_exactly_one_kept(tmp_path):
     base = smooth(1)
     crops = [("a" * 16, base, 0.7, 500), ("b" * 16, near_copy(base), 0.9, 400),
              ("c" * 16, smooth(2), 0.8, 600), ("d" * 16, smooth(3), 0.8, 600)]
-    dedup.run(PARAMS, make_crops(tmp_path / "filter", crops), tmp_path / "dedup.parquet")
+    dedup_stage.run(PARAMS, make_crops(tmp_path / "filter", crops), tmp_path / "dedup.parquet")
     t = tables.read_table("dedup", tmp_path / "dedup.parquet").set_index("image_id")
     assert list(t.index) == sorted(t.index)
     a, b = t.loc["a" * 16], t.loc["b" * 16]
@@ -72,7 +72,7 @@ def test_near_duplicate_found_and_exactly_one_kept(tmp_path):
 def test_ties_prefer_larger_crop_then_smaller_id(tmp_path):
     img = smooth(4)
     crops = [("a" * 16, img, 0.8, 500), ("b" * 16, img, 0.8, 700), ("c" * 16, img, 0.8, 700)]
-    dedup.run(PARAMS, make_crops(tmp_path / "f", crops), tmp_path / "d.parquet")
+    dedup_stage.run(PARAMS, make_crops(tmp_path / "f", crops), tmp_path / "d.parquet")
     t = tables.read_table("dedup", tmp_path / "d.parquet").set_index("image_id")
     assert list(t["kept"]) == [False, True, False]
     assert set(t["duplicate_of"].dropna()) == {"b" * 16}
@@ -80,7 +80,7 @@ def test_ties_prefer_larger_crop_then_smaller_id(tmp_path):
 
 
 def test_no_crops_gives_an_empty_table(tmp_path):
-    dedup.run(PARAMS, make_crops(tmp_path / "f", []), tmp_path / "d.parquet")
+    dedup_stage.run(PARAMS, make_crops(tmp_path / "f", []), tmp_path / "d.parquet")
     assert len(tables.read_table("dedup", tmp_path / "d.parquet")) == 0
 
 
@@ -88,14 +88,14 @@ def test_crops_and_table_must_agree(tmp_path):
     root = make_crops(tmp_path / "f", [("a" * 16, smooth(1), 0.8, 500)])
     tables.write_table("filter", [filter_row("b" * 16, 0.8, 500)], root / "filter.parquet")
     with pytest.raises(StageError, match="re-run filter"):
-        dedup.run(PARAMS, root, tmp_path / "d.parquet")
+        dedup_stage.run(PARAMS, root, tmp_path / "d.parquet")
 
 
 def test_rerun_is_byte_identical(tmp_path):
     crops = [(f"{i:016x}", smooth(i % 5), 0.5 + i / 100, 500) for i in range(12)]
     root = make_crops(tmp_path / "f", crops)
-    dedup.run(PARAMS, root, tmp_path / "1.parquet")
-    dedup.run(PARAMS, root, tmp_path / "2.parquet")
+    dedup_stage.run(PARAMS, root, tmp_path / "1.parquet")
+    dedup_stage.run(PARAMS, root, tmp_path / "2.parquet")
     assert (tmp_path / "1.parquet").read_bytes() == (tmp_path / "2.parquet").read_bytes()
     t = tables.read_table("dedup", tmp_path / "1.parquet")
     assert int(t["kept"].sum()) == 5                           # five distinct pictures
@@ -109,15 +109,15 @@ KNOWN_HASHES = {"phash": "f2ed5227695c92d8", "dhash": "8f0733030fccfc30", "whash
 
 @pytest.mark.parametrize("method", sorted(KNOWN_HASHES))
 def test_every_method_hashes_to_its_known_64_bits(method):
-    assert duplicates.hash_image(images.encode_png(smooth(1)), method) == KNOWN_HASHES[method]
+    assert dedup.hash_image(images.encode_png(smooth(1)), method) == KNOWN_HASHES[method]
 
 
 def test_chains_join_one_cluster():
     # 0~1 (distance 3) and 1~2 (distance 3) but 0 and 2 are 6 apart: one cluster of three.
     h = np.array([0b0, 0b111, 0b111111], dtype=np.uint64)
-    pairs = duplicates.near_pairs(h, 3)
+    pairs = dedup.near_pairs(h, 3)
     assert pairs.tolist() == [[0, 1, 3], [1, 2, 3]]
-    assert duplicates.components(3, pairs).tolist() == [0, 0, 0]
+    assert dedup.components(3, pairs).tolist() == [0, 0, 0]
 
 
 def test_search_matches_imagededup():
@@ -128,7 +128,7 @@ def test_search_matches_imagededup():
                            dtype=np.uint64)
     h = np.concatenate([base, near, np.uint64(1) << np.arange(64, dtype=np.uint64)])  # crowded too
     hexes = {f"{i:05d}": f"{int(v):016x}" for i, v in enumerate(h)}
-    ours = {(int(i), int(j), int(d)) for i, j, d in duplicates.near_pairs(h, 4, processes=2)}
+    ours = {(int(i), int(j), int(d)) for i, j, d in dedup.near_pairs(h, 4, processes=2)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs_map = PHash(verbose=False).find_duplicates(
@@ -141,9 +141,9 @@ def test_search_matches_imagededup():
 
 def test_tiles_cover_every_pair(monkeypatch):
     # A tile smaller than the set exercises the block boundaries.
-    monkeypatch.setattr(duplicates, "TILE", 7)
+    monkeypatch.setattr(dedup, "TILE", 7)
     h = np.array([5, 5, 6, 1 << 40, 5, 7, 5, 4, 5, 5, 5, 5, 5, 5, 5, 5, 5], dtype=np.uint64)
     n = len(h)
     want = sorted((i, j, int(np.bitwise_count(h[i] ^ h[j]))) for i in range(n) for j in range(i + 1, n)
                   if np.bitwise_count(h[i] ^ h[j]) <= 2)
-    assert [tuple(r) for r in duplicates.near_pairs(h, 2, processes=2).tolist()] == want
+    assert [tuple(r) for r in dedup.near_pairs(h, 2, processes=2).tolist()] == want

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from corgigan import cli
-from corgigan.analysis import sampling as generate
+from corgigan.analysis import sampling
 from corgigan.params import EvaluateParams
 from corgigan.stages import evaluate
 from corgigan.stylegan2.loop import training_loop
@@ -57,7 +57,7 @@ def test_evaluate_writes_metrics_figures_and_fid_per_snapshot(trained: tuple[Pat
         assert (figures / name).stat().st_size > 0, name
     assert Image.open(figures / "grid.png").size == (3 * 8, 3 * 8)        # 8 seeds in a 3x3 grid, 8 px
     width, height = Image.open(figures / "truncation.png").size          # 4 seeds x 6 psi, labelled
-    assert width > 6 * 8 and height == generate.LABEL_BAND + 4 * 8
+    assert width > 6 * 8 and height == sampling.LABEL_BAND + 4 * 8
     per_snapshot = json.loads((figures / "fid_vs_kimg.json").read_text())
     assert [r["kimg"] for r in per_snapshot] == pytest.approx([0.008, 0.016])
     assert per_snapshot[-1]["fid_pixels"] == pytest.approx(m["fid_pixels"])   # the last row is the metric
@@ -93,24 +93,24 @@ def test_evaluate_is_reproducible_across_processes(trained: tuple[Path, Path], t
 
 
 def test_truncation_zero_gives_one_image_for_all_seeds(trained: tuple[Path, Path]) -> None:
-    G, _ = generate.load(trained[1], torch.device("cpu"))
-    imgs = generate.generate_images(G, [0, 1, 2], psi=0.0)
+    G, _ = sampling.load(trained[1], torch.device("cpu"))
+    imgs = sampling.generate_images(G, [0, 1, 2], psi=0.0)
     assert imgs.dtype == np.uint8 and imgs.shape == (3, 8, 8, 3)
     assert np.array_equal(imgs[0], imgs[1]) and np.array_equal(imgs[0], imgs[2])
-    assert not np.array_equal(*generate.generate_images(G, [0, 1], psi=1.0))
+    assert not np.array_equal(*sampling.generate_images(G, [0, 1], psi=1.0))
 
 
 def test_truncation_and_mixing_figures_carry_labels(trained: tuple[Path, Path]) -> None:
-    G, _ = generate.load(trained[1], torch.device("cpu"))
-    sweep = generate.truncation_sweep(G, [0, 1], psis=(1.0, 0.5))
-    plain = generate.image_grid(generate.generate_images(G, [0], 1.0), cols=1)
-    band = generate.LABEL_BAND
+    G, _ = sampling.load(trained[1], torch.device("cpu"))
+    sweep = sampling.truncation_sweep(G, [0, 1], psis=(1.0, 0.5))
+    plain = sampling.image_grid(sampling.generate_images(G, [0], 1.0), cols=1)
+    band = sampling.LABEL_BAND
     assert sweep.height == band + 2 * 8 and sweep.width > 2 * 8         # label strips above and left
     left = sweep.width - 2 * 8
     assert np.array_equal(np.asarray(sweep)[band:band + 8, left:left + 8], np.asarray(plain))
     header = np.asarray(sweep)[:band, left:]
     assert (header < 128).any()                                       # the psi labels are drawn
-    mixing = generate.style_mixing(G, [0, 1], [2, 3])
+    mixing = sampling.style_mixing(G, [0, 1], [2, 3])
     assert mixing.size[1] == band + 3 * 8 and (np.asarray(mixing)[:band] < 128).any()
 
 

@@ -17,8 +17,7 @@ import torch
 from PIL import Image
 
 from corgigan import cli
-from corgigan.analysis import attributes as labelling
-from corgigan.analysis import sampling as generate
+from corgigan.analysis import attributes, sampling
 from corgigan.detector import detection
 from corgigan.errors import StageError
 from corgigan.params import DetectParams, ExploreParams
@@ -62,8 +61,8 @@ def bright_mass_boxes(yolo: object, images: list[Image.Image], **_: object
 
 @pytest.fixture
 def fake_detector(monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
-    monkeypatch.setattr(labelling.detection, "predict", bright_mass_boxes)
-    monkeypatch.setattr(labelling, "load_detector", lambda _dir, **kw: labelling.Detector(None, 0, **kw))
+    monkeypatch.setattr(attributes.detection, "predict", bright_mass_boxes)
+    monkeypatch.setattr(attributes, "load_detector", lambda _dir, **kw: attributes.Detector(None, 0, **kw))
 
 
 def run_stage(checkpoints: Path, out: Path, p: ExploreParams = PARAMS) -> tuple[Path, Path, Path]:
@@ -75,7 +74,7 @@ def run_stage(checkpoints: Path, out: Path, p: ExploreParams = PARAMS) -> tuple[
 def test_explore_writes_measured_directions_that_serve_can_read(checkpoints: Path, tmp_path: Path,
                                                                  fake_detector: None) -> None:
     directions, metrics, figures = run_stage(checkpoints, tmp_path)
-    G, _ = generate.load(checkpoints, torch.device("cpu"))
+    G, _ = sampling.load(checkpoints, torch.device("cpu"))
     read = projection.read_directions(directions, G.w_dim, G.num_ws)        # the reading contract
     sefa_pca = {f"{m}_{i}" for m in ("sefa", "pca") for i in range(3)}
     assert {d.name for d in read} == sefa_pca | LABELLED
@@ -98,7 +97,7 @@ def test_explore_writes_measured_directions_that_serve_can_read(checkpoints: Pat
     assert m["accuracy"]["brightness"] > 0.8 and m["rank_corr"]["brightness"] > 0.8
     for name in sefa_pca | LABELLED:
         width, height = Image.open(figures / f"{name}.png").size
-        assert width > 5 * RES and height == generate.LABEL_BAND + 3 * RES, name
+        assert width > 5 * RES and height == sampling.LABEL_BAND + 3 * RES, name
     # The stored sigma is the one edits use; measured afresh (other seeds, same method) it is close.
     assert [d.sigma for d in read] == [doc["directions"][d.name]["sigma"] for d in read]
     fresh = projection.direction_sigmas(G, [dataclasses.replace(d, sigma=None) for d in read])
@@ -108,13 +107,13 @@ def test_explore_writes_measured_directions_that_serve_can_read(checkpoints: Pat
 def test_explore_is_reproducible_and_fits_on_other_seeds_than_it_checks(
         checkpoints: Path, tmp_path: Path, fake_detector: None, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[int]] = []
-    sample_w = generate.sample_w
+    sample_w = sampling.sample_w
 
     def spy(G: torch.nn.Module, seeds: list[int], psi: float) -> torch.Tensor:
         seen.append(seeds)
         return sample_w(G, seeds, psi)
 
-    monkeypatch.setattr(generate, "sample_w", spy)
+    monkeypatch.setattr(sampling, "sample_w", spy)
     a = run_stage(checkpoints, tmp_path / "a")
     b = run_stage(checkpoints, tmp_path / "b")
     pool, check = seen[0], seen[1]
@@ -140,7 +139,7 @@ def test_dog_attributes_are_fitted_among_images_with_a_dog() -> None:
     w = torch.from_numpy(rng.normal(size=(200, 8))).float()
     x = w.double().numpy()
     has_dog = x[:, 0] > 0                                    # presence follows w[0]; size follows w[1]
-    labels = {name: rng.random(200) for name in labelling.ATTRIBUTES}
+    labels = {name: rng.random(200) for name in attributes.ATTRIBUTES}
     labels["num_dogs"] = has_dog.astype(float)
     labels["dog_size"] = np.where(has_dog, 0.3 + 0.1 * x[:, 1], 0.0)
     found, skipped = explore.labelled_directions(labels, w, PARAMS, num_ws=6)
@@ -161,34 +160,34 @@ def test_labelling_with_the_real_detector_path(tmp_path: Path, one_thread: None)
     model = DetectionModel("yolo11n.yaml", nc=1, verbose=False)
     model.names = {0: "dog"}
     detection.save_detector(model.eval(), tmp_path / "detector", {"kind": "untrained", "dog_class": 0})
-    det = labelling.load_detector(tmp_path / "detector", conf=0.0, iou=0.45, imgsz=64, batch=4, device="cpu")
+    det = attributes.load_detector(tmp_path / "detector", conf=0.0, iou=0.45, imgsz=64, batch=4, device="cpu")
     images = np.random.default_rng(0).integers(0, 256, (6, RES, RES, 3), dtype=np.uint8)
-    labels = labelling.label_images(det, images)
-    assert set(labels) == set(labelling.ATTRIBUTES) and all(len(v) == 6 for v in labels.values())
+    labels = attributes.label_images(det, images)
+    assert set(labels) == set(attributes.ATTRIBUTES) and all(len(v) == 6 for v in labels.values())
     assert np.all((labels["dog_size"] >= 0) & (labels["dog_size"] <= 1))
     found = labels["num_dogs"] > 0
     assert np.all((labels["dog_x"][found] >= 0) & (labels["dog_x"][found] <= 1))
     assert np.all(np.isnan(labels["dog_x"][~found]))
     (tmp_path / "detector" / detection.META_FILE).write_text('{"kind": "untrained"}')
     with pytest.raises(StageError, match="no dog_class"):
-        labelling.load_detector(tmp_path / "detector", conf=0.0, iou=0.45, imgsz=64, batch=4, device="cpu")
+        attributes.load_detector(tmp_path / "detector", conf=0.0, iou=0.45, imgsz=64, batch=4, device="cpu")
 
 
 def test_box_attributes_and_image_stats() -> None:
     dets = [detection.Detection(-4, 0, 4, 8, 0.5, 0), detection.Detection(8, 8, 16, 16, 0.9, 0)]
-    a = labelling.box_attributes(dets, 16, 16)                               # the most confident box
+    a = attributes.box_attributes(dets, 16, 16)                               # the most confident box
     assert a == {"dog_size": 0.25, "dog_x": 0.75, "dog_y": 0.75, "num_dogs": 2.0, "confidence": 0.9}
-    assert labelling.box_attributes(dets[:1], 16, 16)["dog_size"] == 4 * 8 / 256   # clipped to the image
+    assert attributes.box_attributes(dets[:1], 16, 16)["dog_size"] == 4 * 8 / 256   # clipped to the image
     images = np.zeros((2, 4, 4, 3), np.uint8)
     images[1] = (255, 0, 0)
-    s = labelling.image_stats(images)
+    s = attributes.image_stats(images)
     assert s["brightness"].tolist() == pytest.approx([0.0, 0.299]) and s["saturation"].tolist() == [0.0, 1.0]
 
 
 def test_edit_ws_moves_only_the_chosen_layers() -> None:
     w = torch.randn(2, 4)
     v = torch.tensor([1.0, 0, 0, 0])
-    ws = generate.edit_ws(w, v, (1, 3), np.array([-1.0, 0.0, 2.0]), num_ws=5)      # [2 * 3, 5, 4]
+    ws = sampling.edit_ws(w, v, (1, 3), np.array([-1.0, 0.0, 2.0]), num_ws=5)      # [2 * 3, 5, 4]
     assert ws.shape == (6, 5, 4)
     assert torch.equal(ws[:, 0], w.repeat_interleave(3, 0))
     assert torch.equal(ws[:, 3:], ws[:, :1].expand(6, 2, 4))
@@ -203,7 +202,7 @@ def test_generate_edit_and_edit_video(checkpoints: Path, tmp_path: Path, fake_de
     assert cli.main([*base, "--out", str(out), "--what", "edit", "--direction", "dog_size",
                      "--strength=-2..2", "--steps", "4"]) == 0
     width, height = Image.open(out / "edit-dog_size.png").size
-    assert width > 4 * RES and height == generate.LABEL_BAND + 3 * RES
+    assert width > 4 * RES and height == sampling.LABEL_BAND + 3 * RES
     edit = [*base, "--out", str(out), "--what", "edit"]
     assert cli.main([*edit, "--direction", "sefa_0", "--layers", "0-2"]) == 0
     assert (out / "edit-sefa_0.png").is_file()

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from corgigan import images, tables
-from corgigan.data import filter_rules as cropping
+from corgigan.data import filter_rules
 from corgigan.errors import StageError
 from corgigan.params import FilterParams, ImagesParams
 from corgigan.stages import filter as filter_stage
@@ -132,12 +132,12 @@ def test_missing_inputs_say_which_stage_to_run(tmp_path):
 def test_decide_orders_checks():
     post = {"image_id": "x", "decode_status": "ok", "width": 200, "height": 150}
     # too_small wins over everything the boxes would say
-    row, _ = cropping.decide({**post, "width": 50}, [], FILTER)
+    row, _ = filter_rules.decide({**post, "width": 50}, [], FILTER)
     assert row["reason"] == "too_small"
     # a faint best box is low_confidence even when there are several boxes
-    row, _ = cropping.decide(post, [(0, 0, 10, 10, 0.3), (20, 20, 30, 30, 0.2)], FILTER)
+    row, _ = filter_rules.decide(post, [(0, 0, 10, 10, 0.3), (20, 20, 30, 30, 0.2)], FILTER)
     assert row["reason"] == "low_confidence" and row["num_dogs"] == 0
-    row, win = cropping.decide(post, [(60, 40, 120, 100, 0.9)], FILTER)
+    row, win = filter_rules.decide(post, [(60, 40, 120, 100, 0.9)], FILTER)
     assert row["kept"] and win is not None and win.side == 80
 
 

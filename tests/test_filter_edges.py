@@ -1,4 +1,4 @@
-"""The filter's rules at and across each threshold, in each direction (cropping.decide, the rules' one home).
+"""The filter's rules at and across each threshold, in each direction (filter_rules.decide, their one home).
 
 Every rule gets a case exactly on its threshold, one just under and one just over, and the geometric rules
 one per side of the image. The numbers are powers of two so the window measures are exact in binary and
@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from corgigan import tables
-from corgigan.data import filter_rules as cropping
+from corgigan.data import filter_rules
 from corgigan.errors import StageError
 from corgigan.params import FilterParams, ImagesParams
 from tests.helpers import Spec, image_id, make_raw
@@ -35,7 +35,7 @@ def decide(size: tuple[int, int], boxes: list[tuple[float, ...]],
     """The filter row and window of one decoded image of `size` with `boxes` (most confident first)."""
     post = {"image_id": "x", "decode_status": "ok", "width": size[0], "height": size[1]}
     scored = [tuple(float(v) for v in b) for b in boxes]
-    return cropping.decide(post, scored, FilterParams(**{**BASE, **changes}))
+    return filter_rules.decide(post, scored, FilterParams(**{**BASE, **changes}))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -172,22 +172,23 @@ def test_partial_along_each_axis(orientation, length, partial):
 
 def test_decide_all_of_no_posts_is_an_empty_filter_table():
     posts = pd.DataFrame({"image_id": [], "decode_status": [], "width": [], "height": []})
-    table, crop_boxes = cropping.decide_all(posts, {}, FilterParams(**BASE))
+    table, crop_boxes = filter_rules.decide_all(posts, {}, FilterParams(**BASE))
     assert table.num_rows == 0 and table.schema == tables.SCHEMAS["filter"] and crop_boxes == {}
 
 
 def test_plan_crops_chunks_follow_shards_and_the_chunk_size():
     # Rejected images (not in crop_boxes) anywhere in posts are skipped, not the end of the plan; a chunk
     # holds the kept images of one shard, at most CHUNK of them.
-    n = cropping.CHUNK + 2
+    n = filter_rules.CHUNK + 2
     ids = ["rejected"] + [f"a{i}" for i in range(n)] + ["b0", "rejected2", "b1"]
     shards = ["s0.zip"] * (n + 1) + ["s1.zip"] * 3
     posts = pd.DataFrame({"image_id": ids, "width": 64, "height": 48, "shard": shards})
     boxes = {i: (0, 0, 48, 48) for i in ids if not i.startswith("rejected")}
-    tasks = cropping.plan_crops(posts, boxes, Path("/raw"), FilterParams(**BASE), ImagesParams(max_pixels=99))
+    tasks = filter_rules.plan_crops(posts, boxes, Path("/raw"), FilterParams(**BASE),
+                                    ImagesParams(max_pixels=99))
     assert [(shard, [item[0] for item in items]) for shard, items, *_ in tasks] == [
-        ("/raw/s0.zip", [f"a{i}" for i in range(cropping.CHUNK)]),
-        ("/raw/s0.zip", [f"a{i}" for i in range(cropping.CHUNK, n)]),
+        ("/raw/s0.zip", [f"a{i}" for i in range(filter_rules.CHUNK)]),
+        ("/raw/s0.zip", [f"a{i}" for i in range(filter_rules.CHUNK, n)]),
         ("/raw/s1.zip", ["b0", "b1"]),
     ]
     assert all(tuple(rest) == (32, "lanczos", 99) for _, _, *rest in tasks)
@@ -200,20 +201,21 @@ def test_crop_chunk_answers_every_image_and_an_inconsistent_raw_set_stops(tmp_pa
     a, b, gone = image_id("a"), image_id("b"), image_id("gone")
     box = (0, 0, 48, 48)
     task = (shard, [(gone, 64, 48, box), (a, 50, 48, box), (b, 64, 48, box)], 16, "lanczos", 10**6)
-    missing, changed, ok = cropping.crop_chunk(task)
+    missing, changed, ok = filter_rules.crop_chunk(task)
     assert missing[:3] == (gone, None, "missing") and Path(shard).name in missing[3]
     assert changed == (a, None, "size_changed", "decodes to 64x48, posts say 50x48")
     assert ok[0] == b and ok[2:] == ("ok", "")
     assert Image.open(io.BytesIO(ok[1])).size == (16, 16)
 
     posts = pd.DataFrame({"image_id": [a, b], "decode_status": "ok", "width": 64, "height": 48})
-    table, _ = cropping.decide_all(posts, {a: [(8, 8, 40, 40, 0.9)], b: [(8, 8, 40, 40, 0.9)]},
+    table, _ = filter_rules.decide_all(posts, {a: [(8, 8, 40, 40, 0.9)], b: [(8, 8, 40, 40, 0.9)]},
                                    FilterParams(**{**BASE, "min_side": 32, "min_crop": 32}))
     with pytest.raises(StageError, match=f"image {a} decodes to 64x48, posts say 50x48: data/raw"):
-        cropping.mark_failures(table, {a: changed})
+        filter_rules.mark_failures(table, {a: changed})
     # An image that no longer decodes (images.max_pixels lowered since scrape) becomes a rejected row.
     with caplog.at_level(logging.WARNING, logger="corgigan.data.filter_rules"):
-        marked = cropping.mark_failures(table, {b: (b, None, "too_large", "4096 pixels > 99")}).to_pylist()
+        failed = {b: (b, None, "too_large", "4096 pixels > 99")}
+        marked = filter_rules.mark_failures(table, failed).to_pylist()
     warned = [r.getMessage() for r in caplog.records]
     assert warned == [f"image {b} no longer decodes (too_large: 4096 pixels > 99)"]
     assert [(r["kept"], r["reason"], r["crop_side"]) for r in marked] == [(True, None, 32),

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from corgigan import cli
-from corgigan.analysis import sampling as generate
+from corgigan.analysis import sampling
 from corgigan.params import EvaluateParams
 from corgigan.stages import evaluate
 from corgigan.stylegan2 import configs, importer, pickles
@@ -86,7 +86,7 @@ def assert_same_state(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor
 
 
 def images(G: torch.nn.Module, seeds=(0, 1, 2), psi: float = 0.7) -> np.ndarray:
-    return generate.generate_images(G.eval(), list(seeds), psi)
+    return sampling.generate_images(G.eval(), list(seeds), psi)
 
 
 def pickle_globals(path: Path) -> set[str]:

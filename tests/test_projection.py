@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from corgigan import cli, geometry
-from corgigan.analysis import sampling as generate
+from corgigan.analysis import sampling
 from corgigan.errors import StageError
 from corgigan.play import projection
 from corgigan.stylegan2.data import ZipDataset
@@ -41,7 +41,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def nets(trained: tuple[Path, Path]) -> tuple[torch.nn.Module, torch.nn.Module]:
-    G, info = generate.load(trained[1], torch.device("cpu"))
+    G, info = sampling.load(trained[1], torch.device("cpu"))
     D = projection.load_discriminator(Path(info["path"]), torch.device("cpu"))
     assert D is not None
     return G, D
@@ -78,7 +78,7 @@ def test_error_falls_with_steps_and_w_plus_fits_closer_than_w(trained, nets, one
 
 def test_an_image_of_the_model_is_found_again(nets, one_thread) -> None:
     G, D = nets
-    target = G.synthesis(generate.map_seeds(G, [3], 1.0), noise_mode="const")
+    target = G.synthesis(sampling.map_seeds(G, [3], 1.0), noise_mode="const")
     result = projection.project(G, target, D, projection.ProjectConfig(steps=100, space="w"))
     assert result.errors[0]["mse"] < 1e-3 and result.errors[0]["psnr"] > 30
 
@@ -228,9 +228,9 @@ def test_cli_project_writes_latent_video_and_errors(trained, tmp_path, one_threa
     assert Image.open(folder / "projected.png").size == (RES, RES)
     with np.load(folder / "projected_w.npz") as z:
         ws, space = z["ws"], str(z["space"])
-    G, _ = generate.load(trained[1], torch.device("cpu"))
+    G, _ = sampling.load(trained[1], torch.device("cpu"))
     assert ws.shape == (G.num_ws, G.w_dim) and space == "w" and np.allclose(ws, ws[:1])   # W: one w
-    assert np.array_equal(generate.synthesize_w(G, torch.from_numpy(ws)[None])[0],
+    assert np.array_equal(sampling.synthesize_w(G, torch.from_numpy(ws)[None])[0],
                           np.asarray(Image.open(folder / "projected.png")))
     assert any((folder / f"projection.{ext}").is_file() for ext in ("mp4", "gif"))
     report = json.loads((folder / "errors.json").read_text())

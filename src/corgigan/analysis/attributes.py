@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from corgigan.analysis import sampling as generate
+from corgigan.analysis import sampling
 from corgigan.detector import detection
 from corgigan.geometry import clip_box
 
@@ -103,7 +103,7 @@ def label_latents(G: torch.nn.Module, det: Detector, ws: torch.Tensor, keep: int
     kept: list[np.ndarray] = []
     with tqdm(total=len(ws), desc=desc, unit="img") as bar:
         for i in range(0, len(ws), det.batch):
-            imgs = generate.synthesize_w(G, ws[i:i + det.batch], det.batch)
+            imgs = sampling.synthesize_w(G, ws[i:i + det.batch], det.batch)
             parts.append(label_images(det, imgs))
             if i < keep:
                 kept.append(imgs[:keep - i])

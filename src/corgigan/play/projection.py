@@ -433,7 +433,7 @@ def photo_target(data: bytes, resolution: int, rule: CropRule, finder: DogFinder
 
 
 def load_discriminator(path: Path, device: torch.device) -> torch.nn.Module | None:
-    """D of the snapshot (or reference pickle) at `path` (the file generate.load read), eval and frozen;
+    """D of the snapshot (or reference pickle) at `path` (the file sampling.load read), eval and frozen;
     None when the file has no D (a reference pickle of G only)."""
     from corgigan.stylegan2 import configs, importer, snapshot
 
@@ -573,14 +573,14 @@ def main(photos: list[Path], checkpoint: Path, out: Path, cfg: ProjectConfig, ru
          detector: Path | None, detect_kwargs: dict[str, Any], lpips_files: tuple[Path, Path | None] | None,
          device: str, video: bool = True) -> list[dict[str, Any]]:
     """`corgigan project`: project each photo; return each one's final errors."""
-    from corgigan.analysis import sampling as generate
+    from corgigan.analysis import sampling
 
     try:
         cfg.validate()
     except ValueError as e:
         raise StageError(f"project: {e}") from e
     dev = resolve_device(device)
-    G, info = generate.load(checkpoint, dev)
+    G, info = sampling.load(checkpoint, dev)
     D = load_discriminator(Path(info["path"]), dev) if cfg.feature_weight > 0 else None
     if D is None and cfg.feature_weight > 0:
         log.warning("%s has no discriminator: pixel loss only (--lpips adds a perceptual one)", checkpoint)

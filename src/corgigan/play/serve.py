@@ -1,7 +1,7 @@
 """`corgigan serve`: a local web page to explore a model.
 
 A seed grid, a truncation slider, style mixing of two seeds, sliders along the explore stage's directions,
-and "upload a photo, project it, then edit it", with every image downloadable. The page (corgigan/web/) is
+and "upload a photo, project it, then edit it", with every image downloadable. The page (play/web/) is
 plain HTML, CSS and JavaScript served from the package: no CDN, no fonts or scripts from elsewhere, no
 telemetry; its Content-Security-Policy lets it load nothing but this server.
 
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from corgigan.analysis import sampling as generate
+from corgigan.analysis import sampling
 from corgigan.errors import StageError
 from corgigan.params import SEED_LIMIT
 from corgigan.play import projection
@@ -200,7 +200,7 @@ class Explorer:
         self,
         G: torch.nn.Module,                          # generator, eval, frozen
         D: torch.nn.Module | None,                   # for the projection's feature loss; None: pixels only
-        info: dict[str, Any],                        # generate.load's info
+        info: dict[str, Any],                        # sampling.load's info
         directions: list[projection.Direction] | None = None,
         limits: Limits | None = None,
         rule: projection.CropRule | None = None,     # the filter stage's crop (default: min_crop = G's res)
@@ -254,7 +254,7 @@ class Explorer:
         amounts = tuple(_float(q, f"d{i}", 0.0, -self.limits.max_sigmas, self.limits.max_sigmas)
                         for i in range(len(self.directions)))
         moves = {d.name: a * s for d, a, s in zip(self.directions, amounts, self.sigmas) if a}
-        mix_ws = generate.map_seeds(self.G, [mix], 1.0)[0].cpu() if mix is not None else None
+        mix_ws = sampling.map_seeds(self.G, [mix], 1.0)[0].cpu() if mix is not None else None
         edit = projection.Edit(psi=psi, mix=mix_ws, cutoff=cutoff, moves=moves)
         return edit, (psi, mix, cutoff if mix is not None else None, amounts)
 
@@ -278,7 +278,7 @@ class Explorer:
                     raise RequestError(HTTPStatus.NOT_FOUND, "that photo is no longer kept; upload it again")
                 return lat.ws.unsqueeze(0), ("latent", latent_id, lat.version)
         seed = _int(q, "seed", 0, 0, MAX_SEED)
-        return generate.map_seeds(self.G, [seed], 1.0).cpu(), ("seed", seed)
+        return sampling.map_seeds(self.G, [seed], 1.0).cpu(), ("seed", seed)
 
     def image(self, q: dict[str, list[str]]) -> bytes:
         """/api/image: one edited image as PNG."""
@@ -290,7 +290,7 @@ class Explorer:
             if cached is not None:
                 return cached
             ws = projection.apply_edit(ws, self.G.mapping.w_avg, edit, self._by_name())
-            png = png_bytes(generate.synthesize_w(self.G, ws)[0])
+            png = png_bytes(sampling.synthesize_w(self.G, ws)[0])
         self._store(key + edit_key, png)
         return png
 
@@ -306,8 +306,8 @@ class Explorer:
         if cached is not None:
             return cached
         with self.lock:
-            imgs = generate.generate_images(self.G, list(range(start, start + count)), psi)
-        png = png_bytes(np.asarray(generate.image_grid(imgs, cols)))
+            imgs = sampling.generate_images(self.G, list(range(start, start + count)), psi)
+        png = png_bytes(np.asarray(sampling.image_grid(imgs, cols)))
         self._store(key, png)
         return png
 
@@ -715,7 +715,7 @@ def load_explorer(checkpoint: Path, device: str = "auto", directions: Path | Non
                   limits: Limits | None = None) -> Explorer:
     """An Explorer for a snapshot (file or folder) or reference pickle, with its D for projections."""
     dev = resolve_device(device)
-    G, info = generate.load(checkpoint, dev)
+    G, info = sampling.load(checkpoint, dev)
     D = projection.load_discriminator(Path(info["path"]), dev)
     if D is None:
         log.warning("%s has no discriminator: projections use the pixel loss only", checkpoint)

@@ -1,11 +1,11 @@
 """dataset stage: pack the training zip, count the funnel and draw the contact sheet.
 
 - ``out``: the dataset zip of the crops that survived filter and dedup (layout and determinism:
-  dataset_zip.py).
+  data/dataset_zip.py).
 - ``funnel`` (reports/funnel.json, a DVC metric): entered, kept and rejected-per-reason for filter,
-  dedup and overall (funnel.py).
+  dedup and overall (data/funnel.py).
 - ``figures/contact_sheet.png`` (a DVC plot): examples of the kept crops and of each rejection reason
-  (contact_sheet.py).
+  (data/contact_sheet.py).
 
 This module reads and cross-checks the three tables, then calls those three.
 """

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from corgigan.analysis import fid
-from corgigan.analysis import sampling as generate
+from corgigan.analysis import fid, sampling
 from corgigan.analysis.curves import draw_scores
 from corgigan.errors import StageError
 from corgigan.params import EvaluateParams
 from corgigan.stylegan2 import snapshot
-from corgigan.stylegan2.data import dataset_hash
+from corgigan.stylegan2.data import dataset_hash, same_dataset
 from corgigan.stylegan2.devices import resolve_device
 from corgigan.tables import write_json
 
@@ -34,7 +33,7 @@ def cache_dir() -> Path:
 def generated_features(G: torch.nn.Module, p: EvaluateParams, extractor: fid.Extractor) -> np.ndarray:
     """Features of p.num_images generated images, seeds p.seed.., truncation p.truncation_psi."""
     seeds = list(range(p.seed, p.seed + p.num_images))
-    batches = (generate.generate_images(G, seeds[i:i + p.batch], p.truncation_psi, p.batch)
+    batches = (sampling.generate_images(G, seeds[i:i + p.batch], p.truncation_psi, p.batch)
                for i in range(0, len(seeds), p.batch))
     return fid.features_of(batches, extractor, len(seeds), "generated features")
 
@@ -64,7 +63,7 @@ def earlier_rows(checkpoints: Path, last: Path, p: EvaluateParams, extractor: fi
     rows = []
     for _, path in snapshot.list_snapshots(checkpoints):
         if path != last:
-            G, info = generate.load(path, device)
+            G, info = sampling.load(path, device)
             rows.append(score_row(G, info["kimg"], p, extractor, real))
     return rows
 
@@ -74,14 +73,14 @@ def write_figures(G: torch.nn.Module, p: EvaluateParams, figures: Path) -> None:
     figures.mkdir(parents=True, exist_ok=True)
     seeds = list(range(p.seed, p.seed + p.grid_seeds))
     cols = int(np.ceil(np.sqrt(len(seeds))))
-    generate.save_png(generate.image_grid(generate.generate_images(G, seeds, p.truncation_psi), cols),
+    sampling.save_png(sampling.image_grid(sampling.generate_images(G, seeds, p.truncation_psi), cols),
                       figures / "grid.png")
-    generate.save_png(generate.truncation_sweep(G, seeds[:4]), figures / "truncation.png")
-    generate.save_png(generate.style_mixing(G, seeds[:3], seeds[3:8] or seeds[:1], p.truncation_psi),
+    sampling.save_png(sampling.truncation_sweep(G, seeds[:4]), figures / "truncation.png")
+    sampling.save_png(sampling.style_mixing(G, seeds[:3], seeds[3:8] or seeds[:1], p.truncation_psi),
                       figures / "mixing.png")
-    frames = generate.interpolation_frames(G, seeds[:6], p.video_frames, p.truncation_psi)
-    generate.write_video(frames, figures / "interpolation.mp4")
-    generate.write_gif(frames, figures / "interpolation.gif")
+    frames = sampling.interpolation_frames(G, seeds[:6], p.video_frames, p.truncation_psi)
+    sampling.write_video(frames, figures / "interpolation.mp4")
+    sampling.write_gif(frames, figures / "interpolation.gif")
 
 
 def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figures: Path) -> None:
@@ -90,13 +89,14 @@ def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figu
     `checkpoints` may also be one file: a snapshot, or a reference StyleGAN2(-ADA) PyTorch or TensorFlow
     pickle (read without running its code), e.g. to score a pretrained model on this dataset.
     """
-    last = generate.find_checkpoint(checkpoints)
+    last = sampling.find_checkpoint(checkpoints)
     if not dataset.is_file():
         raise StageError(f"dataset {dataset} not found: run the dataset stage first")
     device = resolve_device(p.device)
-    G, info = generate.load(last, device)
-    sha = dataset_hash(dataset)
-    if info.get("dataset_hash") != sha:
+    G, info = sampling.load(last, device)
+    sha = dataset_hash(dataset)   # the zip's directory: no image is read before scoring
+    same = same_dataset(info.get("dataset_hash") or "", sha, dataset)
+    if not same:
         log.warning("%s was trained on another dataset than %s", last.name, dataset)
     extractor = fid.build_extractor(p.features, p.inception_path, device)
     real = fid.dataset_features(dataset, sha, extractor, cache_dir(), p.batch)
@@ -122,5 +122,5 @@ def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figu
         "num_generated": p.num_images,
         "num_real": len(real),
         "truncation_psi": p.truncation_psi,
-        "same_dataset": info.get("dataset_hash") == sha,
+        "same_dataset": same,
     }, metrics)

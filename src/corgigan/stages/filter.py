@@ -2,7 +2,7 @@
 
 Writes ``out/filter.parquet`` (one row per posts row, in posts order) and ``out/shards/`` (PNG crops of
 the kept images at ``filter.resolution``, named ``<image_id>.png``, in posts order). The rules, their
-order and the crop plan are cropping.py; this module reads the tables, runs the crop tasks over the
+order and the crop plan are data/filter_rules.py; this module reads the tables, runs the crop tasks over the
 cores and writes the outputs.
 """
 
@@ -19,7 +19,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from corgigan import images, tables
-from corgigan.data import filter_rules as cropping
+from corgigan.data import filter_rules
 from corgigan.errors import StageError
 from corgigan.parallel import ordered_map, workers
 from corgigan.params import FilterParams, ImagesParams
@@ -46,13 +46,13 @@ def _read_inputs(raw: Path, detections: Path) -> tuple[pd.DataFrame, pd.DataFram
     return posts, det
 
 
-def _write_crops(tasks: list[cropping.CropTask], out_dir: Path, shard_size: int,
-                 total: int) -> dict[str, cropping.CropResult]:
+def _write_crops(tasks: list[filter_rules.CropTask], out_dir: Path, shard_size: int,
+                 total: int) -> dict[str, filter_rules.CropResult]:
     """Run the crop tasks and store the PNGs in shards under `out_dir`; return the failures by id."""
-    failures: dict[str, cropping.CropResult] = {}
+    failures: dict[str, filter_rules.CropResult] = {}
     with images.ShardWriter(out_dir, shard_size) as writer, \
             tqdm(total=total, desc="filter: crop", unit="img") as bar:
-        for results in ordered_map(cropping.crop_chunk, tasks, workers()):
+        for results in ordered_map(filter_rules.crop_chunk, tasks, workers()):
             for image_id, png, status, detail in results:
                 if png is None:
                     failures[image_id] = (image_id, None, status, detail)
@@ -72,7 +72,7 @@ def _replace_dir(src: Path, dst: Path) -> None:
 def run(p: FilterParams, images_p: ImagesParams, raw: Path, detections: Path, out: Path) -> None:
     """Write out/filter.parquet (every posts row) and out/shards (crops of the kept images)."""
     posts, det = _read_inputs(Path(raw), Path(detections))
-    table, crop_boxes = cropping.decide_all(posts, cropping.boxes_by_image(det), p)
+    table, crop_boxes = filter_rules.decide_all(posts, filter_rules.boxes_by_image(det), p)
     del det  # before the crop pool forks: workers need none of it
     log.info("filter: %d images, %d to crop", table.num_rows, len(crop_boxes))
 
@@ -81,9 +81,9 @@ def run(p: FilterParams, images_p: ImagesParams, raw: Path, detections: Path, ou
     tmp_dir = out / ".shards.tmp"
     if tmp_dir.exists():
         shutil.rmtree(tmp_dir)
-    tasks = cropping.plan_crops(posts, crop_boxes, Path(raw) / "shards", p, images_p)
+    tasks = filter_rules.plan_crops(posts, crop_boxes, Path(raw) / "shards", p, images_p)
     failures = _write_crops(tasks, tmp_dir, p.shard_size, len(crop_boxes))
-    table = cropping.mark_failures(table, failures)
+    table = filter_rules.mark_failures(table, failures)
     _replace_dir(tmp_dir, out / "shards")
     tables.write_table("filter", table, out / "filter.parquet")
     _log_counts(table)
