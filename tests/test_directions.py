@@ -1,5 +1,5 @@
-"""directions.py: layer ranges, SeFa and PCA against their definitions, labelled boundaries that recover a
-planted direction and are scored on held-out samples, and Spearman's rank correlation."""
+"""directions.py and ws_ranges.py: layer ranges, SeFa and PCA against their definitions, labelled
+boundaries that recover a planted direction and are scored on held-out samples, and Spearman's rank correlation."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from corgigan.analysis import directions as dirs
 from corgigan.stylegan2 import configs
+from corgigan.stylegan2.ws_ranges import is_layers_spec, layer_range
 from tests.helpers import tiny_config
 
 
@@ -25,8 +26,8 @@ def tiny_generator(resolution: int) -> torch.nn.Module:
     (18, "fine", (7, 18)), (6, "middle", (3, 6)), (6, "2-5", (2, 5)),
 ])
 def test_layer_ranges(num_ws: int, spec: str, expected: tuple[int, int]) -> None:
-    assert dirs.is_layers_spec(spec)
-    assert dirs.layer_range(spec, num_ws) == expected
+    assert is_layers_spec(spec)
+    assert layer_range(spec, num_ws) == expected
 
 
 @pytest.mark.parametrize(("num_ws", "spec", "match"), [
@@ -34,7 +35,7 @@ def test_layer_ranges(num_ws: int, spec: str, expected: tuple[int, int]) -> None
 ])
 def test_layer_range_errors(num_ws: int, spec: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        dirs.layer_range(spec, num_ws)
+        layer_range(spec, num_ws)
 
 
 def test_style_affines_follow_the_ws_index_of_each_conv() -> None:
@@ -44,7 +45,7 @@ def test_style_affines_follow_the_ws_index_of_each_conv() -> None:
     expected = [b[0].conv1, b[1].conv0, b[1].conv1, b[2].conv0, b[2].conv1]
     got = dirs.style_affines(G, 0, 6)
     assert len(got) == 5 and all(torch.equal(g, c.affine.weight) for g, c in zip(got, expected))
-    coarse = dirs.style_affines(G, *dirs.layer_range("coarse", G.num_ws))
+    coarse = dirs.style_affines(G, *layer_range("coarse", G.num_ws))
     assert [g.data_ptr() for g in coarse] == [c.affine.weight.data_ptr() for c in expected[:3]]
     assert dirs.style_affines(G, 5, 6) == []                  # the last w drives only toRGB
 

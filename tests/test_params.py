@@ -214,3 +214,14 @@ def test_messages_quote_values_capped(raw: dict) -> None:
             params.from_dict(_set(raw, path, value))
         text = str(info.value)
         assert len(text) <= MAX_LINE and "…" in text and "\n" not in text, text[:300]
+
+
+def test_params_imports_no_torch_and_no_analysis() -> None:
+    # The config sits below the code it configures: checking a params file costs no torch import, and
+    # nothing in analysis/ can change what a knob accepts.
+    import subprocess
+    import sys
+    code = ("import sys, corgigan.params; print(sorted(m for m in sys.modules if m == 'torch' or "
+            "m.startswith(('corgigan.analysis', 'corgigan.play', 'corgigan.detector', 'corgigan.data'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

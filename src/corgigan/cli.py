@@ -15,7 +15,6 @@ from types import ModuleType
 from typing import NoReturn
 
 from corgigan import params as params_mod
-from corgigan.analysis.directions import LAYERS_HELP
 from corgigan.errors import StageError, one_line, quote
 from corgigan.params import MAX_FRAMES, MAX_PSI, MAX_SEEDS, MAX_SIGMAS, MAX_STEPS, SEED_LIMIT
 from corgigan.stylegan2.data import DatasetError
@@ -23,6 +22,7 @@ from corgigan.stylegan2.devices import DeviceError
 from corgigan.stylegan2.loop import TrainingError
 from corgigan.stylegan2.ops.build import CudaOpsError
 from corgigan.stylegan2.snapshot import SnapshotError
+from corgigan.stylegan2.ws_ranges import LAYERS_HELP
 from corgigan.tables import REASONS, SchemaError, remove_stale_temps
 
 log = logging.getLogger("corgigan")
@@ -282,14 +282,14 @@ def parse_strength(text: str) -> tuple[float, float]:
 def _edit(args: argparse.Namespace) -> None:
     """`generate --what edit | edit-video`: read one direction of the explore stage's file (the reader of
     projection.py, the contract's owner) and draw the seeds moved along it."""
-    from corgigan.analysis import directions
-    from corgigan.analysis import sampling as generate
+    from corgigan.analysis import sampling
     from corgigan.play import projection
     from corgigan.stylegan2.devices import resolve_device
+    from corgigan.stylegan2.ws_ranges import layer_range
 
     if not args.direction:
         raise StageError(f"--what {args.what} needs --direction NAME (a name in {args.directions})")
-    G, _ = generate.load(args.checkpoint, resolve_device(args.device))
+    G, _ = sampling.load(args.checkpoint, resolve_device(args.device))
     found = {d.name: d for d in projection.read_directions(args.directions, G.w_dim, G.num_ws)}
     if args.direction not in found:
         raise StageError(f"{args.directions}: no direction {quote(args.direction)}; it has "
@@ -298,14 +298,14 @@ def _edit(args: argparse.Namespace) -> None:
     layers = d.layers
     if args.layers:
         try:
-            layers = directions.layer_range(args.layers, G.num_ws)
+            layers = layer_range(args.layers, G.num_ws)
         except ValueError as e:
             raise StageError(f"--{e}") from None
-    generate.check_picture(G, args.what, len(args.seeds), frames=args.frames, steps=args.steps)
+    sampling.check_picture(G, args.what, len(args.seeds), frames=args.frames, steps=args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
     frames = args.frames if args.what == "edit-video" else 0
     sigma = projection.direction_sigmas(G, [d])[0]
-    path = generate.write_edit(G, args.out, d.name, d.vector, sigma, layers, args.seeds, args.strength,
+    path = sampling.write_edit(G, args.out, d.name, d.vector, sigma, layers, args.seeds, args.strength,
                                args.psi, steps=args.steps, frames=frames)
     log.info("wrote %s (%s, ws %d..%d, %+g..%+g sigma)", path, d.name, layers[0], layers[1] - 1,
              *args.strength)
@@ -412,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
             _edit(args)
             return 0
         if args.command == "generate":
-            from corgigan.analysis import sampling as generate
-            generate.main(checkpoint=args.checkpoint, out=args.out, what=args.what, seeds=args.seeds,
+            from corgigan.analysis import sampling
+            sampling.main(checkpoint=args.checkpoint, out=args.out, what=args.what, seeds=args.seeds,
                           psi=args.psi, frames=args.frames, device=args.device)
             return 0
         if args.command in ("project", "serve"):

@@ -34,9 +34,9 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
-from corgigan.analysis.directions import LAYERS_HELP, is_layers_spec
 from corgigan.errors import clip, one_line, quote
 from corgigan.stylegan2.devices import DEVICE_HELP, is_device_name
+from corgigan.stylegan2.ws_ranges import LAYERS_HELP, is_layers_spec
 
 # Bounds shared by the params and the CLI's arguments (cli.py), so a value means the same in both.
 SEED_LIMIT = 2**32        # seeds are in [0, 2**32): numpy's RandomState and SeedSequence take no others

@@ -4,7 +4,7 @@ From the newest snapshot (or one snapshot file, or a reference .pkl):
 - closed-form (SeFa) directions of the style affines of explore.layers, and PCA directions of sampled w;
   their share of the eigenvalue sum or of W's variance is their score;
 - labelled directions: explore.num_labelled generated images labelled by the pipeline's own detector and
-  two image statistics (labelling.ATTRIBUTES); per attribute, a logistic boundary in W between the top
+  two image statistics (attributes.ATTRIBUTES); per attribute, a logistic boundary in W between the top
   and bottom explore.share (of the images with a dog, for the dog's own attributes), scored by its
   accuracy on a held-out part of them;
 - the check: explore.check_seeds other seeds, never used to fit, moved along each labelled direction from
@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from corgigan.analysis import attributes as labelling
+from corgigan.analysis import attributes, sampling
 from corgigan.analysis import directions as dirs
-from corgigan.analysis import sampling as generate
 from corgigan.errors import StageError
 from corgigan.params import DetectParams, ExploreParams
 from corgigan.stylegan2.devices import resolve_device
+from corgigan.stylegan2.ws_ranges import layer_range
 from corgigan.tables import write_json
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,9 @@ def labelled_directions(labels: dict[str, np.ndarray], w: torch.Tensor, p: Explo
     x = w.double().numpy()
     found: list[Found] = []
     skipped: dict[str, str] = {}
-    for name in labelling.ATTRIBUTES:
+    for name in attributes.ATTRIBUTES:
         values = labels[name]
-        if name in labelling.DOG_ATTRIBUTES:
+        if name in attributes.DOG_ATTRIBUTES:
             values = np.where(labels["num_dogs"] > 0, values, np.nan)
         neg, pos = dirs.extremes(values, p.share)
         if len(neg) < 2 or len(pos) < 2:
@@ -102,7 +102,7 @@ def _num(x: float | int | None) -> float | int | None:
     return None if not math.isfinite(x) else round(float(x), 6)
 
 
-def check_and_draw(G: torch.nn.Module, det: labelling.Detector, found: list[Found], w_check: torch.Tensor,
+def check_and_draw(G: torch.nn.Module, det: attributes.Detector, found: list[Found], w_check: torch.Tensor,
                    seeds: list[int], p: ExploreParams, figures: Path) -> None:
     """Move the check seeds along each direction, -max_sigma..+max_sigma; save a strip per direction.
 
@@ -114,13 +114,13 @@ def check_and_draw(G: torch.nn.Module, det: labelling.Detector, found: list[Foun
     rows = p.strip_seeds
     figures.mkdir(parents=True, exist_ok=True)
     for stale in figures.glob("*.png"):   # strips of an earlier run with more components
-        if re.fullmatch(r"(sefa|pca)_\d+", stale.stem) or stale.stem in labelling.ATTRIBUTES:
+        if re.fullmatch(r"(sefa|pca)_\d+", stale.stem) or stale.stem in attributes.ATTRIBUTES:
             stale.unlink()
     for f in found:
         offsets = steps * f.scores["sigma"]
         if f.method == "labelled":
-            ws = generate.edit_ws(w_check, f.vector, f.layers, offsets, G.num_ws)
-            got, imgs = labelling.label_latents(G, det, ws, keep=rows * len(steps), desc=f"check {f.name}")
+            ws = sampling.edit_ws(w_check, f.vector, f.layers, offsets, G.num_ws)
+            got, imgs = attributes.label_latents(G, det, ws, keep=rows * len(steps), desc=f"check {f.name}")
             rhos = np.array([dirs.spearman(steps, v) for v in got[f.name].reshape(len(seeds), len(steps))])
             f.scores["rank_corr"] = float(np.nanmean(rhos)) if np.isfinite(rhos).any() else math.nan
             f.scores["rank_corr_seeds"] = int(np.isfinite(rhos).sum())
@@ -128,21 +128,21 @@ def check_and_draw(G: torch.nn.Module, det: labelling.Detector, found: list[Foun
             # way (position is measured only where it does; a direction may also make the dog vanish).
             f.scores["check_dogs_found"] = float((got["num_dogs"] > 0).mean())
         else:
-            ws = generate.edit_ws(w_check[:rows], f.vector, f.layers, offsets, G.num_ws)
-            imgs = generate.synthesize_w(G, ws, det.batch)
-        generate.save_png(generate.strip_grid(imgs, seeds[:rows], steps, f.name), figures / f"{f.name}.png")
+            ws = sampling.edit_ws(w_check[:rows], f.vector, f.layers, offsets, G.num_ws)
+            imgs = sampling.synthesize_w(G, ws, det.batch)
+        sampling.save_png(sampling.strip_grid(imgs, seeds[:rows], steps, f.name), figures / f"{f.name}.png")
 
 
 def run(p: ExploreParams, detect: DetectParams, checkpoints: Path, detector: Path, directions: Path,
         metrics: Path, figures: Path) -> None:
     """Find, measure and draw directions of the latest snapshot in `checkpoints` (or of that one file)."""
-    last = generate.find_checkpoint(checkpoints)
-    G, info = generate.load(last, resolve_device(p.device))
+    last = sampling.find_checkpoint(checkpoints)
+    G, info = sampling.load(last, resolve_device(p.device))
     try:
-        layers = dirs.layer_range(p.layers, G.num_ws)
+        layers = layer_range(p.layers, G.num_ws)
     except ValueError as e:
         raise StageError(f"explore.{e}") from None
-    det = labelling.load_detector(detector, conf=detect.conf, iou=detect.iou, imgsz=detect.imgsz,
+    det = attributes.load_detector(detector, conf=detect.conf, iou=detect.iou, imgsz=detect.imgsz,
                                   batch=detect.batch, device=str(resolve_device(detect.device)))
     times: dict[str, float] = {}
     pool = max(p.pca_samples, p.num_labelled)
@@ -150,7 +150,7 @@ def run(p: ExploreParams, detect: DetectParams, checkpoints: Path, detector: Pat
     t = time.perf_counter()
     # Sigmas come from untruncated w and are stored with each direction, which `generate --what edit` and
     # `serve` read, so a strength means the same everywhere; the directions are found in the truncated pool.
-    w_full = generate.sample_w(G, list(range(p.seed, p.seed + pool)), 1.0)
+    w_full = sampling.sample_w(G, list(range(p.seed, p.seed + pool)), 1.0)
     w_avg = G.mapping.w_avg.detach().float().cpu()
     w_pool = w_avg + p.truncation_psi * (w_full - w_avg)
     found = unsupervised(G, p, w_pool, layers)
@@ -158,7 +158,7 @@ def run(p: ExploreParams, detect: DetectParams, checkpoints: Path, detector: Pat
 
     t = time.perf_counter()
     w_lab = w_pool[:p.num_labelled]
-    labels, _ = labelling.label_latents(G, det, w_lab[:, None].repeat(1, G.num_ws, 1), desc="label")
+    labels, _ = attributes.label_latents(G, det, w_lab[:, None].repeat(1, G.num_ws, 1), desc="label")
     times[f"draw and label {p.num_labelled} images"] = time.perf_counter() - t
     t = time.perf_counter()
     fitted, skipped = labelled_directions(labels, w_lab, p, G.num_ws)
@@ -171,7 +171,7 @@ def run(p: ExploreParams, detect: DetectParams, checkpoints: Path, detector: Pat
         f.scores["sigma"] = sigma
     t = time.perf_counter()
     check_seeds = list(range(p.seed + pool, p.seed + pool + p.check_seeds))
-    w_check = generate.sample_w(G, check_seeds, p.truncation_psi)
+    w_check = sampling.sample_w(G, check_seeds, p.truncation_psi)
     check_and_draw(G, det, found, w_check, check_seeds, p, figures)
     times["check and strips"] = time.perf_counter() - t
     for what, seconds in times.items():

@@ -2,14 +2,16 @@
 
 Every stage and command (detector, detect, train, evaluate, generate, project, serve) names its device
 this way and resolves it here, so a device that is not there stops at once with the same message,
-before any long work starts.
+before any long work starts. Only resolve_device imports torch.
 """
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_HELP = "auto | cpu | cuda | cuda:N"
 _DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
@@ -29,6 +31,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
     Raises DeviceError when the name is malformed or the GPU it asks for is not there.
     """
+    import torch  # here, not at the top: params.py checks device names without paying for torch
+
     if not is_device_name(name):
         raise DeviceError(f"device {name!r}: use {DEVICE_HELP}")
     if name == "auto":
