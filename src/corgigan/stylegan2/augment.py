@@ -16,6 +16,10 @@ images (R1 needs the gradient of a gradient through this pipe). ``torch.nn.funct
 supports that natively (its backward is itself differentiable with respect to the incoming gradient;
 checked by gradgradcheck in the tests), so no custom autograd function is needed.
 
+After the colour group come the reference's corrupting ones: image-space filtering (four octave bands,
+each amplified or attenuated), additive noise and cutout. `make_pipe` builds the reference's named pipes
+(its --augpipe: blit, geom, color, filter, noise, cutout, bg, bgc, bgcf, bgcfn, bgcfnc).
+
 Random parameters are drawn from the global CPU generator in float64 regardless of the images'
 device: the draws are tiny, the host needs them anyway to choose paths and padding, and the same
 seed then gives the same augmentations on CPU and GPU.
@@ -43,6 +47,30 @@ SYM6_LOWPASS = (
 
 _GEOMETRIC = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")
 _COLOUR = ("brightness", "contrast", "lumaflip", "hue", "saturation")
+_CORRUPTION = ("imgfilter", "noise", "cutout")
+
+# The reference's pipe names (its --augpipe) -> the augmentations each switches on at strength 1.
+_GROUPS = {"b": ("xflip", "rotate90", "xint"), "g": ("scale", "rotate", "aniso", "xfrac"), "c": _COLOUR,
+           "f": ("imgfilter",), "n": ("noise",), "c2": ("cutout",)}
+PIPES: dict[str, tuple[str, ...]] = {
+    "blit": _GROUPS["b"], "geom": _GROUPS["g"], "color": _GROUPS["c"], "filter": _GROUPS["f"],
+    "noise": _GROUPS["n"], "cutout": _GROUPS["c2"],
+    "bg": _GROUPS["b"] + _GROUPS["g"],
+    "bgc": _GROUPS["b"] + _GROUPS["g"] + _GROUPS["c"],
+    "bgcf": _GROUPS["b"] + _GROUPS["g"] + _GROUPS["c"] + _GROUPS["f"],
+    "bgcfn": _GROUPS["b"] + _GROUPS["g"] + _GROUPS["c"] + _GROUPS["f"] + _GROUPS["n"],
+    "bgcfnc": _GROUPS["b"] + _GROUPS["g"] + _GROUPS["c"] + _GROUPS["f"] + _GROUPS["n"] + _GROUPS["c2"],
+}
+
+# Image-space filtering: four octave bands (highest first) that sum to the identity, so gains of 1 leave
+# an image unchanged. Built from Hann-windowed sinc low-passes at 1/2, 1/4 and 1/8 of Nyquist: neighbouring
+# bands cross at half amplitude at each edge; 33 taps keep the lowest band below 1% (-45 dB) from 1/4 of
+# Nyquist up (measured from band_filters' frequency response).
+FILTER_TAPS = 33
+# Share of an image's power expected in each band (highest first): natural images carry about the same
+# power per octave, and the lowest band also holds the mean colour, which dominates. Band gains are
+# rescaled so the expected power of a filtered image stays that of the original.
+FILTER_BAND_POWER = (1 / 13, 1 / 13, 1 / 13, 10 / 13)
 
 # Unit vector along the luma axis (equal R, G, B) in homogeneous colour coordinates.
 _LUMA_AXIS = (1 / math.sqrt(3), 1 / math.sqrt(3), 1 / math.sqrt(3))
@@ -266,6 +294,48 @@ def color_transform(images: Tensor, matrices: Tensor) -> Tensor:
     return out.reshape(n, c, h, w)
 
 
+def _lowpass(cutoff: float, taps: int) -> Tensor:
+    """A Hann-windowed sinc low-pass with unit DC gain; `cutoff` as a fraction of Nyquist. float64 [taps]."""
+    t = torch.arange(taps, dtype=torch.float64) - (taps - 1) / 2
+    h = torch.sinc(cutoff * t) * torch.hann_window(taps + 2, periodic=False, dtype=torch.float64)[1:-1]
+    return h / h.sum()
+
+
+def band_filters(taps: int = FILTER_TAPS) -> Tensor:
+    """float64 [4, taps]: the octave bands (highest first); their sum is the unit impulse."""
+    delta = torch.zeros(taps, dtype=torch.float64)
+    delta[taps // 2] = 1
+    lows = [delta, *(_lowpass(c, taps) for c in (1 / 2, 1 / 4, 1 / 8))]
+    return torch.stack([lows[0] - lows[1], lows[1] - lows[2], lows[2] - lows[3], lows[3]])
+
+
+def filter_separable(images: Tensor, taps: Tensor) -> Tensor:
+    """Filter each image by its own symmetric 1-D filter along x, then y, mirroring at the borders.
+
+    images: [n, C, H, W]; taps: float64 [n, K] with K odd. Differentiable twice (a grouped conv).
+    """
+    n, c, h, w = images.shape
+    k = taps.shape[1]
+    weight = taps.to(device=images.device, dtype=images.dtype).repeat_interleave(c, dim=0)  # [n * C, K]
+    x = images.reshape(1, n * c, h, w)
+    cols = _reflect_index(torch.arange(-(k // 2), w + k // 2), w).to(images.device)
+    x = F.conv2d(x[:, :, :, cols], weight[:, None, None, :], groups=n * c)
+    rows = _reflect_index(torch.arange(-(k // 2), h + k // 2), h).to(images.device)
+    x = F.conv2d(x[:, :, rows, :], weight[:, None, :, None], groups=n * c)
+    return x.reshape(n, c, h, w)
+
+
+def cutout_mask(centre: Tensor, size: float, chosen: Tensor, height: int, width: int) -> Tensor:
+    """float64 [n, 1, H, W]: 0 inside a square of side `size` (fraction of the image) around `centre`
+    ([n, 2], x and y in [0, 1]) for the chosen images, 1 elsewhere."""
+    xs = (torch.arange(width, dtype=torch.float64) + 0.5) / width
+    ys = (torch.arange(height, dtype=torch.float64) + 0.5) / height
+    outside_x = (xs[None, :] - centre[:, :1]).abs() >= size / 2           # [n, W]
+    outside_y = (ys[None, :] - centre[:, 1:]).abs() >= size / 2           # [n, H]
+    keep = outside_x[:, None, :] | outside_y[:, :, None] | ~chosen[:, None, None]
+    return keep[:, None].to(torch.float64)
+
+
 # --------------------------------------------------------------------------------------------------
 # The pipe.
 
@@ -306,6 +376,12 @@ class AugmentPipe(nn.Module):
         contrast_std: float = 0.5,  # log2 standard deviation of contrast scaling.
         hue_max: float = 1,  # Hue rotation range, in half turns (uniform).
         saturation_std: float = 1,  # log2 standard deviation of saturation scaling.
+        imgfilter: float = 0,  # Image-space filtering: each frequency band amplified or attenuated.
+        imgfilter_std: float = 1,  # log2 standard deviation of a band's gain.
+        noise: float = 0,  # Additive RGB noise.
+        noise_std: float = 0.1,  # Its standard deviation is |N(0, noise_std)| per image.
+        cutout: float = 0,  # A square of the image set to zero.
+        cutout_size: float = 0.5,  # Side of that square, fraction of the image side.
     ) -> None:
         super().__init__()
         settings = dict(locals())  # the keyword arguments, plus self and __class__ (from super())
@@ -317,7 +393,8 @@ class AugmentPipe(nn.Module):
         self.register_buffer("p", torch.zeros([]))
 
     def extra_repr(self) -> str:
-        on = [f"{k}={getattr(self, k):g}" for k in (*_GEOMETRIC, *_COLOUR) if getattr(self, k) > 0]
+        names = (*_GEOMETRIC, *_COLOUR, *_CORRUPTION)
+        on = [f"{k}={getattr(self, k):g}" for k in names if getattr(self, k) > 0]
         return ", ".join(on)
 
     def _geometry(self, n: int, height: int, width: int, p: float) -> tuple[Tensor, Tensor]:
@@ -417,7 +494,46 @@ class AugmentPipe(nn.Module):
             idx = recoloured.nonzero()[:, 0]
             dev_idx = idx.to(images.device)
             images = images.index_copy(0, dev_idx, color_transform(images[dev_idx], colour[idx]))
+        if self.imgfilter > 0:
+            images = self._filter(images, p)
+        if self.noise > 0:
+            chosen = _chosen(n, self.noise * p)
+            sigma = (torch.randn(n, dtype=torch.float64).abs() * self.noise_std * chosen)[:, None, None, None]
+            if chosen.any():   # drawn on the CPU like every other parameter: the same on any device
+                noise = torch.randn(images.shape, dtype=torch.float64) * sigma
+                images = images + noise.to(device=images.device, dtype=images.dtype)
+        if self.cutout > 0:
+            chosen = _chosen(n, self.cutout * p)
+            centre = torch.rand(n, 2, dtype=torch.float64)
+            if chosen.any():
+                images = images * cutout_mask(centre, self.cutout_size, chosen > 0, h, w).to(
+                    device=images.device, dtype=images.dtype)
         return images
+
+    def _filter(self, images: Tensor, p: float) -> Tensor:
+        """Each band's gain 2 ** N(0, imgfilter_std) where chosen, rescaled to keep the expected power."""
+        n = images.shape[0]
+        bands = len(FILTER_BAND_POWER)
+        gains = torch.ones(n, bands, dtype=torch.float64)
+        for b in range(bands):
+            gains[:, b] = _lognormal2(n, self.imgfilter_std, _chosen(n, self.imgfilter * p))
+        power = torch.tensor(FILTER_BAND_POWER, dtype=torch.float64)
+        gains = gains / (gains.square() * power).sum(dim=1, keepdim=True).sqrt()
+        changed = (gains - 1).abs().amax(dim=1) > 1e-12
+        if not changed.any():
+            return images
+        idx = changed.nonzero()[:, 0]
+        taps = gains[idx] @ band_filters()                      # [m, FILTER_TAPS]
+        dev_idx = idx.to(images.device)
+        return images.index_copy(0, dev_idx, filter_separable(images[dev_idx], taps))
+
+
+def make_pipe(name: str) -> AugmentPipe:
+    """The reference's pipe `name` (PIPES: blit, geom, color, filter, noise, cutout, bg, bgc, bgcf, bgcfn,
+    bgcfnc): its augmentations at strength 1, the rest off."""
+    if name not in PIPES:
+        raise ValueError(f"unknown augmentation pipe {name!r}; choose one of {', '.join(PIPES)}")
+    return AugmentPipe(**dict.fromkeys(PIPES[name], 1))
 
 
 def bgc_pipe() -> AugmentPipe:
