@@ -11,7 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from corgigan.stylegan2.data import DatasetError, StreamSampler, ZipDataset, dataset_hash, make_loader
+from corgigan.stylegan2.data import (
+    DatasetError,
+    StreamSampler,
+    ZipDataset,
+    dataset_hash,
+    file_sha256,
+    make_loader,
+)
 from tests.helpers import png_bytes, write_dataset
 
 
@@ -81,9 +88,12 @@ def test_image_of_another_size_is_named_before_any_is_read(tmp_path):
         ZipDataset(path)
 
 
-def test_dataset_hash_is_sha256_of_the_file(tmp_path):
+def test_file_sha256_is_the_legacy_record_and_dataset_hash_is_not(tmp_path):
+    # Snapshots recorded the file's sha256 before; the identity now comes from the zip's directory
+    # (tests/test_dataset_identity.py).
     path = write_dataset(tmp_path / "d.zip")
-    assert dataset_hash(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert dataset_hash(path) != file_sha256(path) and dataset_hash(path).startswith("zip-")
 
 
 def _take(sampler: StreamSampler, n: int) -> list[int]:

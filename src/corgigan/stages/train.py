@@ -26,7 +26,7 @@ from corgigan.params import TrainParams
 from corgigan.stylegan2 import configs, distributed
 from corgigan.stylegan2.data import DatasetError, ZipDataset
 from corgigan.stylegan2.devices import DeviceError
-from corgigan.stylegan2.loop import Hooks, TrainingError, training_loop
+from corgigan.stylegan2.loop import DEFAULT_AUGPIPE, Hooks, TrainingError, training_loop
 from corgigan.stylegan2.ops.build import CudaOpsError
 from corgigan.stylegan2.snapshot import SnapshotError
 
@@ -80,6 +80,14 @@ class _Reporter:
             self.live.end()
 
 
+def config_knobs(p: TrainParams) -> configs.Knobs:
+    """The training knobs of `p` that replace the config's own values (None keeps them)."""
+    return configs.Knobs(
+        batch_gpu=p.batch_gpu, r1_gamma=p.gamma, G_lr=p.glr, D_lr=p.dlr, channel_base=p.cbase,
+        channel_max=p.cmax, mapping_layers=p.map_depth, mbstd_group=p.mbstd_group, num_fp16_res=p.fp16_res,
+        ema_kimg=p.ema_kimg, ema_rampup=p.ema_rampup, pl_weight=p.pl_weight, style_mixing_prob=p.style_mixing)
+
+
 def check_device_fits(device: str, on_gpu: bool, cfg: configs.TrainingConfig) -> None:
     """Refuse a large config on the CPU unless train.device says cpu: days per kimg, and out of memory."""
     if on_gpu or cfg.resolution < CPU_MAX_AUTO_RES or device == "cpu":
@@ -95,8 +103,9 @@ def run(p: TrainParams, dataset: Path, out: Path, metrics: Path) -> None:
     info = distributed.init_from_env("cuda" if on_gpu else "cpu")
     try:
         try:
-            data = ZipDataset(dataset)
-            cfg = configs.make_config(p.config, data.resolution, gpus=info.world_size, batch=p.batch)
+            data = ZipDataset(dataset, check_members=False)   # the loop checks members unless resuming
+            cfg = configs.make_config(p.config, data.resolution, gpus=info.world_size, batch=p.batch,
+                                      knobs=config_knobs(p))
         except (DatasetError, ValueError) as e:
             raise StageError(f"train: {e}") from e
         check_device_fits(p.device, on_gpu, cfg)
@@ -111,8 +120,8 @@ def run(p: TrainParams, dataset: Path, out: Path, metrics: Path) -> None:
                 augment_p=p.augment_p, ada_target=p.ada_target, mirror=p.mirror, workers=p.workers,
                 device=p.device, require_cuda_ops=p.require_cuda_ops, allow_tf32=p.allow_tf32,
                 resume_from=p.resume_from, freeze_d=p.freeze_d,
-                allow_other_data=p.allow_other_data, tick_kimg=p.tick_kimg, keep_snapshots=p.keep_snapshots,
-                hooks=hooks)
+                allow_other_data=p.allow_other_data, augpipe=p.augpipe or DEFAULT_AUGPIPE, subset=p.subset,
+                tick_kimg=p.tick_kimg, keep_snapshots=p.keep_snapshots, hooks=hooks)
         except (DatasetError, SnapshotError, TrainingError, CudaOpsError, DeviceError) as e:
             raise StageError(f"train: {e}") from e
         finally:

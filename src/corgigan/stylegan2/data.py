@@ -8,6 +8,13 @@ The sampler does not keep state: the image shown at global position ``k`` of the
 pure function of ``(seed, k)`` (epoch ``k // len`` is a seeded permutation). A run therefore resumes
 from its batch counter alone, and the stream is the same however the global batch is split over
 processes and accumulation rounds.
+
+A dataset's identity is cheap: `dataset_hash` digests the zip's central directory (every image member's
+name, size and CRC-32, and dataset.json's bytes), never the images, so a resume or an evaluation of a
+200 GB zip starts in milliseconds. Members are checked once per process (`ZipDataset.check_members`),
+and the training loop skips the check when it resumes a run on the very data it already checked.
+Snapshots written before this recorded the sha256 of the zip's bytes; `same_dataset` recognises such a
+hash and verifies it by hashing the file once, so an old run neither restarts nor accepts other data.
 """
 
 from __future__ import annotations
@@ -15,7 +22,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
+import re
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,21 +34,94 @@ import numpy as np
 import torch
 from PIL import Image
 
+log = logging.getLogger(__name__)
+
 # A decompression-bomb guard for members of a zip we did not necessarily pack ourselves.
 MAX_PIXELS = 8192 * 8192
+IDENTITY_PREFIX = "zip-"   # marks an identity digested from the central directory (`dataset_hash`)
+LABELS_FILE = "dataset.json"
+# What snapshots recorded before identities came from the directory: the sha256 of the zip's bytes.
+_FILE_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# Per-process memos (caches, not configuration): identities whose members passed `_check_headers`, and
+# file digests of legacy snapshots' datasets keyed by (path, size, mtime), so nothing is read twice.
+_CHECKED: set[str] = set()
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 class DatasetError(ValueError):
     """The dataset zip is missing, empty or malformed; the message names the file and the fix."""
 
 
-def dataset_hash(path: str | Path) -> str:
-    """Return the sha256 hex digest of the dataset zip file's bytes."""
+def _identity(zf: zipfile.ZipFile) -> str:
+    """`IDENTITY_PREFIX` + sha256 of the directory entries the reader uses and of dataset.json's bytes.
+
+    Name, uncompressed size and CRC-32 of every image member in name order (the order the reader sees
+    them), so repacking the same images another way (compression, member order, dates) keeps the
+    identity, and any change to an image, a name or the labels changes it.
+    """
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    infos = sorted((i for i in zf.infolist() if _is_image(i.filename)), key=lambda i: i.filename)
+    for info in infos:
+        h.update(f"{info.filename}\0{info.file_size}\0{info.CRC:08x}\n".encode())
+    if LABELS_FILE in zf.namelist():
+        h.update(b"\0" + LABELS_FILE.encode() + b"\0" + zf.read(LABELS_FILE))
+    return IDENTITY_PREFIX + h.hexdigest()
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    """The zip at `path`, or a DatasetError that names the fix."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset zip not found (run the dataset stage first)")
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path}: not a zip file, or a truncated one (re-run the dataset stage)")
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
+        raise DatasetError(f"{path}: corrupt or truncated zip ({e}); re-run the dataset stage") from e
+
+
+def dataset_hash(path: str | Path) -> str:
+    """The dataset zip's identity ("zip-" + sha256 hex) from its central directory; no image is read."""
+    with _open_zip(Path(path)) as zf:
+        return _identity(zf)
+
+
+def _digest_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of the file's bytes (what snapshots recorded before `dataset_hash`)."""
+    path = Path(path)
+    key = _digest_key(path)
+    if key not in _FILE_DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _FILE_DIGESTS[key] = h.hexdigest()
+    return _FILE_DIGESTS[key]
+
+
+def same_dataset(recorded: str, identity: str, path: str | Path | None = None) -> bool:
+    """Whether a snapshot's `recorded` dataset hash names the zip whose identity is `identity`.
+
+    A legacy record (the sha256 of the zip's bytes) is verified against the file at `path` by hashing it
+    once per process, with a warning: an old run resumes on its own data and still refuses other data.
+    Without `path` a legacy record never matches.
+    """
+    if recorded == identity:
+        return True
+    if path is None or not _FILE_SHA256.fullmatch(recorded):
+        return False
+    if _digest_key(Path(path)) not in _FILE_DIGESTS:
+        log.warning("the snapshot records its dataset as the sha256 of the zip's bytes (written before "
+                    "identities came from the zip's directory): hashing %s (%.1f GB) once to compare; "
+                    "snapshots written from now on record the cheap identity",
+                    path, Path(path).stat().st_size / 1e9)
+    return file_sha256(path) == recorded
 
 
 def _is_image(name: str) -> bool:
@@ -131,16 +214,17 @@ class ZipDataset(torch.utils.data.Dataset):
     The zip is opened lazily per process, so the dataset can be handed to DataLoader workers.
     """
 
-    def __init__(self, path: str | Path, mirror: bool = False):
+    def __init__(self, path: str | Path, mirror: bool = False, check_members: bool = True):
+        """Read the zip's directory, labels and first image; with `check_members` also every header.
+
+        Without `check_members` no other image is touched (the caller runs `check_members` when it
+        needs the guarantee, e.g. the training loop unless it resumes on data it already checked).
+        """
         self.path = Path(path)
         self.mirror = bool(mirror)
         where = str(self.path)
-        if not self.path.is_file():
-            raise DatasetError(f"{where}: dataset zip not found (run the dataset stage first)")
-        if not zipfile.is_zipfile(self.path):
-            raise DatasetError(f"{where}: not a zip file, or a truncated one (re-run the dataset stage)")
         try:
-            with zipfile.ZipFile(self.path) as zf:
+            with _open_zip(self.path) as zf:
                 self.names = sorted(n for n in zf.namelist() if _is_image(n))
                 if not self.names:
                     raise DatasetError(f"{where}: the zip holds no PNG images")
@@ -153,13 +237,30 @@ class ZipDataset(torch.utils.data.Dataset):
                 if c not in (1, 3):
                     raise DatasetError(f"{where}: images must be grayscale or RGB, {self.names[0]} has "
                                        f"{c} channels")
-                _check_headers(zf, self.names, (w, h), c, where)
+                self.identity = _identity(zf)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
             raise DatasetError(f"{where}: corrupt or truncated zip ({e}); re-run the dataset stage") from e
         self.resolution = h
         self.num_channels = c
         self._zip: zipfile.ZipFile | None = None
         self._zip_pid = -1
+        if check_members:
+            self.check_members()
+
+    def check_members(self) -> None:
+        """Check every member's PNG header (size, channels) once per process and dataset identity."""
+        if self.identity in _CHECKED:
+            return
+        t0 = time.perf_counter()
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                _check_headers(zf, self.names, (self.resolution, self.resolution), self.num_channels,
+                               str(self.path))
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as e:
+            raise DatasetError(f"{self.path}: corrupt or truncated zip ({e}); re-run the dataset stage"
+                               ) from e
+        _CHECKED.add(self.identity)
+        log.info("%s: %d members checked in %.1f s", self.path, self.num_images, time.perf_counter() - t0)
 
     @property
     def num_images(self) -> int:

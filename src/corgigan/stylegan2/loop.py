@@ -8,7 +8,9 @@ rounds (up to the order of floating-point sums on GPUs).
 
 Resume rules (decide_start):
   * run_dir holds a snapshot of the same config, run settings and dataset -> resume it exactly
-    (kimg, ADA p, optimiser states and generator states continue);
+    (kimg, ADA p, optimiser states and generator states continue). Every knob that changes the
+    trajectory is in one of them (gamma, learning rates, widths, EMA, ... in the config; augpipe and
+    subset in the run settings); batch_gpu, which only splits the work, is not compared;
   * it holds one of another config or run settings -> log why and start fresh (stale snapshots and
     grids are removed; they remain in the DVC cache); of another dataset -> the same, unless
     allow_other_data, which resumes it on the new data;
@@ -40,7 +42,7 @@ from PIL import Image
 from corgigan.stylegan2 import augment as augment_mod
 from corgigan.stylegan2 import configs, distributed, importer
 from corgigan.stylegan2.atomic import atomic_path, remove_stale_temps
-from corgigan.stylegan2.data import StreamSampler, ZipDataset, dataset_hash, make_loader
+from corgigan.stylegan2.data import StreamSampler, ZipDataset, make_loader, same_dataset
 from corgigan.stylegan2.devices import resolve_device
 from corgigan.stylegan2.grid import tile
 from corgigan.stylegan2.loss import StyleGAN2Loss, sample_latents, seeded
@@ -65,6 +67,7 @@ ADA_INTERVAL = 4          # minibatches between ADA adjustments
 ADA_KIMG = 500            # p can cross [0, 1] in this many kimg
 PL_DECAY = 0.01           # path-length running-mean decay
 PL_BATCH_SHRINK = 2       # path-length reg on half the batch
+DEFAULT_AUGPIPE = "bgc"    # the reference's default --augpipe
 MOVING_BUFFERS = ("w_avg",)   # buffer names a training step changes (synced across ranks after each step)
 # Seed purposes: independent streams for initialisation, training steps and the sample grid.
 _SEED_INIT, _SEED_STEP, _SEED_GRID = 0, 1, 2
@@ -176,13 +179,13 @@ def frozen_d_parameters(D: torch.nn.Module, num_layers: int) -> list[torch.nn.Pa
     return [p for layer in layers[:num_layers] for p in layer.parameters()]
 
 
-def make_augment_pipe(mode: str, p: float, device: torch.device) -> torch.nn.Module | None:
-    """'ada' and 'fixed': the bgc pipe starting at p; 'none': no augmentation."""
+def make_augment_pipe(mode: str, p: float, device: torch.device, name: str = "bgc") -> torch.nn.Module | None:
+    """'ada' and 'fixed': the pipe `name` (augment.PIPES) starting at p; 'none': no augmentation."""
     if mode == "none":
         return None
     if mode not in ("ada", "fixed"):
         raise ValueError(f"augment must be ada, fixed or none, got {mode!r}")
-    pipe = augment_mod.bgc_pipe().to(device).requires_grad_(False)
+    pipe = augment_mod.make_pipe(name).to(device).requires_grad_(False)
     pipe.p.fill_(p)
     return pipe
 
@@ -228,6 +231,53 @@ def peak_memory_gb(device: torch.device) -> float:
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
 
 
+class DatasetSubset(torch.utils.data.Dataset):
+    """`size` images of a ZipDataset drawn by `seed` (the reference's --subset), mirrored if it is.
+
+    Offers what the loop uses of a ZipDataset (index i + size is image i mirrored, as there).
+    """
+
+    def __init__(self, full: ZipDataset, size: int, seed: int):
+        if not 0 < size <= full.num_images:
+            raise TrainingError(f"subset {size}: the dataset holds {full.num_images} images")
+        self.full = full
+        # Sorted, so the images keep the zip's order; the draw depends only on the seed and the size.
+        draw = np.random.default_rng([seed, full.num_images]).permutation(full.num_images)
+        self.indices = np.sort(draw[:size])
+        self.labels = full.labels[self.indices]
+        self.mirror, self.resolution, self.num_channels = full.mirror, full.resolution, full.num_channels
+
+    @property
+    def num_images(self) -> int:
+        """Distinct images in the subset (without the mirror)."""
+        return len(self.indices)
+
+    @property
+    def label_dim(self) -> int:
+        """Length of the label vector (0 without labels)."""
+        return self.full.label_dim
+
+    def __len__(self) -> int:
+        return self.num_images * (2 if self.mirror else 1)
+
+    def check_members(self) -> None:
+        """Check the whole zip's members (a subset of a damaged zip is refused like the zip)."""
+        self.full.check_members()
+
+    def _full_index(self, index: int) -> int:
+        mirrored, raw = divmod(index, self.num_images)
+        return int(self.indices[raw]) + mirrored * self.full.num_images
+
+    def image(self, index: int) -> np.ndarray:
+        """Image `index` (mirror applied) as uint8 array [C, H, W]."""
+        return self.full.image(self._full_index(index))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.full[self._full_index(index)]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Resume decision
 
@@ -248,11 +298,12 @@ def _without(d: dict[str, Any], key: str) -> dict[str, Any]:
 
 def decide_start(run_dir: Path, config: dict[str, Any], run: dict[str, Any], data_hash: str,
                  resume_from: str | Path | None, allow_other_data: bool,
-                 data: dict[str, Any] | None = None) -> Start:
+                 data: dict[str, Any] | None = None, dataset_path: str | Path | None = None) -> Start:
     """Apply the resume rules (module docstring) and return how to start. Raises SnapshotError.
 
     `data` ({"resolution", "num_channels", "label_dim"} of the dataset) is what a model from elsewhere
-    (a reference pickle, or a snapshot converted from one) must match.
+    (a reference pickle, or a snapshot converted from one) must match. `dataset_path` lets a snapshot
+    that recorded the older whole-file sha256 be verified against the zip (data.same_dataset).
     """
     latest = latest_snapshot(run_dir)
     stale: list[Path] = []
@@ -262,7 +313,7 @@ def decide_start(run_dir: Path, config: dict[str, Any], run: dict[str, Any], dat
         # batch_gpu only splits the batch (the trajectory does not depend on it): another GPU count resumes.
         diffs = (differences(_without(state["config"], "batch_gpu"), _without(config, "batch_gpu"), "config.")
                  + differences(state["run"], run, "run."))
-        other_data = state["dataset"]["hash"] != data_hash
+        other_data = not same_dataset(state["dataset"]["hash"], data_hash, dataset_path)
         if not diffs and (not other_data or allow_other_data):
             why = f"{latest.name} matches this run"
             if other_data:
@@ -297,7 +348,7 @@ def decide_start(run_dir: Path, config: dict[str, Any], run: dict[str, Any], dat
         if diffs:
             raise SnapshotError(f"resume_from {path}: snapshot of another network config, its weights do not "
                                 "fit: " + "; ".join(diffs))
-        if state["dataset"]["hash"] != data_hash and not allow_other_data:
+        if not same_dataset(state["dataset"]["hash"], data_hash, dataset_path) and not allow_other_data:
             raise SnapshotError(f"resume_from {path}: trained on another dataset "
                                 f"({state['dataset']['hash'][:12]}, now {data_hash[:12]}); set "
                                 "train.allow_other_data: true to fine-tune it on this one")
@@ -332,7 +383,8 @@ class _Trainer:
         self.G = G.to(device).train().requires_grad_(False)
         self.D = D.to(device).train().requires_grad_(False)
         self.G_ema = copy.deepcopy(self.G).eval()
-        self.augment_pipe = make_augment_pipe(run["augment"], run["augment_p"], device)
+        self.augment_pipe = make_augment_pipe(run["augment"], run["augment_p"], device,
+                                              run.get("augpipe", DEFAULT_AUGPIPE))
         self.loss = StyleGAN2Loss(self.G, self.D, self.augment_pipe, r1_gamma=cfg.r1_gamma,
                                   style_mixing_prob=cfg.style_mixing_prob, pl_weight=cfg.pl_weight,
                                   pl_batch_shrink=PL_BATCH_SHRINK, pl_decay=PL_DECAY)
@@ -522,6 +574,8 @@ def training_loop(
                                              # StyleGAN2(-ADA) .pkl's) weights
     allow_other_data: bool = False,    # accept snapshots trained on another dataset
     freeze_d: int = 0,                 # Freeze-D: keep D's first N layers fixed (the reference's --freezed)
+    augpipe: str = DEFAULT_AUGPIPE,    # augmentations ADA applies (augment.PIPES; the reference's --augpipe)
+    subset: int | None = None,         # train on this many of the dataset's images, drawn by the seed
     tick_kimg: float = 4.0,            # stats are reported every this many kimg
     keep_snapshots: int = 0,           # keep only the newest N snapshots (0: keep all)
     hooks: Hooks | None = None,        # progress and metric callbacks (rank 0)
@@ -536,21 +590,32 @@ def training_loop(
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         _cuda_setup(dev, require_cuda_ops, allow_tf32)
-    dataset = ZipDataset(dataset_path, mirror=mirror)
+    dataset = ZipDataset(dataset_path, mirror=mirror, check_members=False)   # checked below if new
     if dataset.resolution != cfg.resolution:
         raise TrainingError(f"{dataset_path}: images are {dataset.resolution} px but config {cfg.name} "
                             f"is for {cfg.resolution} px")
-    data_hash = dataset_hash(dataset_path)
+    data_hash = dataset.identity   # from the zip's directory: a resume reads no image before training
     run = {"seed": int(seed), "augment": augment, "augment_p": float(augment_p),
            "ada_target": float(ada_target), "mirror": bool(mirror),
            "resume_from": str(resume_from or "")}
     if freeze_d:  # only when set, so snapshots of runs without it keep resuming
         run["freeze_d"] = int(freeze_d)
+    if augpipe != DEFAULT_AUGPIPE:   # likewise
+        run["augpipe"] = augpipe
+    if subset is not None and subset < dataset.num_images:   # a cap above the size is no cap
+        run["subset"] = int(subset)
+        dataset = DatasetSubset(dataset, subset, int(seed))
+        log.info("training on %d of the %d images (subset)", subset, dataset.full.num_images)
     trainer = _Trainer(dataset, data_hash, cfg, run, dev, info.rank, info.world_size)
     start = decide_start(run_dir, configs.config_to_dict(cfg), run, data_hash, resume_from, allow_other_data,
                          {"resolution": dataset.resolution, "num_channels": dataset.num_channels,
-                          "label_dim": dataset.label_dim})
+                          "label_dim": dataset.label_dim}, dataset_path)
     log.info("start: %s (%s)", start.mode, start.reason)
+    # A run resumed on the data it was trained on checked those members when it began; anything else
+    # checks every member's header now, before stale snapshots go, so a bad zip stops the run here.
+    resumed = start.state["dataset"]["hash"] if start.mode == "resume" and start.state else None
+    if resumed is None or not same_dataset(resumed, data_hash, dataset_path):
+        dataset.check_members()
     if start.state is not None:
         trainer.load(start)
     distributed.barrier()  # every rank has read run_dir before rank 0 removes anything
