@@ -181,8 +181,7 @@ def train_model(folder: Path, kimg: float) -> tuple[Path, Path]:
 
 def errors_table(checkpoint: Path, data: Path, n: int, steps_list: list[int]) -> None:
     """Log mean reconstruction errors of n dataset images by space and steps, against the average w."""
-    G, info = sampling.load(checkpoint, CPU)
-    D = projection.load_discriminator(Path(info["path"]), CPU)
+    G, D, info = sampling.load_with_discriminator(checkpoint, CPU)
     ds = ZipDataset(data)
     idx = np.linspace(0, len(ds) - 1, n).round().astype(int)
     target = torch.stack([ds[int(i)][0] for i in idx]).float() / 127.5 - 1

@@ -1,5 +1,6 @@
 """directions.py and ws_ranges.py: layer ranges, SeFa and PCA against their definitions, labelled
-boundaries that recover a planted direction and are scored on held-out samples, and Spearman's rank correlation."""
+boundaries that recover a planted direction and are scored on held-out samples, and Spearman's rank
+correlation."""
 
 from __future__ import annotations
 

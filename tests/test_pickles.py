@@ -31,9 +31,10 @@ from corgigan.analysis import sampling
 from corgigan.params import EvaluateParams
 from corgigan.stages import evaluate
 from corgigan.stylegan2 import configs, importer, pickles
+from corgigan.stylegan2.load import build, load_networks
 from corgigan.stylegan2.loop import TrainingError, frozen_d_parameters, training_loop
 from corgigan.stylegan2.networks import Discriminator, Generator
-from corgigan.stylegan2.snapshot import SnapshotError, load_generator, load_snapshot
+from corgigan.stylegan2.snapshot import SnapshotError, load_snapshot
 from tests import pickle_writer as pw
 from tests.helpers import tiny_config, write_dataset
 
@@ -83,6 +84,12 @@ def assert_same_state(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor
     assert list(got) == list(want)
     bad = [k for k in want if got[k].shape != want[k].shape or not torch.equal(got[k], want[k])]
     assert not bad, bad
+
+
+def load_generator(path: Path) -> tuple[torch.nn.Module, dict]:
+    """G_ema and info of any model file, through the one loader every command uses."""
+    loaded = load_networks(path)
+    return build(loaded), loaded.info
 
 
 def images(G: torch.nn.Module, seeds=(0, 1, 2), psi: float = 0.7) -> np.ndarray:
@@ -144,13 +151,23 @@ def test_pytorch_pickle_converts_to_the_networks_it_holds(tmp_path, case):
     assert imp.networks.G_kwargs["synthesis_kwargs"] == dict(SYN, **kw.get("syn", {}))
     assert imp.networks.D_kwargs["architecture"] == kw.get("architecture", "resnet")
     # Same z, truncation and constant noise: the same images, bit for bit.
-    G_pkl, info = importer.load_generator(path)
+    G_pkl, info = load_generator(path)
     assert info["kimg"] == 120 and info["label_dim"] == kw.get("c_dim", 0)
     z = torch.randn(3, 16)
     c = torch.eye(3)[:, :G.c_dim]
     assert torch.equal(G_pkl(z, c, truncation_psi=0.7, noise_mode="const"),
                        G_ema.eval()(z, c, truncation_psi=0.7, noise_mode="const"))
     assert np.array_equal(images(G_pkl), images(G_ema))
+    # The one loader: D from the same read, unchanged, and building leaves torch's generator where it was.
+    loaded = load_networks(path, training_nets=True)
+    assert loaded.source == "pytorch pickle" and loaded.snapshot is None
+    assert set(loaded.states) == {"G_ema", "G", "D"}
+    before = torch.random.get_rng_state()
+    D_pkl = build(loaded, "D")
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert_same_state(D_pkl.state_dict(), D.state_dict())
+    assert not D_pkl.training
+    assert set(load_networks(path).states) == {"G_ema"}   # no training nets unless asked for
 
 
 @pytest.mark.parametrize("c_dim", [0, 2])
@@ -166,7 +183,7 @@ def test_tensorflow_pickle_converts_to_the_networks_it_holds(tmp_path, c_dim):
     assert_same_state(imp.G, G.state_dict())
     assert_same_state(imp.G_ema, G_ema.state_dict())
     assert_same_state(imp.D, D.state_dict())
-    G_pkl, _ = importer.load_generator(path)
+    G_pkl, _ = load_generator(path)
     assert np.array_equal(images(G_pkl), images(G_ema))
 
 
@@ -292,7 +309,7 @@ def test_tensorflow_layers_keep_their_tensorflow_meaning(tmp_path, fused):
     G, G_ema, D = make_networks()
     G_static, D_static = tf_static()
     path = pw.tf_pickle(tmp_path / "tf.pkl", G, D, G_ema, G_static, D_static)
-    G_pkl, _ = importer.load_generator(path)
+    G_pkl, _ = load_generator(path)
     variables = pickles.load_reference_pickle(path).G_ema.collect()
     torch.manual_seed(5)
     dlatent = torch.randn(2, 16)
@@ -455,7 +472,7 @@ def test_module_source_in_the_pickle_is_never_run(tmp_path, monkeypatch):
     net.state["build_module_src"] = code
     tf = pw.write(tmp_path / "tf.pkl", net)
     for path in (pt, tf):
-        G_pkl, _ = importer.load_generator(path)
+        G_pkl, _ = load_generator(path)
         assert np.array_equal(images(G_pkl), images(G_ema))
     assert code.encode() in pt.read_bytes() and not marker.exists()
 

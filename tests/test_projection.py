@@ -41,8 +41,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def nets(trained: tuple[Path, Path]) -> tuple[torch.nn.Module, torch.nn.Module]:
-    G, info = sampling.load(trained[1], torch.device("cpu"))
-    D = projection.load_discriminator(Path(info["path"]), torch.device("cpu"))
+    G, D, _ = sampling.load_with_discriminator(trained[1], torch.device("cpu"))
     assert D is not None
     return G, D
 

@@ -16,12 +16,12 @@ import torch
 
 from corgigan import cli
 from corgigan.stylegan2 import configs
+from corgigan.stylegan2.load import build, load_networks
 from corgigan.stylegan2.loop import decide_start
 from corgigan.stylegan2.snapshot import (
     SnapshotError,
     capture_rng,
     latest_snapshot,
-    load_generator,
     load_snapshot,
     restore_rng,
     save_snapshot,
@@ -133,16 +133,18 @@ def test_files_that_are_not_torch_files(tmp_path):
         load_snapshot(empty)
 
 
-def test_latest_snapshot_and_load_generator(tmp_path):
+def test_latest_snapshot_and_load_networks(tmp_path):
     cfg = tiny_config()
     assert latest_snapshot(tmp_path) is None
     with pytest.raises(SnapshotError, match="no snapshot"):
-        load_generator(tmp_path)
+        load_networks(tmp_path)
     for nimg in (8, 1000, 96):
         save_snapshot(tmp_path / snapshot_name(nimg), fake_state(cfg, nimg=nimg))
     (tmp_path / "snapshot-notes.pt").write_text("not a snapshot name")
     assert latest_snapshot(tmp_path) == tmp_path / snapshot_name(1000)
-    G, info = load_generator(tmp_path, "cpu")
+    loaded = load_networks(tmp_path)
+    G, info = build(loaded, "G_ema", "cpu"), loaded.info
+    assert loaded.path == tmp_path / snapshot_name(1000) and loaded.source == "snapshot"
     assert info["nimg"] == 1000 and info["kimg"] == 1.0 and info["dataset_hash"] == "a" * 64
     assert not G.training and not any(p.requires_grad for p in G.parameters())
     want = fake_state(cfg)["G_ema"]

@@ -14,9 +14,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from corgigan.errors import StageError
-from corgigan.stylegan2 import importer, snapshot
 from corgigan.stylegan2.devices import resolve_device
 from corgigan.stylegan2.grid import tile
+from corgigan.stylegan2.load import build, load_networks, resolve
+from corgigan.stylegan2.snapshot import SnapshotError
 from corgigan.tables import atomic_path
 
 log = logging.getLogger(__name__)
@@ -170,11 +171,12 @@ def save_png(img: Image.Image, path: Path) -> None:
 def find_checkpoint(checkpoints: Path) -> Path:
     """`checkpoints` itself when it is a file (a snapshot or a reference .pkl), else the newest snapshot in
     the folder; a StageError when there is none."""
-    last = checkpoints if checkpoints.is_file() else (
-        snapshot.latest_snapshot(checkpoints) if checkpoints.is_dir() else None)
-    if last is None:
-        raise StageError(f"no snapshot in {checkpoints}: run the train stage first (`dvc repro train`)")
-    return last
+    try:
+        if checkpoints.exists():
+            return resolve(checkpoints)
+    except SnapshotError:
+        pass
+    raise StageError(f"no snapshot in {checkpoints}: run the train stage first (`dvc repro train`)")
 
 
 def load(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -183,11 +185,26 @@ def load(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]
     if not checkpoint.exists():
         raise StageError(f"{checkpoint}: no such snapshot or folder (train first, or `dvc pull` it)")
     try:
-        if importer.is_pickle(checkpoint) and checkpoint.is_file():
-            return importer.load_generator(checkpoint, device)
-        return snapshot.load_generator(checkpoint, device)
-    except snapshot.SnapshotError as e:
+        loaded = load_networks(checkpoint)
+        G = build(loaded, "G_ema", device)
+    except SnapshotError as e:
         raise StageError(str(e)) from e
+    assert G is not None
+    return G, loaded.info
+
+
+def load_with_discriminator(checkpoint: Path, device: torch.device
+                            ) -> tuple[torch.nn.Module, torch.nn.Module | None, dict]:
+    """`load`, plus D from the same read of the file (None when it holds no D: a generator-only pickle)."""
+    if not checkpoint.exists():
+        raise StageError(f"{checkpoint}: no such snapshot or folder (train first, or `dvc pull` it)")
+    try:
+        loaded = load_networks(checkpoint, training_nets=True)
+        G, D = build(loaded, "G_ema", device), build(loaded, "D", device)
+    except SnapshotError as e:
+        raise StageError(str(e)) from e
+    assert G is not None
+    return G, D, loaded.info
 
 
 # ----------------------------------------------------------------------------------------------------

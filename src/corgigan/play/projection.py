@@ -248,7 +248,8 @@ def reconstruction_errors(img: torch.Tensor, target: torch.Tensor, D: torch.nn.M
                           lpips: LpipsVGG | None = None) -> list[dict[str, float]]:
     """Per image: mse and psnr on [0, 1] pixels, d_features (the D feature distance) and lpips when given."""
     with torch.no_grad():
-        mse = ((img - target) / 2).square().mean(dim=(1, 2, 3))             # [N], pixels in [0, 1]
+        # The generator's output overshoots [-1, 1]; the picture saved is clamped, so errors are too.
+        mse = ((img.clamp(-1, 1) - target) / 2).square().mean(dim=(1, 2, 3))   # [N], pixels in [0, 1]
         out = [{"mse": float(m), "psnr": float(10 * math.log10(1 / max(float(m), 1e-12)))} for m in mse]
         if D is not None:
             for row, d in zip(out, feature_distance(discriminator_features(D, img),
@@ -429,35 +430,6 @@ def photo_target(data: bytes, resolution: int, rule: CropRule, finder: DogFinder
 
 
 # ----------------------------------------------------------------------------------------------------
-# Networks
-
-
-def load_discriminator(path: Path, device: torch.device) -> torch.nn.Module | None:
-    """D of the snapshot (or reference pickle) at `path` (the file sampling.load read), eval and frozen;
-    None when the file has no D (a reference pickle of G only)."""
-    from corgigan.stylegan2 import configs, importer, snapshot
-
-    try:
-        if importer.is_pickle(path):
-            imp = importer.import_pickle(path, with_training_nets=True)
-            if imp.D is None:
-                return None
-            _, D = importer.build_networks(imp.networks)
-            assert D is not None
-            D.load_state_dict(imp.D)
-        else:
-            state = snapshot.load_snapshot(path)
-            cfg = configs.config_from_dict(state["config"])
-            with torch.random.fork_rng(devices=[]):   # building D must not move the process's generator
-                _, D = configs.build_networks(cfg, img_channels=state["dataset"]["num_channels"],
-                                             c_dim=state["dataset"]["label_dim"])
-            D.load_state_dict(state["D"])
-    except (snapshot.SnapshotError, RuntimeError) as e:
-        raise StageError(f"{path}: cannot load its discriminator ({e})") from e
-    return D.to(device).eval().requires_grad_(False)
-
-
-# ----------------------------------------------------------------------------------------------------
 # Directions and edits
 
 
@@ -580,8 +552,10 @@ def main(photos: list[Path], checkpoint: Path, out: Path, cfg: ProjectConfig, ru
     except ValueError as e:
         raise StageError(f"project: {e}") from e
     dev = resolve_device(device)
-    G, info = sampling.load(checkpoint, dev)
-    D = load_discriminator(Path(info["path"]), dev) if cfg.feature_weight > 0 else None
+    if cfg.feature_weight > 0:
+        G, D, _ = sampling.load_with_discriminator(checkpoint, dev)
+    else:
+        (G, _), D = sampling.load(checkpoint, dev), None
     if D is None and cfg.feature_weight > 0:
         log.warning("%s has no discriminator: pixel loss only (--lpips adds a perceptual one)", checkpoint)
     lpips = LpipsVGG.from_files(*lpips_files).to(dev) if lpips_files else None

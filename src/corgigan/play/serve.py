@@ -715,8 +715,7 @@ def load_explorer(checkpoint: Path, device: str = "auto", directions: Path | Non
                   limits: Limits | None = None) -> Explorer:
     """An Explorer for a snapshot (file or folder) or reference pickle, with its D for projections."""
     dev = resolve_device(device)
-    G, info = sampling.load(checkpoint, dev)
-    D = projection.load_discriminator(Path(info["path"]), dev)
+    G, D, info = sampling.load_with_discriminator(checkpoint, dev)
     if D is None:
         log.warning("%s has no discriminator: projections use the pixel loss only", checkpoint)
     dirs = projection.read_directions(directions, G.w_dim, G.num_ws) if directions else None

@@ -60,7 +60,7 @@ from corgigan.stylegan2.snapshot import (
 log = logging.getLogger(__name__)
 
 __all__ = ["Imported", "Networks", "PickleError", "check_transfer", "convert", "import_pickle", "is_imported",
-           "is_pickle", "load_generator", "snapshot_networks", "snapshot_state", "transfer_state"]
+           "is_pickle", "snapshot_networks", "snapshot_state", "transfer_state"]
 
 RESAMPLE_FILTER = [1, 3, 3, 1]
 _SNAPSHOT_KIMG = re.compile(r"network-snapshot-(\d+)\.pkl$")
@@ -648,18 +648,6 @@ def _import(path: str | Path, with_training_nets: bool) -> tuple[Imported, Gener
     imp = Imported(path=path, kind=ref.kind, networks=nets, G_ema=states["G_ema"], G=states.get("G"),
                    D=states.get("D"), kimg=_kimg_from_name(path))
     return imp, G_net
-
-
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
-    """G_ema of a reference pickle, as snapshot.load_generator returns a snapshot's: (G, info)."""
-    imp, G = _import(path, with_training_nets=False)
-    G = G.to(device).eval().requires_grad_(False)
-    kimg = imp.kimg if imp.kimg is not None else 0.0
-    n = imp.networks
-    info = {"path": imp.path, "config": None, "nimg": int(kimg * 1000), "kimg": kimg, "dataset_hash": "",
-            "resolution": n.resolution, "num_channels": n.img_channels, "label_dim": n.c_dim,
-            "format": f"{imp.kind} pickle"}
-    return G, info
 
 
 # ----------------------------------------------------------------------------------------------------

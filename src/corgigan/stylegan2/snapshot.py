@@ -283,31 +283,3 @@ def restore_rng(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 
-
-def load_generator(path_or_dir: str | Path, device: str | torch.device = "cpu"
-                   ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild G_ema from a snapshot file (or the latest one in a folder) for generation.
-
-    Returns the generator in eval mode without gradients, and info: path, config, nimg, kimg,
-    dataset_hash, resolution, num_channels, label_dim.
-    """
-    path = Path(path_or_dir)
-    if path.is_dir():
-        latest = latest_snapshot(path)
-        if latest is None:
-            raise SnapshotError(f"{path}: no snapshot-*.pt in this folder (run the train stage first)")
-        path = latest
-    state = load_snapshot(path, map_location="cpu")
-    cfg = configs.config_from_dict(state["config"])
-    data = state["dataset"]
-    G, _ = configs.build_networks(cfg, img_channels=data["num_channels"], c_dim=data["label_dim"])
-    try:
-        G.load_state_dict(state["G_ema"])
-    except RuntimeError as e:
-        raise SnapshotError(f"{path}: G_ema does not fit the networks of its own config ({e})") from e
-    G = G.to(device).eval().requires_grad_(False)
-    nimg = int(state["progress"]["nimg"])
-    info = {"path": path, "config": state["config"], "nimg": nimg, "kimg": nimg / 1000,
-            "dataset_hash": data["hash"], "resolution": data["resolution"],
-            "num_channels": data["num_channels"], "label_dim": data["label_dim"]}
-    return G, info
