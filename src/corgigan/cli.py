@@ -315,6 +315,11 @@ def _stage_description(name: str, help_text: str) -> str:
     """A stage's --help text: what it does, the params.yaml sections it reads, and filter's reasons."""
     lines = [help_text[0].upper() + help_text[1:] + ".", "",
              f"Reads params.yaml sections: {', '.join(SECTIONS[name])}."]
+    if name == "train":   # the knobs StyleGAN users sweep, each with the reference's flag in its help
+        lines += ["", "Knobs (params.yaml train:, or `dvc exp run -S train.KNOB=VALUE`):"]
+        runtime = set(params_mod.runtime_knobs())
+        lines += [f"  {key:<24} {help_}{' [runtime only: DVC does not track it]' if key in runtime else ''}"
+                  for key, help_ in params_mod.knobs().items() if key.startswith("train.")]
     if name == "filter":
         lines += ["", "Rejection reasons (filter.parquet `reason`; dedup adds `duplicate`):"]
         lines += [f"  {reason:<15} {why}" for reason, why in REASONS.items() if reason != "duplicate"]

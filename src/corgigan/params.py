@@ -81,6 +81,13 @@ def _power_of_two(value: int) -> int:
     return value
 
 
+def _gpus(value: Any) -> Any:
+    # Before the union's own checks, so a bad value gets one message rather than one per member.
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError("must be auto or an integer >= 1")
+    return value
+
+
 def _multiple_of_32(value: int) -> int:
     if value < 32 or value % 32:
         raise ValueError("must be a multiple of 32")
@@ -96,6 +103,12 @@ Multiple32 = Annotated[StrictInt, AfterValidator(_multiple_of_32)]
 Seed = Annotated[StrictInt, Field(ge=0, lt=SEED_LIMIT)]
 Batch = Annotated[StrictInt, Field(gt=0, le=MAX_BATCH)]
 Kimg = Annotated[Number, Field(ge=MIN_KIMG, le=MAX_KIMG)]
+# Training knobs (null: the config's own); their upper bounds are the networks' (configs.SIZE_LIMITS),
+# checked when the config is built.
+Weight = Annotated[Number, Field(ge=0)]
+LearningRate = Annotated[Number, Field(gt=0, le=1)]
+Width = Annotated[StrictInt, Field(ge=1)]
+AUGMENT_PIPES = ("blit", "geom", "color", "filter", "noise", "cutout", "bg", "bgc", "bgcf", "bgcfn", "bgcfnc")
 Psi = Annotated[Number, Field(ge=-MAX_PSI, le=MAX_PSI)]
 
 
@@ -106,9 +119,14 @@ def _seed_range(first: int, count: int, how: str) -> None:
         raise ValueError(f"seed: the seeds {first} .. {last} run past 2**32 - 1 ({how}); lower the seed")
 
 
-def knob(help_text: str, **constraints: Any) -> Any:
-    """A knob's help and allowed range: pydantic Field metadata, read by the loader and the tests."""
-    return Field(description=help_text, **constraints)
+def knob(help_text: str, runtime: bool = False, **constraints: Any) -> Any:
+    """A knob's help and allowed range: pydantic Field metadata, read by the loader and the tests.
+
+    `runtime`: the knob only says where or how fast a stage runs (or how often it reports), not what it
+    computes, so dvc.yaml does not track it and changing it leaves `dvc status` clean (runtime_knobs).
+    """
+    return Field(description=help_text, json_schema_extra={"runtime": True} if runtime else None,
+                 **constraints)
 
 
 _CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -142,8 +160,9 @@ class InstagramParams:
     hashtags: Annotated[list[StrictStr], knob("hashtags to scrape, without '#'", min_length=1)]
     max_posts: Annotated[StrictInt, knob("posts per hashtag", gt=0)]
     max_wait_s: Annotated[Number, knob("a rate-limit wait longer than this stops the run; the next run "
-                                       "resumes", ge=0)]
-    session_env: Annotated[StrictStr, knob("name of the env variable holding the session file path")]
+                                       "resumes", runtime=True, ge=0)]
+    session_env: Annotated[StrictStr, knob("name of the env variable holding the session file path",
+                                           runtime=True)]
 
 
 @section
@@ -179,8 +198,9 @@ class DetectorParams:
     batch: Annotated[Batch, knob("training batch; small ones give more steps from a few hundred scenes")]
     val_fraction: Annotated[Number, knob("held-out share of the labelled images; meta.json reports mAP50 on "
                                          "it", gt=0, lt=1)]
-    device: Annotated[Device, knob(DEVICE_HELP)]
-    workers: Annotated[StrictInt, knob("DataLoader workers on GPU (ultralytics uses none on CPU)", ge=0)]
+    device: Annotated[Device, knob(DEVICE_HELP, runtime=True)]
+    workers: Annotated[StrictInt, knob("DataLoader workers on GPU (ultralytics uses none on CPU)",
+                                       runtime=True, ge=0)]
 
 
 @section
@@ -189,7 +209,7 @@ class DetectParams:
     iou: Annotated[Number, knob("non-maximum suppression IoU threshold", ge=0, le=1)]
     imgsz: Annotated[Multiple32, knob("inference size: as detector.imgsz, the size it was trained at")]
     batch: Annotated[Batch, knob("images per inference batch")]
-    device: Annotated[Device, knob(DEVICE_HELP)]
+    device: Annotated[Device, knob(DEVICE_HELP, runtime=True)]
 
 
 @section
@@ -233,19 +253,51 @@ class TrainParams:
                       knob("demo | auto | stylegan2 | paper256 | paper512 | paper1024 | cifar")]
     kimg: Annotated[Kimg, knob("training length in thousands of real images shown")]
     batch: Annotated[Batch | None, knob("images per step; null: the config's own")]
+    gpus: Annotated[StrictInt | Literal["auto"], BeforeValidator(_gpus),
+                    knob("processes the stage starts, one per CUDA device (--gpus); auto: every visible "
+                         "one (one process without CUDA)")]
+    batch_gpu: Annotated[Batch | None, knob("images per GPU per pass, gradients accumulated over passes "
+                                            "(--batch-gpu); null: the config's own")]
+    gamma: Annotated[Weight | None, knob("R1 regularisation weight (--gamma), the knob to sweep first; null: "
+                                         "the config's own")]
+    glr: Annotated[LearningRate | None, knob("generator learning rate (--glr); null: the config's own")]
+    dlr: Annotated[LearningRate | None, knob("discriminator learning rate (--dlr); null: the config's own")]
+    cbase: Annotated[Width | None, knob("channel base: feature maps min(cbase / resolution, cmax) (--cbase); "
+                                        "null: the config's own")]
+    cmax: Annotated[Width | None, knob("most feature maps of any layer (--cmax); null: the config's own")]
+    map_depth: Annotated[Width | None, knob("mapping network layers (--map-depth); null: the config's own")]
+    mbstd_group: Annotated[Width | None, knob("minibatch-stddev group size, at most batch_gpu "
+                                              "(--mbstd-group); null: the config's own")]
+    fp16_res: Annotated[Annotated[StrictInt, Field(ge=0)] | None,
+                        knob("float16 in this many highest resolutions on CUDA, 0: all float32 (0 is "
+                             "--fp32); null: the config's own")]
+    augpipe: Annotated[Literal[AUGMENT_PIPES] | None,
+                       knob(f"augmentations ADA applies (--augpipe): {' | '.join(AUGMENT_PIPES)}; null: bgc")]
+    ema_kimg: Annotated[Annotated[Number, Field(gt=0)] | None,
+                        knob("G_ema half-life in kimg (the reference's ema, no flag); null: the config's "
+                             "own")]
+    ema_rampup: Annotated[Weight | None, knob("G_ema half-life at most this fraction of the images seen, 0: "
+                                              "off (the reference's ramp, no flag); null: the config's own")]
+    pl_weight: Annotated[Weight | None, knob("path-length regularisation weight, 0: off (no flag); null: the "
+                                             "config's own")]
+    style_mixing: Annotated[Annotated[Number, Field(ge=0, le=1)] | None,
+                            knob("style-mixing probability, 0: off (no flag); null: the config's own")]
+    subset: Annotated[Annotated[StrictInt, Field(gt=0)] | None,
+                      knob("train on this many of the dataset's images, drawn by the seed (--subset); null: "
+                           "all")]
     snapshot_kimg: Annotated[Kimg, knob("snapshot and image grid every this many kimg")]
-    tick_kimg: Annotated[Kimg, knob("training metrics (reports/train) every this many kimg")]
+    tick_kimg: Annotated[Kimg, knob("training metrics (reports/train) every this many kimg", runtime=True)]
     keep_snapshots: Annotated[StrictInt, knob("keep only the newest N snapshots (0: all); a 1024-px snapshot "
-                                              "is ~0.8 GB", ge=0)]
+                                              "is ~0.8 GB", runtime=True, ge=0)]
     seed: Annotated[Seed, knob("the one seed of the run")]
     augment: Annotated[Literal["ada", "fixed", "none"], knob("ada | fixed | none")]
     augment_p: Annotated[Number, knob("initial augmentation probability p (the fixed p when augment is "
                                       "fixed)", ge=0, le=1)]
     ada_target: Annotated[Number, knob("ADA's target for E[sign(D(real))]", gt=0, lt=1)]
     mirror: Annotated[StrictBool, knob("x-flip the dataset")]
-    workers: Annotated[StrictInt, knob("DataLoader workers", ge=0)]
-    device: Annotated[Device, knob(f"{DEVICE_HELP} (auto never picks the CPU at >= 512 px)")]
-    require_cuda_ops: Annotated[StrictBool, knob("stop when the fused CUDA ops fail to build")]
+    workers: Annotated[StrictInt, knob("DataLoader workers", runtime=True, ge=0)]
+    device: Annotated[Device, knob(f"{DEVICE_HELP} (auto never picks the CPU at >= 512 px)", runtime=True)]
+    require_cuda_ops: Annotated[StrictBool, knob("stop when the fused CUDA ops fail to build", runtime=True)]
     allow_tf32: Annotated[StrictBool, knob("TF32 float32 matmul/conv on CUDA (Ampere+): faster, 10-bit "
                                            "mantissa; the reference StyleGAN2-ADA disables it")]
     resume_from: Annotated[StrictStr | None, knob("transfer learning: a snapshot, or a StyleGAN2(-ADA) "
@@ -271,7 +323,7 @@ class EvaluateParams:
                                                    "(figures: fid_vs_kimg.json and .png)")]
     grid_seeds: Annotated[StrictInt, knob("images in the sample grid", gt=0, le=MAX_SEEDS)]
     video_frames: Annotated[StrictInt, knob("frames of the latent interpolation video", ge=2, le=MAX_FRAMES)]
-    device: Annotated[Device, knob(DEVICE_HELP)]
+    device: Annotated[Device, knob(DEVICE_HELP, runtime=True)]
 
     @model_validator(mode="after")
     def _seeds(self) -> EvaluateParams:
@@ -308,7 +360,7 @@ class ExploreParams:
                                            "+max_sigma", ge=3, le=MAX_STEPS)]
     max_sigma: Annotated[Number, knob("strips and checks move this many sigmas of W either way", gt=0,
                                       le=MAX_SIGMAS)]
-    device: Annotated[Device, knob(DEVICE_HELP)]
+    device: Annotated[Device, knob(DEVICE_HELP, runtime=True)]
 
     @model_validator(mode="after")
     def _strips(self) -> ExploreParams:
@@ -444,6 +496,21 @@ def knobs(cls: Any = Params, prefix: str = "") -> dict[str, str]:
             out.update(knobs(sub, f"{prefix}{f.name}."))
         else:
             out[prefix + f.name] = cls.__pydantic_fields__[f.name].description or ""
+    return out
+
+
+def runtime_knobs(cls: Any = Params, prefix: str = "") -> list[str]:
+    """The dotted names of the knobs declared runtime-only (knob(..., runtime=True)), in declaration order.
+
+    dvc.yaml lists every other knob under the stages whose outputs it changes (tests/test_dvc_params.py).
+    """
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        sub = _subsection(cls, f.name)
+        if sub is not None:
+            out += runtime_knobs(sub, f"{prefix}{f.name}.")
+        elif (cls.__pydantic_fields__[f.name].json_schema_extra or {}).get("runtime"):
+            out.append(prefix + f.name)
     return out
 
 
