@@ -27,11 +27,11 @@ demo: $(STAMP)
 	dvc metrics show
 
 test: $(STAMP)
-	ruff check src tests benchmarks
+	ruff check src tests benchmarks tools
 	pytest
 
 lint: $(STAMP)
-	ruff check src tests benchmarks
+	ruff check src tests benchmarks tools
 
 bench: $(STAMP)
 	python -m benchmarks.run $(BENCH)

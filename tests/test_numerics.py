@@ -99,9 +99,6 @@ def test_empty_batch_through_the_training_generator():
     assert img.shape == (0, 3, 8, 8)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="bug (reported, issue 25): the fused modulated conv of inference builds a grouped "
-                          "conv with groups = N, and torch refuses groups = 0")
 def test_empty_batch_through_the_inference_generator():
     G, _ = _generator()
     with torch.no_grad():
@@ -109,8 +106,6 @@ def test_empty_batch_through_the_inference_generator():
     assert img.shape == (0, 3, 8, 8)
 
 
-@pytest.mark.xfail(strict=True, reason="bug (reported, issue 25): the mean w of an empty batch is NaN and "
-                                       "update_emas copies it into w_avg")
 def test_w_avg_is_not_moved_by_an_empty_batch():
     G, _ = _generator()
     before = G.mapping.w_avg.clone()

@@ -144,6 +144,8 @@ def modulated_conv2d(
         raise ValueError(f"modulated_conv2d: up must be 1 or 2, got {up}")
     if up == 2 and resample_filter is None:
         raise ValueError("modulated_conv2d: up=2 needs resample_filter")
+    if N == 0:   # the fused path's grouped conv would have groups = 0, which torch refuses
+        return x.new_zeros([0, out_c, H * up, W * up])
 
     if demodulate and x.dtype == torch.float16:
         # Demodulation makes the result invariant to the scale of each output channel's weights and of
@@ -314,7 +316,7 @@ class MappingNetwork(nn.Module):
         for layer in self.layers:
             x = layer(x)                                                  # [N, w_dim]
 
-        if update_emas and self.w_avg_beta is not None:
+        if update_emas and self.w_avg_beta is not None and x.shape[0] > 0:   # no mean w of no samples
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         if self.num_ws is None:
