@@ -4,7 +4,8 @@
 appears, with 0 when it did not occur, so metrics diffs line up; each step is checked to add up
 (entered = kept + sum of rejected), so tables that disagree stop the stage instead of skewing a metric.
 `check_not_empty` stops an experiment whose thresholds rejected everything and names the params that
-would loosen them (`LOOSEN`).
+would loosen them (`LOOSEN`). `warnings` (a list of sentences, empty when all is well; DVC's metrics
+skip it) says why a funnel looks wrong, e.g. a detector that found almost no dog.
 """
 
 from __future__ import annotations
@@ -33,6 +34,22 @@ LOOSEN = {
     "duplicate": "dedup.max_distance",
 }
 
+# Dog photos nearly all hold a dog: when more than this share of the decodable images are rejected as
+# no_dog, the detector (not the photos) is the likely cause.
+NO_DOG_SHARE = 0.5
+
+
+def warnings(counts: dict[str, Any]) -> list[str]:
+    """Sentences saying why the funnel's counts look wrong (empty when nothing does)."""
+    rej = counts["filter"]["rejected"]
+    decodable = counts["filter"]["entered"] - rej.get("decode_error", 0) - rej.get("refused", 0)
+    no_dog = rej.get("no_dog", 0)
+    if decodable <= 0 or no_dog <= NO_DOG_SHARE * decodable:
+        return []
+    return [f"no_dog rejected {no_dog} of {decodable} decodable images ({no_dog / decodable:.0%}, above "
+            f"{NO_DOG_SHARE:.0%}): the detector found almost nothing; see models/detector/meta.json "
+            f"(mAP50, warnings) and loosen {LOOSEN['no_dog']}"]
+
 
 def _step(entered: int, kept: int, rejected: dict[str, int], name: str) -> dict[str, Any]:
     if entered != kept + sum(rejected.values()):
@@ -48,11 +65,13 @@ def funnel_counts(filt: pd.DataFrame, dd: pd.DataFrame) -> dict[str, Any]:
     f_rej = {r: int(f_counts.get(r, 0)) for r in FILTER_REASONS}
     d_rej = {"duplicate": int(d_counts.get("duplicate", 0))}
     f_kept, d_kept = int(filt["kept"].sum()), int(dd["kept"].sum())
-    return {
+    counts = {
         **_step(len(filt), d_kept, {**f_rej, **d_rej}, "overall"),
         "filter": _step(len(filt), f_kept, f_rej, "filter"),
         "dedup": _step(len(dd), d_kept, d_rej, "dedup"),
     }
+    counts["warnings"] = warnings(counts)
+    return counts
 
 
 def check_not_empty(counts: dict[str, Any]) -> None:

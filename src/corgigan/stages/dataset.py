@@ -50,6 +50,8 @@ def run(p: DatasetParams, raw: Path, filtered: Path, dedup: Path, out: Path, fun
     raw, filtered, dedup, out, figures = Path(raw), Path(filtered), Path(dedup), Path(out), Path(figures)
     posts, filt, dd = _read(raw, filtered, dedup)
     counts = funnel_counts(filt, dd)
+    for warning in counts["warnings"]:   # also in funnel.json, beside the counts
+        log.warning("dataset: %s", warning)
     check_not_empty(counts)
     keep = set(dd.loc[dd["kept"], "image_id"])
     kept_examples = sorted(keep)[:p.examples_per_reason]

@@ -28,6 +28,10 @@ from corgigan.stylegan2.devices import resolve_device
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Dog photos nearly all hold a dog: when boxes are found in fewer than this share of the decoded images,
+# the detector found almost nothing (the rehearsal's weak one: 0 boxes in 348 photos) and the run would
+# go on to reject nearly everything as no_dog.
+FEW_FOUND_SHARE = 0.2
 
 
 def run(p: DetectParams, images: ImagesParams, raw: Path, detector: Path, out: Path) -> None:
@@ -38,8 +42,11 @@ def run(p: DetectParams, images: ImagesParams, raw: Path, detector: Path, out: P
     device = str(resolve_device(p.device))
     yolo, dog_class, meta = detection.load_dog_detector(detector)
     warn_if_trained_on_drawings(meta, raw / "posts.parquet")
-    rows = detect_shards(yolo, shard_dir, p, device=device, max_pixels=images.max_pixels,
-                         dog_class=dog_class)
+    rows, decoded = detect_shards(yolo, shard_dir, p, device=device, max_pixels=images.max_pixels,
+                                  dog_class=dog_class)
+    warning = found_too_few(len({r["image_id"] for r in rows}), decoded, p.conf, meta.get("map50"))
+    if warning:
+        log.warning("detect: %s", warning)
     rows.sort(key=lambda r: (r["image_id"], -r["confidence"], r["x0"], r["y0"], r["x1"], r["y1"]))
     tables.write_table("detections", rows, out)
     log.info("detect: %d boxes written to %s", len(rows), out)
@@ -63,16 +70,28 @@ def warn_if_trained_on_drawings(meta: dict[str, Any], posts: Path) -> bool:
     return True
 
 
+def found_too_few(with_box: int, decoded: int, conf: float, map50: float | None) -> str | None:
+    """Why `with_box` images with a dog among `decoded` says the detector found almost nothing, or None."""
+    if decoded == 0 or with_box >= FEW_FOUND_SHARE * decoded:
+        return None
+    learned = f"its held-out mAP50 is {map50:.3f}" if map50 is not None else "it is a pretrained weight"
+    return (f"the detector found a dog in only {with_box} of {decoded} images ({with_box / decoded:.0%}, "
+            f"below {FEW_FOUND_SHARE:.0%}; {learned}); filter will reject the rest as no_dog. Check "
+            f"models/detector/meta.json, lower detect.conf ({conf}) or use a better detector")
+
+
 def detect_shards(yolo: Any, shard_dir: Path, p: DetectParams, *, device: str, max_pixels: int,
-                  dog_class: int) -> list[dict[str, Any]]:
-    """Detection rows (unsorted) for every decodable image in the shards of `shard_dir`."""
+                  dog_class: int) -> tuple[list[dict[str, Any]], int]:
+    """Detection rows (unsorted) for every decodable image in the shards of `shard_dir`, and how many
+    images decoded."""
     paths = list_shards(shard_dir)
     total = sum(len(zipfile.ZipFile(path).infolist()) for path in paths)
     rows: list[dict[str, Any]] = []
-    skipped = 0
+    skipped = decoded = 0
     with tqdm(total=total, desc="detect", unit="img") as bar:
         for batch_ids, batch_imgs, num_skipped in _prefetched(_batches(shard_dir, p.batch, max_pixels)):
             skipped += num_skipped
+            decoded += len(batch_ids)
             found = detection.predict(yolo, batch_imgs, classes=[dog_class], conf=p.conf, iou=p.iou,
                                       imgsz=p.imgsz, device=device)
             for image_id, img, dets in zip(batch_ids, batch_imgs, found, strict=True):
@@ -80,7 +99,7 @@ def detect_shards(yolo: Any, shard_dir: Path, p: DetectParams, *, device: str, m
             bar.update(len(batch_ids) + num_skipped)
     if skipped:
         log.info("detect: %d undecodable image(s) skipped (see posts.decode_status)", skipped)
-    return rows
+    return rows, decoded
 
 
 def _batches(shard_dir: Path, batch: int, max_pixels: int
