@@ -55,3 +55,22 @@ def test_a_folder_source_must_exist_and_a_large_cpu_run_be_asked_for(tmp_path):
         big = params_mod.load(_params(tmp_path, filter=sizes, train=train))
         found = {c.what: c for c in check.train_checks(big)}
         assert not found["train on a GPU"].ok and "train.device: cpu to insist" in found["train on a GPU"].fix
+
+
+def test_the_full_run_costs_what_the_measured_sizes_say(tmp_path):
+    # configs/full.yaml: 1024 px, paper1024, 10 kept snapshots; sizes from the measured per-image figures.
+    full = params_mod.load(ROOT / "configs" / "full.yaml")
+    assert abs(check.snapshot_gb(full) - 0.857) < 0.05          # the measured paper1024 snapshot
+    est = check.disk_estimate(full, tmp_path)                    # no .dvc/config: DVC copies
+    per_crop_mb = est["crops"] * 1e3 / (full.scrape.instagram.max_posts * len(full.scrape.instagram.hashtags)
+                                       * check.KEPT_SHARE)
+    assert abs(per_crop_mb - check.CROP_MB_1024) < 1e-9 and est["zip"] == est["crops"]
+    assert est["total"] == 2 * est["outputs"]
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("[cache]\n    type = reflink,hardlink,symlink\n")
+    assert check.disk_estimate(full, tmp_path)["total"] == est["outputs"]
+    days = check.time_check(full).detail
+    kimg = full.train.kimg
+    assert f"{kimg:g} kimg at 1024 px: ~{kimg * 141.83 / 86400:.1f} days on one V100" in days   # published
+    disk = check.disk_check(full, tmp_path.parent)
+    assert "dvc config cache.type reflink,hardlink,symlink" in disk.fix and "dvc unprotect" in disk.fix

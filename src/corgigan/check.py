@@ -18,12 +18,19 @@ from corgigan.params import Params
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.devices import DeviceError, resolve_device
 
-# Rough bytes per image, for the disk estimate: a scraped photo, and a crop PNG per pixel (it is stored
-# twice: the crop shards and the dataset zip).
-PHOTO_BYTES = 300_000
-CROP_BYTES_PER_PIXEL = 1.5
-KEPT_SHARE = 0.4                          # of scraped images that become crops (the original: 136k of 350k)
-SNAPSHOT_BYTES_PER_PARAM = 4 * 3 * 3     # G, D, G_ema and two Adam moments, float32, roughly
+# The cost model, from measurements (../shared/NOTES.md, the 1024-px rehearsal and
+# benchmarks/bench_dataset_identity.py); README's "What the full run costs" uses the same figures.
+PHOTO_MB = 0.30                # a scraped photo in the raw shards (rehearsal: 350k photos -> ~105 GB)
+CROP_MB_1024 = 1.57            # a 1024-px crop PNG (0.5 MB drawn .. 1.5 MB photo; 214 GB / 136,255 crops)
+KEPT_SHARE = 136_255 / 350_000  # of scraped images that become crops (the original run)
+BYTES_PER_NUMBER = 4           # float32; a snapshot holds G, D, G_ema and Adam's two moments of G and D
+# (measured: a paper1024 snapshot is 0.857 GB for G 33.2M, D 29.0M, G_ema 33.2M, Adam 118.8M numbers)
+GEN_GB_1024_CPU = 0.6          # memory per generated 1024-px image, float32 on the CPU (measured)
+TRAIN_GB_PER_IMAGE_1024_CPU = 8.0   # paper1024 on the CPU: 2 images per pass took 16 GB (measured)
+TRAIN_GB_1024_GPU = 8.1        # paper1024 at its own batch per GPU (stylegan2-ada-pytorch README, V100)
+# Published sec/kimg on one V100 / one A100 (NVlabs stylegan3 docs/configs.md; 1024 px: the corgi run's ~155).
+SEC_PER_KIMG = {256: (20.84, 12.53), 512: (71.59, 41.06), 1024: (141.83, 90.39)}
+DVC_LINK_TYPES = "reflink,hardlink,symlink"
 
 
 @dataclass(frozen=True)
@@ -107,33 +114,102 @@ def evaluate_checks(p: Params) -> list[Check]:
     return out
 
 
-def disk_check(p: Params, root: Path) -> Check:
-    """Free space at `root` against a rough estimate of what the run writes."""
+def _scraped_images(p: Params) -> tuple[int, float]:
+    """(images scrape takes in, raw GB) for the params' source (an upper bound for Instagram)."""
     s = p.scrape
-    images = {"synthetic": s.synthetic.num_images + 50,
-              "instagram": s.instagram.max_posts * len(s.instagram.hashtags)}.get(s.source)
-    if images is None:   # a folder: its own size is what scrape copies into shards
+    if s.source == "folder":
         folder = Path(s.folder.path)
         raw = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
-        images = max(raw // PHOTO_BYTES, 1)
-    else:
-        raw = images * PHOTO_BYTES
-    crops = images * KEPT_SHARE * p.filter.resolution ** 2 * CROP_BYTES_PER_PIXEL * 2
+        return max(int(raw / (PHOTO_MB * 1e6)), 1), raw / 1e9
+    ig = s.instagram
+    n = s.synthetic.num_images + 50 if s.source == "synthetic" else ig.max_posts * len(ig.hashtags)
+    return n, n * PHOTO_MB / 1e3
+
+
+def _dvc_links(root: Path) -> bool:
+    """Whether the project's DVC config makes the cache link files instead of copying them."""
+    for name in ("config", "config.local"):
+        path = root / ".dvc" / name
+        if path.is_file() and any(line.strip().replace(" ", "").startswith("type=") and "copy" not in line
+                                  for line in path.read_text().splitlines()):
+            return True
+    return False
+
+
+def snapshot_gb(p: Params) -> float:
+    """One training snapshot's size for the params' config, from its parameter counts (no weights made)."""
+    import torch
+
     cfg = configs.make_config(p.train.config, p.filter.resolution, batch=p.train.batch)
-    G, D = configs.build_networks(cfg) if cfg.resolution <= 256 else (None, None)
-    params = (sum(x.numel() for x in G.parameters()) + sum(x.numel() for x in D.parameters())) if G else 6e7
-    snapshots = p.train.keep_snapshots or max(1, int(p.train.kimg // p.train.snapshot_kimg))
-    need = raw + crops + snapshots * params * SNAPSHOT_BYTES_PER_PARAM
-    free = shutil.disk_usage(root).free
-    return Check("disk space", free > need, f"{free / 1e9:.1f} GB free at {root}, about {need / 1e9:.1f} GB "
-                 "needed (a rough estimate)", "free some space, or set train.keep_snapshots")
+    with torch.device("meta"):   # shapes only: counting a 1024-px network costs no memory
+        G, D = configs.build_networks(cfg)
+    g, d = (sum(x.numel() for x in net.parameters()) for net in (G, D))
+    return BYTES_PER_NUMBER * (2 * g + d + 2 * (g + d)) / 1e9
+
+
+def disk_estimate(p: Params, root: Path) -> dict[str, float]:
+    """GB per output at the params' resolution and counts, and the total with DVC's cache copy."""
+    images, raw = _scraped_images(p)
+    crops = images * KEPT_SHARE * CROP_MB_1024 * (p.filter.resolution / 1024) ** 2 / 1e3
+    snaps = p.train.keep_snapshots or max(1, int(p.train.kimg // p.train.snapshot_kimg))
+    out = {"raw": raw, "crops": crops, "zip": crops, "snapshots": snaps * snapshot_gb(p)}
+    out["outputs"] = sum(out.values())
+    out["total"] = out["outputs"] * (1 if _dvc_links(root) else 2)   # DVC's cache holds a second copy
+    return out
+
+
+def disk_check(p: Params, root: Path) -> Check:
+    """Free space at `root` against the measured per-image and per-snapshot sizes, DVC's copy counted."""
+    est = disk_estimate(p, root)
+    free = shutil.disk_usage(root).free / 1e9
+    parts = ", ".join(f"{k} {est[k]:.1f}" for k in ("raw", "crops", "zip", "snapshots"))
+    copy = "linked by DVC" if est["total"] == est["outputs"] else "x2: DVC's cache copies every output"
+    return Check("disk space", free > est["total"], f"{free:.1f} GB free at {root}, ~{est['total']:.1f} GB "
+                 f"needed ({parts} GB; {copy})",
+                 f"free space, or `dvc config cache.type {DVC_LINK_TYPES}` so DVC links instead of copying "
+                 "(DVC then protects linked files read-only: `dvc unprotect` one before editing it in place)")
+
+
+def memory_checks(p: Params) -> list[Check]:
+    """Training and generation memory for the configs on the chosen devices, against what the device has."""
+    import torch
+
+    scale = (p.filter.resolution / 1024) ** 2
+    cfg = configs.make_config(p.train.config, p.filter.resolution, batch=p.train.batch)
+    out = []
+    for key, device, need, knob in (
+            ("train memory", p.train.device, None, "train.batch_gpu"),
+            ("evaluate memory", p.evaluate.device, p.evaluate.batch * GEN_GB_1024_CPU * scale,
+             "evaluate.batch")):
+        try:
+            dev = resolve_device(device)
+        except DeviceError:
+            continue   # the device check already says what is missing
+        if dev.type == "cuda":
+            have = torch.cuda.get_device_properties(dev).total_memory / 2**30
+            need = TRAIN_GB_1024_GPU * scale if need is None else need
+        else:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+            need = TRAIN_GB_PER_IMAGE_1024_CPU * scale * cfg.batch_gpu if need is None else need
+        out.append(Check(key, need <= have, f"~{need:.1f} GB needed on {dev}, {have:.1f} GB there",
+                         f"lower {knob}, or run on a device with more memory"))
+    return out
+
+
+def time_check(p: Params) -> Check:
+    """Training days on one V100 / A100 from the published sec/kimg at the params' resolution."""
+    res = p.filter.resolution
+    v100, a100 = SEC_PER_KIMG.get(res, SEC_PER_KIMG[min(SEC_PER_KIMG, key=lambda r: abs(r - res))])
+    days = [p.train.kimg * s / 86400 for s in (v100, a100)]
+    return Check("train time", True, f"{p.train.kimg:g} kimg at {res} px: ~{days[0]:.1f} days on one V100, "
+                 f"~{days[1]:.1f} on one A100 (published sec/kimg; divide by the GPUs used)")
 
 
 def run_checks(p: Params, root: Path, environ: dict[str, str] | None = None) -> list[Check]:
     """Every check for params `p` in the project at `root`."""
     environ = dict(os.environ) if environ is None else environ
     return [*source_checks(p, environ), *detector_checks(p), *train_checks(p), *evaluate_checks(p),
-            disk_check(p, root)]
+            disk_check(p, root), *memory_checks(p), time_check(p)]
 
 
 def format_checks(checks: list[Check]) -> str:
