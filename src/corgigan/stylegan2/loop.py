@@ -10,7 +10,8 @@ Resume rules (decide_start):
   * run_dir holds a snapshot of the same config, run settings and dataset -> resume it exactly
     (kimg, ADA p, optimiser states and generator states continue). Every knob that changes the
     trajectory is in one of them (gamma, learning rates, widths, EMA, ... in the config; augpipe and
-    subset in the run settings); batch_gpu, which only splits the work, is not compared;
+    subset in the run settings); batch_gpu, which only splits the work, is not compared (with the same
+    batch_gpu the split over processes changes no bit; another batch_gpu draws other latents per pass);
   * it holds one of another config or run settings -> log why and start fresh (stale snapshots and
     grids are removed; they remain in the DVC cache); of another dataset -> the same, unless
     allow_other_data, which resumes it on the new data;
@@ -310,7 +311,8 @@ def decide_start(run_dir: Path, config: dict[str, Any], run: dict[str, Any], dat
     reason = "no snapshot to resume"
     if latest is not None:
         state = load_snapshot(latest)
-        # batch_gpu only splits the batch (the trajectory does not depend on it): another GPU count resumes.
+        # batch_gpu only splits the batch: another GPU count resumes, and another batch_gpu continues the
+        # same training (same batch and hyperparameters; each pass draws its own latents, so not bit for bit).
         diffs = (differences(_without(state["config"], "batch_gpu"), _without(config, "batch_gpu"), "config.")
                  + differences(state["run"], run, "run."))
         other_data = not same_dataset(state["dataset"]["hash"], data_hash, dataset_path)
