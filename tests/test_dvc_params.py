@@ -55,7 +55,7 @@ def test_each_stage_tracks_exactly_the_outcome_knobs_of_the_sections_it_reads(na
 
 @pytest.fixture(scope="module")
 def train_project(tmp_path_factory: pytest.TempPathFactory, cli_env: dict[str, str]) -> Path:
-    """A git + DVC project whose dvc.yaml is the train stage of ours, after one `dvc repro` (a few seconds)."""
+    """A git + DVC project whose dvc.yaml is our train stage, after one `dvc repro` (a few seconds)."""
     repo = tmp_path_factory.mktemp("status") / "project"
     repo.mkdir()
     stage = _stages()["train"]
@@ -67,7 +67,8 @@ def train_project(tmp_path_factory: pytest.TempPathFactory, cli_env: dict[str, s
     (repo / "data" / "processed").mkdir(parents=True)
     write_dataset(repo / "data" / "processed" / "corgis.zip", n=4)
     for args in (["git", "init", "-q", "-b", "main"], ["dvc", "init", "-q"],
-                 ["dvc", "config", "core.autostage", "false"], ["dvc", "add", "-q", "data/processed/corgis.zip"]):
+                 ["dvc", "config", "core.autostage", "false"],
+                 ["dvc", "add", "-q", "data/processed/corgis.zip"]):
         run(args, repo, cli_env)
     for args in (["git", "add", "-A"], ["git", "commit", "-qm", "project"],   # dvclive wants a commit
                  ["dvc", "repro"], ["git", "add", "-A"], ["git", "commit", "-qm", "trained"]):
