@@ -34,7 +34,7 @@ from tests.helpers import fake_state
 
 from benchmarks.timing import best_of
 from corgigan import params
-from corgigan.analysis import attributes, sampling
+from corgigan.analysis import attributes, latents, sampling
 from corgigan.analysis import directions as dirs
 from corgigan.detector import detection
 from corgigan.stages import explore
@@ -103,7 +103,7 @@ def main() -> None:
         det = attributes.load_detector(det_dir, conf=d.conf, iou=d.iou, imgsz=d.imgsz, batch=d.batch,
                                       device="cpu")
         n = args.images
-        w = sampling.sample_w(G, list(range(n)), 1.0)
+        w = latents.sample_w(G, list(range(n)), 1.0)
         ws = w[:, None].repeat(1, G.num_ws, 1)
         imgs = sampling.synthesize_w(G, ws, d.batch)
         pil = [Image.fromarray(im) for im in imgs]
@@ -127,13 +127,13 @@ def main() -> None:
         labels = attributes.label_images(det, imgs)
         p = cfg.explore
         timings = {
-            f"sample {args.pca_samples} w": lambda: sampling.sample_w(G, list(range(args.pca_samples)), 1.0),
+            f"sample {args.pca_samples} w": lambda: latents.sample_w(G, list(range(args.pca_samples)), 1.0),
             "SeFa (all layers)": lambda: dirs.sefa(dirs.style_affines(G, 0, G.num_ws), p.num_components),
             f"PCA of {args.pca_samples} w": lambda: dirs.pca(w_pca, p.num_components),
             f"boundaries for {len(attributes.ATTRIBUTES)} attributes": lambda: explore.labelled_directions(
                 labels, w, p, G.num_ws),
         }
-        w_pca = sampling.sample_w(G, list(range(args.pca_samples)), 1.0)
+        w_pca = latents.sample_w(G, list(range(args.pca_samples)), 1.0)
         total = 0.0
         for what, fn in timings.items():
             seconds = best_of(args.repeats, fn)

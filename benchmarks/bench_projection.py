@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from corgigan import images
-from corgigan.analysis import sampling
+from corgigan.analysis import latents, sampling
 from corgigan.data.dataset_zip import write_zip
 from corgigan.data.scenes import draw_scene
 from corgigan.play import projection, serve
@@ -118,7 +118,7 @@ def page_latency(repeats: int) -> None:
     log.info("%-34s %9s %9s", "page update at 256 px", "ms", "vs. G")
     for name, res in PAGE_NETS:
         G, D = networks(name, res)
-        ws = sampling.map_seeds(G, [0], 1.0)
+        ws = latents.map_seeds(G, [0], 1.0)
 
         @torch.no_grad()
         def bare(G: torch.nn.Module = G, ws: torch.Tensor = ws) -> None:

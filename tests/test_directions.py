@@ -4,6 +4,7 @@ correlation."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -145,3 +146,22 @@ def test_spearman() -> None:
     assert dirs.spearman(x, np.r_[1.0, np.nan, 2, 3, 4, 5, 6]) == pytest.approx(1.0)   # NaN pairs dropped
     assert math.isnan(dirs.spearman(x, np.ones(7)))                                  # constant
     assert math.isnan(dirs.spearman(x[:2], x[:2]))
+
+
+def test_the_directions_file_is_written_and_read_in_one_place(tmp_path) -> None:
+    path = tmp_path / "d.json"
+    v = torch.tensor([0.5, 0.75, 0.0, 1e-9])          # exact in float32
+    dirs.write_directions(path, {"num_ws": 6}, {"a": {"method": "pca", "layers": (1, 3), "vector": v,
+                                                      "score": 0.5}})
+    doc = json.loads(path.read_text())
+    assert doc["format"] == dirs.FORMAT and doc["num_ws"] == 6
+    assert doc["directions"]["a"]["method"] == "pca" and doc["directions"]["a"]["score"] == 0.5
+    assert doc["directions"]["a"]["vector"] == [0.5, 0.75, 0.0, 0.0]                # 8 decimals
+    (d,) = dirs.read_directions(path, w_dim=4, num_ws=6)
+    assert d.name == "a" and d.layers == (1, 3) and d.sigma is None
+    # A slider's move and a strip's offsets are the same edit.
+    w = torch.randn(1, 4)
+    strip = dirs.edit_ws(w, d.vector, d.layers, np.array([0.5]), num_ws=6)
+    edit = dirs.Edit(moves={"a": 0.5})
+    slider = dirs.apply_edit(w[:, None].repeat(1, 6, 1), torch.zeros(4), edit, {"a": d})
+    assert torch.equal(strip, slider)

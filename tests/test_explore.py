@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 
 from corgigan import cli
-from corgigan.analysis import attributes, sampling
+from corgigan.analysis import attributes, latents, sampling
+from corgigan.analysis.directions import direction_sigmas, edit_ws, read_directions
 from corgigan.detector import detection
 from corgigan.errors import StageError
 from corgigan.params import DetectParams, ExploreParams
-from corgigan.play import projection
 from corgigan.stages import explore
 from corgigan.stylegan2.snapshot import save_snapshot, snapshot_name
 from tests.helpers import fake_state, tiny_config
@@ -75,7 +75,7 @@ def test_explore_writes_measured_directions_that_serve_can_read(checkpoints: Pat
                                                                  fake_detector: None) -> None:
     directions, metrics, figures = run_stage(checkpoints, tmp_path)
     G, _ = sampling.load(checkpoints, torch.device("cpu"))
-    read = projection.read_directions(directions, G.w_dim, G.num_ws)        # the reading contract
+    read = read_directions(directions, G.w_dim, G.num_ws)        # the reading contract
     sefa_pca = {f"{m}_{i}" for m in ("sefa", "pca") for i in range(3)}
     assert {d.name for d in read} == sefa_pca | LABELLED
     doc = json.loads(directions.read_text())
@@ -100,20 +100,20 @@ def test_explore_writes_measured_directions_that_serve_can_read(checkpoints: Pat
         assert width > 5 * RES and height == sampling.LABEL_BAND + 3 * RES, name
     # The stored sigma is the one edits use; measured afresh (other seeds, same method) it is close.
     assert [d.sigma for d in read] == [doc["directions"][d.name]["sigma"] for d in read]
-    fresh = projection.direction_sigmas(G, [dataclasses.replace(d, sigma=None) for d in read])
+    fresh = direction_sigmas(G, [dataclasses.replace(d, sigma=None) for d in read])
     assert np.allclose(fresh, [d.sigma for d in read], rtol=0.2)
 
 
 def test_explore_is_reproducible_and_fits_on_other_seeds_than_it_checks(
         checkpoints: Path, tmp_path: Path, fake_detector: None, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[int]] = []
-    sample_w = sampling.sample_w
+    sample_w = latents.sample_w
 
     def spy(G: torch.nn.Module, seeds: list[int], psi: float) -> torch.Tensor:
         seen.append(seeds)
         return sample_w(G, seeds, psi)
 
-    monkeypatch.setattr(sampling, "sample_w", spy)
+    monkeypatch.setattr(latents, "sample_w", spy)
     a = run_stage(checkpoints, tmp_path / "a")
     b = run_stage(checkpoints, tmp_path / "b")
     pool, check = seen[0], seen[1]
@@ -187,7 +187,7 @@ def test_box_attributes_and_image_stats() -> None:
 def test_edit_ws_moves_only_the_chosen_layers() -> None:
     w = torch.randn(2, 4)
     v = torch.tensor([1.0, 0, 0, 0])
-    ws = sampling.edit_ws(w, v, (1, 3), np.array([-1.0, 0.0, 2.0]), num_ws=5)      # [2 * 3, 5, 4]
+    ws = edit_ws(w, v, (1, 3), np.array([-1.0, 0.0, 2.0]), num_ws=5)      # [2 * 3, 5, 4]
     assert ws.shape == (6, 5, 4)
     assert torch.equal(ws[:, 0], w.repeat_interleave(3, 0))
     assert torch.equal(ws[:, 3:], ws[:, :1].expand(6, 2, 4))

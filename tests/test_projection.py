@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from corgigan import cli, geometry
-from corgigan.analysis import sampling
+from corgigan.analysis import directions, latents, sampling
 from corgigan.errors import StageError
 from corgigan.play import projection
 from corgigan.stylegan2.data import ZipDataset
@@ -77,7 +77,7 @@ def test_error_falls_with_steps_and_w_plus_fits_closer_than_w(trained, nets, one
 
 def test_an_image_of_the_model_is_found_again(nets, one_thread) -> None:
     G, D = nets
-    target = G.synthesis(sampling.map_seeds(G, [3], 1.0), noise_mode="const")
+    target = G.synthesis(latents.map_seeds(G, [3], 1.0), noise_mode="const")
     result = projection.project(G, target, D, projection.ProjectConfig(steps=100, space="w"))
     assert result.errors[0]["mse"] < 1e-3 and result.errors[0]["psnr"] > 30
 
@@ -180,7 +180,7 @@ def test_directions_file_contract(tmp_path) -> None:
         "ears": {"vector": [3, 0, 4, 0], "layers": [0, 2], "accuracy": 0.9},   # extra keys are allowed
         "colour": {"vector": [0, 1, 0, 0], "sigma": 0.25},
     })
-    dirs = projection.read_directions(path, w_dim=4, num_ws=6)
+    dirs = directions.read_directions(path, w_dim=4, num_ws=6)
     assert [d.name for d in dirs] == ["ears", "colour"]
     assert torch.allclose(dirs[0].vector, torch.tensor([0.6, 0, 0.8, 0])) and dirs[0].layers == (0, 2)
     assert dirs[1].layers == (0, 6) and dirs[0].sigma is None and dirs[1].sigma == 0.25
@@ -197,20 +197,20 @@ def test_directions_file_contract(tmp_path) -> None:
         if entries is not None:
             write_directions(p, 4, entries)
         with pytest.raises(StageError, match=name.split(".")[0] if entries is None else "direction 'a'"):
-            projection.read_directions(p, w_dim=4, num_ws=6)
+            directions.read_directions(p, w_dim=4, num_ws=6)
     (tmp_path / "other.json").write_text(json.dumps({"directions": []}))
     with pytest.raises(StageError, match="not a directions file"):
-        projection.read_directions(tmp_path / "other.json", 4, 6)
+        directions.read_directions(tmp_path / "other.json", 4, 6)
 
 
 def test_edits() -> None:
     w_avg = torch.zeros(4)
     ws = torch.ones(1, 6, 4)
-    d = projection.Direction("a", torch.tensor([1.0, 0, 0, 0]), (1, 3))
-    assert torch.equal(projection.apply_edit(ws, w_avg, projection.Edit(psi=0.0), {}), torch.zeros(1, 6, 4))
-    mixed = projection.apply_edit(ws, w_avg, projection.Edit(mix=torch.full((6, 4), 2.0), cutoff=4), {})
+    d = directions.Direction("a", torch.tensor([1.0, 0, 0, 0]), (1, 3))
+    assert torch.equal(directions.apply_edit(ws, w_avg, directions.Edit(psi=0.0), {}), torch.zeros(1, 6, 4))
+    mixed = directions.apply_edit(ws, w_avg, directions.Edit(mix=torch.full((6, 4), 2.0), cutoff=4), {})
     assert torch.equal(mixed[0, :4], ws[0, :4]) and torch.all(mixed[0, 4:] == 2)
-    moved = projection.apply_edit(ws, w_avg, projection.Edit(moves={"a": 0.5}), {"a": d})
+    moved = directions.apply_edit(ws, w_avg, directions.Edit(moves={"a": 0.5}), {"a": d})
     assert torch.equal(moved[0, :, 0], torch.tensor([1, 1.5, 1.5, 1, 1, 1]))
     assert torch.equal(moved[0, :, 1:], ws[0, :, 1:]) and torch.equal(ws, torch.ones(1, 6, 4))
 

@@ -280,35 +280,14 @@ def parse_strength(text: str) -> tuple[float, float]:
 
 
 def _edit(args: argparse.Namespace) -> None:
-    """`generate --what edit | edit-video`: read one direction of the explore stage's file (the reader of
-    projection.py, the contract's owner) and draw the seeds moved along it."""
+    """`generate --what edit | edit-video`: check the arguments, then sampling.main_edit draws."""
     from corgigan.analysis import sampling
-    from corgigan.play import projection
-    from corgigan.stylegan2.devices import resolve_device
-    from corgigan.stylegan2.ws_ranges import layer_range
 
     if not args.direction:
         raise StageError(f"--what {args.what} needs --direction NAME (a name in {args.directions})")
-    G, _ = sampling.load(args.checkpoint, resolve_device(args.device))
-    found = {d.name: d for d in projection.read_directions(args.directions, G.w_dim, G.num_ws)}
-    if args.direction not in found:
-        raise StageError(f"{args.directions}: no direction {quote(args.direction)}; it has "
-                         f"{quote(', '.join(found))}")
-    d = found[args.direction]
-    layers = d.layers
-    if args.layers:
-        try:
-            layers = layer_range(args.layers, G.num_ws)
-        except ValueError as e:
-            raise StageError(f"--{e}") from None
-    sampling.check_picture(G, args.what, len(args.seeds), frames=args.frames, steps=args.steps)
-    args.out.mkdir(parents=True, exist_ok=True)
-    frames = args.frames if args.what == "edit-video" else 0
-    sigma = projection.direction_sigmas(G, [d])[0]
-    path = sampling.write_edit(G, args.out, d.name, d.vector, sigma, layers, args.seeds, args.strength,
-                               args.psi, steps=args.steps, frames=frames)
-    log.info("wrote %s (%s, ws %d..%d, %+g..%+g sigma)", path, d.name, layers[0], layers[1] - 1,
-             *args.strength)
+    sampling.main_edit(args.checkpoint, args.out, args.directions, args.direction, args.layers, args.seeds,
+                       args.strength, args.psi, steps=args.steps,
+                       frames=args.frames if args.what == "edit-video" else 0, device=args.device)
 
 
 def _stage_description(name: str, help_text: str) -> str:

@@ -1,4 +1,4 @@
-"""Directions in a generator's W space, and how well they do what their names say: pure math.
+"""Directions in a generator's W space: finding them, measuring them, their file, and edits along them.
 
 Three ways to find directions, none needing labels made by people or anything downloaded:
 
@@ -15,18 +15,36 @@ Then `spearman` measures, on seeds not used to fit, whether stepping along a dir
 attribute monotonically.
 
 Layer ranges (coarse, middle, fine, FIRST-STOP) are stylegan2/ws_ranges.py's.
+
+The directions file (the explore stage writes it with `write_directions`; `corgigan serve` and
+`corgigan generate --what edit` read it with `read_directions`) is JSON:
+
+    {"format": "corgigan-directions/1",
+     "directions": {"<name>": {"vector": [w_dim floats], "layers": [first, stop]}, ...}}
+
+`vector` is a direction in W (normalised to unit length on reading); `layers` (optional; default all) is
+the half-open range of ws the edit applies to; `sigma` (optional) is W's spread along it, the unit of edit
+strengths (measured when absent: `direction_sigmas`). Other keys (accuracy, method, ...) are allowed and
+ignored.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-# The directions file's format tag (the contract is in projection.py's docstring: name -> unit vector in W
-# and ws range; extra keys such as method and score are allowed).
+from corgigan.analysis.latents import sample_w
+from corgigan.errors import StageError
+from corgigan.tables import write_json
+
+# The directions file's format tag (the contract is this module's docstring).
 FORMAT = "corgigan-directions/1"
 
 
@@ -202,3 +220,121 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     rx, ry = rx - rx.mean(), ry - ry.mean()
     denom = math.sqrt(float((rx**2).sum() * (ry**2).sum()))
     return float((rx * ry).sum() / denom) if denom > 0 else math.nan
+
+
+# ----------------------------------------------------------------------------------------------------
+# The directions file, and edits along its directions
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A unit direction in W and the ws it moves."""
+
+    name: str
+    vector: torch.Tensor            # [w_dim], unit length
+    layers: tuple[int, int]         # [first, stop) of the ws; (0, num_ws) for all
+    sigma: float | None = None      # W's spread along it, as the explore stage stored it (None: not stored)
+
+
+def read_directions(path: str | Path, w_dim: int, num_ws: int) -> list[Direction]:
+    """Read a directions file (format in the module docstring); StageError says what is wrong."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageError(f"{path}: directions file not found (the explore stage writes it)") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StageError(f"{path}: not a JSON directions file ({e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(
+            doc.get("directions"), dict):
+        raise StageError(f"{path}: not a directions file ({{'format': '{FORMAT}', "
+                         f"'directions': {{name: {{'vector': [...], 'layers': [first, stop]}}}}}})")
+    out = []
+    for name, entry in doc["directions"].items():
+        where = f"{path}: direction {name!r}"
+        vec = entry.get("vector") if isinstance(entry, dict) else None
+        try:
+            v = torch.tensor(vec, dtype=torch.float32)
+        except (TypeError, ValueError):
+            raise StageError(f"{where}: vector must be a list of {w_dim} numbers") from None
+        if v.shape != (w_dim,) or not torch.isfinite(v).all() or float(v.norm()) == 0:
+            raise StageError(f"{where}: vector must be {w_dim} (the model's w_dim) finite numbers, not all 0")
+        layers = entry.get("layers", [0, num_ws])
+        if (not isinstance(layers, list) or len(layers) != 2 or not all(type(x) is int for x in layers)
+                or not 0 <= layers[0] < layers[1] <= num_ws):
+            raise StageError(f"{where}: layers must be [first, stop] with 0 <= first < stop <= {num_ws}")
+        sigma = entry.get("sigma")
+        if sigma is not None and (type(sigma) not in (int, float) or not math.isfinite(sigma) or sigma <= 0):
+            raise StageError(f"{where}: sigma must be a positive number (or absent)")
+        out.append(Direction(name=str(name), vector=v / v.norm(), layers=(layers[0], layers[1]),
+                             sigma=None if sigma is None else float(sigma)))
+    return out
+
+
+def direction_sigmas(G: torch.nn.Module, found: Sequence[Direction], samples: int = 2000) -> list[float]:
+    """Each direction's sigma, the unit of edit strengths: the file's own (the explore stage stores one), else
+    measured the same way, W's spread along it over the untruncated w of seeds 0..samples-1."""
+    missing = [d.vector for d in found if d.sigma is None]
+    measured = iter(spread(sample_w(G, list(range(samples)), 1.0), torch.stack(missing)).tolist()
+                    if missing else [])
+    return [d.sigma if d.sigma is not None else next(measured) for d in found]
+
+
+@dataclass(frozen=True)
+class Edit:
+    """How to change a latent before drawing it (everything the explore page's sliders set)."""
+
+    psi: float = 1.0                        # truncation towards w_avg (1: none)
+    mix: torch.Tensor | None = None         # [num_ws, w_dim]: style-mixing source for layers >= cutoff
+    cutoff: int = 0
+    moves: dict[str, float] = field(default_factory=dict)   # direction name -> signed amount, in W's units
+
+
+def apply_edit(ws: torch.Tensor, w_avg: torch.Tensor, edit: Edit, directions: dict[str, Direction]
+               ) -> torch.Tensor:
+    """ws [N, num_ws, w_dim] edited: truncated, then mixed (fine layers from edit.mix), then moved along
+    each direction over its layers."""
+    out = w_avg.to(ws) + edit.psi * (ws - w_avg.to(ws))
+    if edit.mix is not None:
+        out = out.clone()
+        out[:, edit.cutoff:] = (w_avg.to(ws) + edit.psi * (edit.mix.to(ws) - w_avg.to(ws)))[edit.cutoff:]
+    for name, amount in edit.moves.items():
+        if amount:
+            d = directions[name]
+            out = out.clone()
+            move(out, d.vector, d.layers, amount)
+    return out
+
+
+def move(ws: torch.Tensor, vector: torch.Tensor, layers: tuple[int, int], amount: float | torch.Tensor
+         ) -> None:
+    """Add amount * vector [w_dim] to ws [..., num_ws, w_dim] over ws [first, stop), in place: the one edit
+    that apply_edit (a slider) and edit_ws (a strip, a video, the explore check) both make. `amount`
+    broadcasts against ws[..., first:stop, :]."""
+    ws[..., layers[0]:layers[1], :] += amount * vector.to(ws)
+
+
+def edit_ws(w: torch.Tensor, vector: torch.Tensor, layers: tuple[int, int], offsets: np.ndarray,
+            num_ws: int) -> torch.Tensor:
+    """ws [S * T, num_ws, w_dim], seed-major: each w [S, w_dim] moved by each offset [T] (in W's units)
+    along `vector` [w_dim], over ws layers [first, stop) only."""
+    ws = w[:, None, None, :].repeat(1, len(offsets), num_ws, 1)               # [S, T, num_ws, w_dim]
+    step = torch.as_tensor(np.asarray(offsets), dtype=ws.dtype, device=ws.device)[None, :, None, None]
+    move(ws, vector, layers, step)
+    return ws.reshape(-1, num_ws, w.shape[1])
+
+
+def write_directions(path: Path, header: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+    """Write a directions file: {"format": FORMAT, **header, "directions": entries}, atomically.
+
+    Each entry holds at least "vector" (a tensor or sequence [w_dim]) and "layers" ([first, stop]); other
+    keys (method, scores) are stored as given. Vectors are stored rounded to 8 decimals, so the file is
+    byte-stable across runs and machines.
+    """
+    out = {}
+    for name, entry in entries.items():
+        entry = dict(entry)
+        entry["layers"] = list(entry["layers"])
+        entry["vector"] = [round(float(v), 8) for v in entry["vector"]]
+        out[name] = entry
+    write_json({"format": FORMAT, **header, "directions": out}, path)

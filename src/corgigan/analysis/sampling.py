@@ -1,7 +1,8 @@
 """Pictures from a trained generator: images per seed, truncation sweep, style mixing, interpolation video.
 
 Every picture is a function of (generator, seeds, psi): z for seed s is numpy's RandomState(s) normal
-draw, noise is constant, so the same snapshot and seeds give the same pixels.
+draw (latents.py), noise is constant, so the same snapshot and seeds give the same pixels. `load` is the
+StageError face of stylegan2/load.py for the commands and stages.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from corgigan.errors import StageError
+from corgigan.analysis import directions
+from corgigan.analysis.latents import map_seeds
+from corgigan.errors import StageError, quote
 from corgigan.stylegan2.devices import resolve_device
 from corgigan.stylegan2.grid import tile
 from corgigan.stylegan2.load import build, load_networks, resolve
 from corgigan.stylegan2.snapshot import SnapshotError
+from corgigan.stylegan2.ws_ranges import layer_range
 from corgigan.tables import atomic_path
 
 log = logging.getLogger(__name__)
@@ -28,11 +32,6 @@ BATCH = 16                       # images per generator pass
 # A picture (grid, strip, video) holds all its images in memory while it is drawn: at most this many
 # pixels (3 GiB as uint8 RGB: 1024 images at 1024 px, 262144 at 64 px). One PNG per seed streams instead.
 MAX_PICTURE_PIXELS = 2**30
-
-
-def seed_latents(seeds: list[int], z_dim: int) -> torch.Tensor:
-    """One z per seed, [N, z_dim], independent of batch size and device."""
-    return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])).float()
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -49,15 +48,6 @@ def synthesize_w(G: torch.nn.Module, ws: torch.Tensor, batch: int = 16) -> np.nd
     out = [to_uint8(G.synthesis(ws[i:i + batch].to(device), noise_mode="const"))
            for i in range(0, len(ws), batch)]
     return np.concatenate(out)
-
-
-@torch.no_grad()
-def map_seeds(G: torch.nn.Module, seeds: list[int], psi: float) -> torch.Tensor:
-    """W+ latents [N, num_ws, w_dim] for seeds at truncation psi."""
-    device = next(G.parameters()).device
-    z = seed_latents(seeds, G.z_dim).to(device)
-    c = torch.zeros(len(seeds), G.c_dim, device=device)
-    return G.mapping(z, c, truncation_psi=psi)
 
 
 def generate_images(G: torch.nn.Module, seeds: list[int], psi: float, batch: int = BATCH) -> np.ndarray:
@@ -208,25 +198,9 @@ def load_with_discriminator(checkpoint: Path, device: torch.device
 
 
 # ----------------------------------------------------------------------------------------------------
-# Edits along a direction in W (the explore stage's directions file; `generate --what edit|edit-video`)
+# Pictures of edits along a direction in W (`generate --what edit|edit-video`; the file: directions.py)
 
 STRIP_TILE = 128         # strips show each image at most this many pixels wide
-
-
-def edit_ws(w: torch.Tensor, vector: torch.Tensor, layers: tuple[int, int], offsets: np.ndarray,
-            num_ws: int) -> torch.Tensor:
-    """ws [S * T, num_ws, w_dim], seed-major: each w [S, w_dim] moved by each offset [T] (in W's units)
-    along `vector` [w_dim], over ws layers [first, stop) only."""
-    ws = w[:, None, None, :].repeat(1, len(offsets), num_ws, 1)               # [S, T, num_ws, w_dim]
-    step = torch.as_tensor(np.asarray(offsets), dtype=ws.dtype, device=ws.device)[None, :, None, None]
-    ws[:, :, layers[0]:layers[1]] += step * vector.to(ws)
-    return ws.reshape(-1, num_ws, w.shape[1])
-
-
-def sample_w(G: torch.nn.Module, seeds: list[int], psi: float, batch: int = 1024) -> torch.Tensor:
-    """w [N, w_dim] (on the CPU) for seeds at truncation psi; one w per seed (all ws are equal)."""
-    return torch.cat([map_seeds(G, seeds[i:i + batch], psi)[:, 0].cpu()
-                      for i in range(0, len(seeds), batch)]) if seeds else torch.zeros(0, G.w_dim)
 
 
 def strip_grid(images: np.ndarray, seeds: list[int], strengths: np.ndarray, corner: str = "") -> Image.Image:
@@ -252,14 +226,14 @@ def write_edit(G: torch.nn.Module, out: Path, name: str, vector: torch.Tensor, s
     lo, hi = strength
     if frames <= 0:
         strengths = np.linspace(lo, hi, steps)
-        imgs = synthesize_w(G, edit_ws(w, vector, layers, strengths * sigma, G.num_ws))
+        imgs = synthesize_w(G, directions.edit_ws(w, vector, layers, strengths * sigma, G.num_ws))
         path = out / f"edit-{name}.png"
         save_png(strip_grid(imgs, seeds, strengths, corner=name), path)
         return path
     # A cosine sweep lo -> hi -> lo: the loop closes without a jump and slows at both ends.
     t = np.arange(frames) / frames
     strengths = lo + (hi - lo) * (1 - np.cos(2 * np.pi * t)) / 2
-    imgs = synthesize_w(G, edit_ws(w, vector, layers, strengths * sigma, G.num_ws))  # [S * F, H, W, 3]
+    imgs = synthesize_w(G, directions.edit_ws(w, vector, layers, strengths * sigma, G.num_ws))  # [S*F,H,W,3]
     n, h = len(seeds), G.img_resolution
     video = imgs.reshape(n, frames, h, h, 3).transpose(1, 2, 0, 3, 4).reshape(frames, h, n * h, 3)
     return write_video(np.ascontiguousarray(video), out / f"edit-{name}.mp4")
@@ -312,3 +286,29 @@ def main(checkpoint: Path, out: Path, what: str, seeds: list[int], psi: float, f
     else:
         raise ValueError(f"unknown picture kind {what!r}")
     log.info("wrote %s pictures to %s", what, out)
+
+
+def main_edit(checkpoint: Path, out: Path, directions_path: Path, name: str, layers_spec: str | None,
+              seeds: list[int], strength: tuple[float, float], psi: float, steps: int, frames: int,
+              device: str) -> Path:
+    """`corgigan generate --what edit | edit-video`: draw the seeds moved along direction `name` of the
+    explore stage's file (over `layers_spec` instead of the direction's own ws when given); frames > 0
+    makes the video. Returns the path written."""
+    G, _ = load(checkpoint, resolve_device(device))
+    found = {d.name: d for d in directions.read_directions(directions_path, G.w_dim, G.num_ws)}
+    if name not in found:
+        raise StageError(f"{directions_path}: no direction {quote(name)}; it has {quote(', '.join(found))}")
+    d = found[name]
+    layers = d.layers
+    if layers_spec:
+        try:
+            layers = layer_range(layers_spec, G.num_ws)
+        except ValueError as e:
+            raise StageError(f"--{e}") from None
+    check_picture(G, "edit-video" if frames else "edit", len(seeds), frames=frames, steps=steps)
+    out.mkdir(parents=True, exist_ok=True)
+    sigma = directions.direction_sigmas(G, [d])[0]
+    path = write_edit(G, out, d.name, d.vector, sigma, layers, seeds, strength, psi, steps=steps,
+                      frames=frames)
+    log.info("wrote %s (%s, ws %d..%d, %+g..%+g sigma)", path, d.name, layers[0], layers[1] - 1, *strength)
+    return path

@@ -1,4 +1,4 @@
-"""Latents of real photos (projection) and edits of latents (directions, truncation, style mixing).
+"""Latents of real photos (projection): `corgigan project`.
 
 `project` finds the latent that makes G reproduce a target image, offline: Adam on w (one w shared by all
 layers, "W") or on one w per layer ("W+"), starting at the average w, with a little latent noise early on
@@ -13,27 +13,16 @@ scale fit every model, whatever the scale of its W.
 Photos become targets with the filter stage's rule (geometry.crop_window around the detected dog, or
 around the whole image without a detector; resize with the filter's resampling filter), decoded by the
 project's one decoder (images.decode). `main` is `corgigan project`.
-
-Directions (for edits in `corgigan serve`; the explore stage writes them): a JSON file
-
-    {"format": "corgigan-directions/1",
-     "directions": {"<name>": {"vector": [w_dim floats], "layers": [first, stop]}, ...}}
-
-`vector` is a direction in W (normalised to unit length on reading); `layers` (optional; default all) is
-the half-open range of ws the edit applies to; `sigma` (optional) is W's spread along it, the unit of edit
-strengths (measured when absent: `direction_sigmas`). Other keys (accuracy, method, ...) are allowed and
-ignored.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from corgigan import geometry, images
-from corgigan.analysis.directions import FORMAT as DIRECTIONS_FORMAT
-from corgigan.analysis.directions import spread
-from corgigan.analysis.sampling import sample_w, save_png, synthesize_w, to_uint8, write_video
+from corgigan.analysis.sampling import save_png, synthesize_w, to_uint8, write_video
 from corgigan.errors import StageError
 from corgigan.stylegan2.devices import resolve_device
 from corgigan.tables import atomic_path, write_json
@@ -248,8 +235,8 @@ def reconstruction_errors(img: torch.Tensor, target: torch.Tensor, D: torch.nn.M
                           lpips: LpipsVGG | None = None) -> list[dict[str, float]]:
     """Per image: mse and psnr on [0, 1] pixels, d_features (the D feature distance) and lpips when given."""
     with torch.no_grad():
-        # The generator's output overshoots [-1, 1]; the picture saved is clamped, so errors are too.
-        mse = ((img.clamp(-1, 1) - target) / 2).square().mean(dim=(1, 2, 3))   # [N], pixels in [0, 1]
+        # The generator's output overshoots [-1, 1]; pictures are saved clamped, so errors are measured so.
+        mse = ((img.clamp(-1, 1) - target.clamp(-1, 1)) / 2).square().mean(dim=(1, 2, 3))   # [N], in [0, 1]
         out = [{"mse": float(m), "psnr": float(10 * math.log10(1 / max(float(m), 1e-12)))} for m in mse]
         if D is not None:
             for row, d in zip(out, feature_distance(discriminator_features(D, img),
@@ -427,90 +414,6 @@ def photo_target(data: bytes, resolution: int, rule: CropRule, finder: DogFinder
            "crop": list(win.box), "cover": win.cover if box else None,
            "mode": "dog" if box else ("centre (no dog found)" if finder is not None else "centre")}
     return crop, how
-
-
-# ----------------------------------------------------------------------------------------------------
-# Directions and edits
-
-
-@dataclass(frozen=True)
-class Direction:
-    """A unit direction in W and the ws it moves."""
-
-    name: str
-    vector: torch.Tensor            # [w_dim], unit length
-    layers: tuple[int, int]         # [first, stop) of the ws; (0, num_ws) for all
-    sigma: float | None = None      # W's spread along it, as the explore stage stored it (None: not stored)
-
-
-def read_directions(path: str | Path, w_dim: int, num_ws: int) -> list[Direction]:
-    """Read a directions file (format in this module's docstring); StageError says what is wrong."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StageError(f"{path}: directions file not found (the explore stage writes it)") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StageError(f"{path}: not a JSON directions file ({e})") from e
-    if not isinstance(doc, dict) or doc.get("format") != DIRECTIONS_FORMAT or not isinstance(
-            doc.get("directions"), dict):
-        raise StageError(f"{path}: not a directions file ({{'format': '{DIRECTIONS_FORMAT}', "
-                         f"'directions': {{name: {{'vector': [...], 'layers': [first, stop]}}}}}})")
-    out = []
-    for name, entry in doc["directions"].items():
-        where = f"{path}: direction {name!r}"
-        vec = entry.get("vector") if isinstance(entry, dict) else None
-        try:
-            v = torch.tensor(vec, dtype=torch.float32)
-        except (TypeError, ValueError):
-            raise StageError(f"{where}: vector must be a list of {w_dim} numbers") from None
-        if v.shape != (w_dim,) or not torch.isfinite(v).all() or float(v.norm()) == 0:
-            raise StageError(f"{where}: vector must be {w_dim} (the model's w_dim) finite numbers, not all 0")
-        layers = entry.get("layers", [0, num_ws])
-        if (not isinstance(layers, list) or len(layers) != 2 or not all(type(x) is int for x in layers)
-                or not 0 <= layers[0] < layers[1] <= num_ws):
-            raise StageError(f"{where}: layers must be [first, stop] with 0 <= first < stop <= {num_ws}")
-        sigma = entry.get("sigma")
-        if sigma is not None and (type(sigma) not in (int, float) or not math.isfinite(sigma) or sigma <= 0):
-            raise StageError(f"{where}: sigma must be a positive number (or absent)")
-        out.append(Direction(name=str(name), vector=v / v.norm(), layers=(layers[0], layers[1]),
-                             sigma=None if sigma is None else float(sigma)))
-    return out
-
-
-def direction_sigmas(G: torch.nn.Module, found: Sequence[Direction], samples: int = 2000) -> list[float]:
-    """Each direction's sigma, the unit of edit strengths: the file's own (the explore stage stores one), else
-    measured the same way, W's spread along it over the untruncated w of seeds 0..samples-1."""
-    missing = [d.vector for d in found if d.sigma is None]
-    measured = iter(spread(sample_w(G, list(range(samples)), 1.0), torch.stack(missing)).tolist()
-                    if missing else [])
-    return [d.sigma if d.sigma is not None else next(measured) for d in found]
-
-
-@dataclass(frozen=True)
-class Edit:
-    """How to change a latent before drawing it (everything the explore page's sliders set)."""
-
-    psi: float = 1.0                        # truncation towards w_avg (1: none)
-    mix: torch.Tensor | None = None         # [num_ws, w_dim]: style-mixing source for layers >= cutoff
-    cutoff: int = 0
-    moves: dict[str, float] = field(default_factory=dict)   # direction name -> signed amount, in W's units
-
-
-def apply_edit(ws: torch.Tensor, w_avg: torch.Tensor, edit: Edit, directions: dict[str, Direction]
-               ) -> torch.Tensor:
-    """ws [N, num_ws, w_dim] edited: truncated, then mixed (fine layers from edit.mix), then moved along
-    each direction over its layers."""
-    out = w_avg.to(ws) + edit.psi * (ws - w_avg.to(ws))
-    if edit.mix is not None:
-        out = out.clone()
-        out[:, edit.cutoff:] = (w_avg.to(ws) + edit.psi * (edit.mix.to(ws) - w_avg.to(ws)))[edit.cutoff:]
-    for name, amount in edit.moves.items():
-        if amount:
-            d = directions[name]
-            out = out.clone()
-            out[:, d.layers[0]:d.layers[1]] += amount * d.vector.to(ws)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from corgigan.analysis import sampling
+from corgigan.analysis import latents, sampling
+from corgigan.analysis.directions import Direction, Edit, apply_edit, direction_sigmas, read_directions
 from corgigan.errors import StageError
 from corgigan.params import SEED_LIMIT
 from corgigan.play import projection
@@ -201,7 +202,7 @@ class Explorer:
         G: torch.nn.Module,                          # generator, eval, frozen
         D: torch.nn.Module | None,                   # for the projection's feature loss; None: pixels only
         info: dict[str, Any],                        # sampling.load's info
-        directions: list[projection.Direction] | None = None,
+        directions: list[Direction] | None = None,
         limits: Limits | None = None,
         rule: projection.CropRule | None = None,     # the filter stage's crop (default: min_crop = G's res)
         finder: projection.DogFinder | None = None,  # crop around the detected dog
@@ -218,7 +219,7 @@ class Explorer:
         self._state = threading.Lock()
         with self.lock:
             self.stats = projection.w_stats(G, self.project_cfg.w_avg_samples, self.project_cfg.seed)
-            self.sigmas = projection.direction_sigmas(G, self.directions)
+            self.sigmas = direction_sigmas(G, self.directions)
         self._cache: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
         self.latents: collections.OrderedDict[str, Latent] = collections.OrderedDict()
         self.jobs: dict[str, Job] = {}
@@ -244,7 +245,7 @@ class Explorer:
                        "max_sigmas": lim.max_sigmas, "max_seed": MAX_SEED},
         }
 
-    def _edit(self, q: dict[str, list[str]]) -> tuple[projection.Edit, tuple]:
+    def _edit(self, q: dict[str, list[str]]) -> tuple[Edit, tuple]:
         """The edit a query asks for, and its part of the cache key."""
         self._check_directions(q)
         psi = _float(q, "psi", 1.0, -1.0, 2.0)
@@ -254,8 +255,8 @@ class Explorer:
         amounts = tuple(_float(q, f"d{i}", 0.0, -self.limits.max_sigmas, self.limits.max_sigmas)
                         for i in range(len(self.directions)))
         moves = {d.name: a * s for d, a, s in zip(self.directions, amounts, self.sigmas) if a}
-        mix_ws = sampling.map_seeds(self.G, [mix], 1.0)[0].cpu() if mix is not None else None
-        edit = projection.Edit(psi=psi, mix=mix_ws, cutoff=cutoff, moves=moves)
+        mix_ws = latents.map_seeds(self.G, [mix], 1.0)[0].cpu() if mix is not None else None
+        edit = Edit(psi=psi, mix=mix_ws, cutoff=cutoff, moves=moves)
         return edit, (psi, mix, cutoff if mix is not None else None, amounts)
 
     def _check_directions(self, q: dict[str, list[str]]) -> None:
@@ -278,7 +279,7 @@ class Explorer:
                     raise RequestError(HTTPStatus.NOT_FOUND, "that photo is no longer kept; upload it again")
                 return lat.ws.unsqueeze(0), ("latent", latent_id, lat.version)
         seed = _int(q, "seed", 0, 0, MAX_SEED)
-        return sampling.map_seeds(self.G, [seed], 1.0).cpu(), ("seed", seed)
+        return latents.map_seeds(self.G, [seed], 1.0).cpu(), ("seed", seed)
 
     def image(self, q: dict[str, list[str]]) -> bytes:
         """/api/image: one edited image as PNG."""
@@ -289,7 +290,7 @@ class Explorer:
             cached = self._cached(key + edit_key)
             if cached is not None:
                 return cached
-            ws = projection.apply_edit(ws, self.G.mapping.w_avg, edit, self._by_name())
+            ws = apply_edit(ws, self.G.mapping.w_avg, edit, self._by_name())
             png = png_bytes(sampling.synthesize_w(self.G, ws)[0])
         self._store(key + edit_key, png)
         return png
@@ -316,7 +317,7 @@ class Explorer:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"{count} images at {self.G.img_resolution} px exceed "
                                f"this server's limit of {self.limits.max_pixels} pixels per request")
 
-    def _by_name(self) -> dict[str, projection.Direction]:
+    def _by_name(self) -> dict[str, Direction]:
         return {d.name: d for d in self.directions}
 
     def _cached(self, key: tuple) -> bytes | None:
@@ -718,7 +719,7 @@ def load_explorer(checkpoint: Path, device: str = "auto", directions: Path | Non
     G, D, info = sampling.load_with_discriminator(checkpoint, dev)
     if D is None:
         log.warning("%s has no discriminator: projections use the pixel loss only", checkpoint)
-    dirs = projection.read_directions(directions, G.w_dim, G.num_ws) if directions else None
+    dirs = read_directions(directions, G.w_dim, G.num_ws) if directions else None
     finder = projection.DogFinder.load(detector, **(detect_kwargs or {})) if detector else None
     lpips = projection.LpipsVGG.from_files(*lpips_files).to(dev) if lpips_files else None
     return Explorer(G, D, info, dirs, limits, rule, finder, lpips)

@@ -12,7 +12,7 @@ From the newest snapshot (or one snapshot file, or a reference .pkl):
   measured attribute (averaged over the seeds) says whether the direction does what its name says;
 - a strip per direction (rows: the first check seeds, columns: the steps).
 
-Writes the directions file (format in projection.py's docstring, read by `corgigan serve` and
+Writes the directions file (format in analysis/directions.py's docstring, read by `corgigan serve` and
 `corgigan generate --what edit`), the metrics (scores, accuracies, rank correlations) and the strips.
 Seeds: the fitting pool is explore.seed .. + max(pca_samples, num_labelled); the check seeds follow it.
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from corgigan.analysis import attributes, sampling
+from corgigan.analysis import attributes, latents, sampling
 from corgigan.analysis import directions as dirs
 from corgigan.errors import StageError
 from corgigan.params import DetectParams, ExploreParams
@@ -119,7 +119,7 @@ def check_and_draw(G: torch.nn.Module, det: attributes.Detector, found: list[Fou
     for f in found:
         offsets = steps * f.scores["sigma"]
         if f.method == "labelled":
-            ws = sampling.edit_ws(w_check, f.vector, f.layers, offsets, G.num_ws)
+            ws = dirs.edit_ws(w_check, f.vector, f.layers, offsets, G.num_ws)
             got, imgs = attributes.label_latents(G, det, ws, keep=rows * len(steps), desc=f"check {f.name}")
             rhos = np.array([dirs.spearman(steps, v) for v in got[f.name].reshape(len(seeds), len(steps))])
             f.scores["rank_corr"] = float(np.nanmean(rhos)) if np.isfinite(rhos).any() else math.nan
@@ -128,7 +128,7 @@ def check_and_draw(G: torch.nn.Module, det: attributes.Detector, found: list[Fou
             # way (position is measured only where it does; a direction may also make the dog vanish).
             f.scores["check_dogs_found"] = float((got["num_dogs"] > 0).mean())
         else:
-            ws = sampling.edit_ws(w_check[:rows], f.vector, f.layers, offsets, G.num_ws)
+            ws = dirs.edit_ws(w_check[:rows], f.vector, f.layers, offsets, G.num_ws)
             imgs = sampling.synthesize_w(G, ws, det.batch)
         sampling.save_png(sampling.strip_grid(imgs, seeds[:rows], steps, f.name), figures / f"{f.name}.png")
 
@@ -150,7 +150,7 @@ def run(p: ExploreParams, detect: DetectParams, checkpoints: Path, detector: Pat
     t = time.perf_counter()
     # Sigmas come from untruncated w and are stored with each direction, which `generate --what edit` and
     # `serve` read, so a strength means the same everywhere; the directions are found in the truncated pool.
-    w_full = sampling.sample_w(G, list(range(p.seed, p.seed + pool)), 1.0)
+    w_full = latents.sample_w(G, list(range(p.seed, p.seed + pool)), 1.0)
     w_avg = G.mapping.w_avg.detach().float().cpu()
     w_pool = w_avg + p.truncation_psi * (w_full - w_avg)
     found = unsupervised(G, p, w_pool, layers)
@@ -171,7 +171,7 @@ def run(p: ExploreParams, detect: DetectParams, checkpoints: Path, detector: Pat
         f.scores["sigma"] = sigma
     t = time.perf_counter()
     check_seeds = list(range(p.seed + pool, p.seed + pool + p.check_seeds))
-    w_check = sampling.sample_w(G, check_seeds, p.truncation_psi)
+    w_check = latents.sample_w(G, check_seeds, p.truncation_psi)
     check_and_draw(G, det, found, w_check, check_seeds, p, figures)
     times["check and strips"] = time.perf_counter() - t
     for what, seconds in times.items():
@@ -180,14 +180,11 @@ def run(p: ExploreParams, detect: DetectParams, checkpoints: Path, detector: Pat
         log.info("explore: %-12s %s", f.name, ", ".join(f"{k} {v:.3g}" for k, v in f.scores.items()
                                                           if isinstance(v, float)))
 
-    write_json({
-        "format": dirs.FORMAT, "checkpoint": last.name, "kimg": _num(float(info.get("kimg", math.nan))),
-        "w_dim": G.w_dim, "num_ws": G.num_ws, "truncation_psi": p.truncation_psi, "layers": p.layers,
-        "skipped": skipped,
-        "directions": {f.name: {"method": f.method, "layers": list(f.layers),
-                                "vector": [round(float(v), 8) for v in f.vector],
-                                **{k: _num(v) for k, v in f.scores.items()}} for f in found},
-    }, directions)
+    dirs.write_directions(directions, {
+        "checkpoint": last.name, "kimg": _num(float(info.get("kimg", math.nan))), "w_dim": G.w_dim,
+        "num_ws": G.num_ws, "truncation_psi": p.truncation_psi, "layers": p.layers, "skipped": skipped,
+    }, {f.name: {"method": f.method, "layers": f.layers, "vector": f.vector,
+                 **{k: _num(v) for k, v in f.scores.items()}} for f in found})
     labelled_found = [f for f in found if f.method == "labelled"]
     write_json({
         "checkpoint": last.name,
