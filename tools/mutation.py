@@ -84,7 +84,7 @@ def _workdir(only: list[str], tests: list[str]) -> Path:
     body = "[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.items()) + "\n"
     start, end = _section(text, "tool.mutmut")
     (work / "pyproject.toml").write_text(text[:start] + body + text[end:])
-    for name in ("src", "tests"):
+    for name in ("src", "tests", *cfg.get("also_copy", [])):
         link = work / name
         if not link.is_symlink():
             link.symlink_to(ROOT / name)
@@ -124,7 +124,7 @@ def report(work: Path, diffs: bool = True) -> int:
     if equivalent:
         print(f"without the {len(equivalent)} equivalent mutants: "
               f"{100 * killed / max(checked - len(equivalent), 1):.1f}%")
-    stale = sorted(set(EQUIVALENT) - set(survivors))
+    stale = sorted(n for n in set(EQUIVALENT) - set(survivors) if n in results)
     for name in stale:
         print(f"note: {name} is listed as equivalent but is no longer a survivor of this run")
     for name in equivalent:
