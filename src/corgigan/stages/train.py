@@ -8,12 +8,16 @@ learning; a snapshot of another dataset needs `train.allow_other_data: true`), o
 StyleGAN2(-ADA) PyTorch or TensorFlow pickle, read without running its code; `train.freeze_d` keeps D's
 first layers fixed while fine-tuning.
 
-Several GPUs: `torchrun --nproc_per_node N -m corgigan.cli train ...`; rank 0 writes every file.
+Several GPUs: `train.gpus` (N, or auto: every visible CUDA device) makes this stage start one worker
+process per device itself, with torch's elastic launcher (distributed.launch_local), so `dvc repro` uses
+them all; rank 0 writes every file. On the CPU the workers use gloo. Started by `torchrun` (several
+machines), the stage sees WORLD_SIZE and starts nothing of its own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +101,44 @@ def check_device_fits(device: str, on_gpu: bool, cfg: configs.TrainingConfig) ->
                      f"machine, or set train.device: cpu to insist")
 
 
+def num_processes(gpus: int | str, on_gpu: bool) -> int:
+    """Worker processes for train.gpus: auto is every visible CUDA device (one without CUDA); a number
+    is refused when it asks for more CUDA devices than torch sees."""
+    if gpus == "auto":
+        return max(torch.cuda.device_count(), 1) if on_gpu else 1
+    assert isinstance(gpus, int)
+    if on_gpu and gpus > torch.cuda.device_count():
+        raise StageError(f"train: train.gpus is {gpus} but torch sees {torch.cuda.device_count()} CUDA "
+                         "device(s); set train.gpus: auto or a smaller number")
+    return gpus
+
+
+def _worker(p: TrainParams, dataset: Path, out: Path, metrics: Path, log_level: int) -> str | None:
+    """One launched process: train as its rank; a user-fixable failure is returned, not raised, so the
+    launching stage reports it as one line."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s rank {os.environ['RANK']} "
+                        "%(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        run(p, dataset, out, metrics)
+    except StageError as e:
+        return str(e)
+    return None
+
+
 def run(p: TrainParams, dataset: Path, out: Path, metrics: Path) -> None:
     """Train or resume StyleGAN2-ADA on `dataset`; snapshots and grids go to `out`, metrics to `metrics`."""
     on_gpu = p.device.startswith("cuda") or (p.device == "auto" and torch.cuda.is_available())
+    if not distributed.launched():
+        nprocs = num_processes(p.gpus, on_gpu)
+        if nprocs > 1:
+            log.info("train: starting %d worker processes (train.gpus: %s, %s)", nprocs, p.gpus,
+                     "NCCL" if on_gpu else "gloo on the CPU")
+            level = logging.getLogger().getEffectiveLevel()
+            results = distributed.launch_local(nprocs, _worker, p, dataset, out, metrics, level)
+            failures = [why for _, why in sorted(results.items()) if why]
+            if failures:
+                raise StageError(failures[0])
+            return
     info = distributed.init_from_env("cuda" if on_gpu else "cpu")
     try:
         try:

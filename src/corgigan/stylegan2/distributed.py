@@ -1,4 +1,8 @@
-"""Multi-process training with torch.distributed (torchrun): NCCL on GPUs, gloo on CPU.
+"""Multi-process training with torch.distributed: NCCL on GPUs, gloo on CPU.
+
+A job is started either by `torchrun` (several machines, with a rendezvous) or, on one machine, by
+`launch_local`: torch's elastic launcher (what torchrun runs) called from Python, so one command starts
+one worker per device itself.
 
 Gradients are averaged by hand (flatten, all-reduce, unflatten) rather than through
 DistributedDataParallel: R1 and path-length regularisation need double backward, which DDP does not
@@ -10,8 +14,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -48,6 +54,28 @@ def init_from_env(device_type: str) -> DistInfo:
         dist.init_process_group(backend=backend)
         log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), world, backend)
     return current()
+
+
+def launched() -> bool:
+    """True inside a job a launcher started (torchrun or launch_local set WORLD_SIZE)."""
+    return "WORLD_SIZE" in os.environ
+
+
+def launch_local(nprocs: int, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
+    """Run fn(*args) in `nprocs` new processes on this machine with torch's elastic launcher, as
+    `torchrun --standalone --nproc_per_node nprocs` would; return rank -> fn's return value.
+
+    The workers find RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous in their environment (init_from_env).
+    `fn` and `args` must be picklable (the workers are spawned). A worker that raises fails the job:
+    torch's ChildFailedError, after the others have been stopped. No restarts: a failed training step
+    fails again, and a resumed run restarts from the last snapshot on the next `dvc repro` anyway.
+    """
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+                          monitor_interval=1.0)
+    return elastic_launch(config, fn)(*args)
 
 
 def current() -> DistInfo:
