@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 SCORES_JSON = "fid_vs_kimg.json"   # in the figures folder: kimg, FID and KID per scored snapshot
 SCORES_PNG = "fid_vs_kimg.png"     # the same as a picture (a DVC image plot)
+# The same rows with field names that do not depend on evaluate.features: dvc.yaml's FID and KID plots
+# (x kimg) read them, so `dvc plots diff` overlays experiments whatever features each used.
+SCORES_PLOT = "scores_per_snapshot.json"
 FID_DIGITS, KID_DIGITS = 6, 8      # decimals kept of the scores
 
 
@@ -110,6 +113,8 @@ def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figu
     every = p.fid_every_snapshot and checkpoints.is_dir()
     rows = [*(earlier_rows(checkpoints, last, p, extractor, real, device) if every else []), row]
     write_json(rows, figures / SCORES_JSON)
+    write_json([{"kimg": r["kimg"], "fid": r[f"fid_{extractor.name}"], "kid": r[f"kid_{extractor.name}"]}
+                for r in rows], figures / SCORES_PLOT)
     only_last = (f"{last.name} only (evaluate.fid_every_snapshot: false)" if checkpoints.is_dir()
                  else f"{last.name} (one checkpoint file)")
     draw_scores(rows, figures / SCORES_PNG, "" if every else only_last)

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 CPU_MAX_AUTO_RES = 512   # from this resolution on, training on the CPU must be asked for (train.device: cpu)
 MIN_IMAGES = 1000        # fewer dataset images than this get a warning
 CURVES = "curves.png"       # in the metrics folder: the training curves as a picture (a DVC image plot)
+GRID_IMAGES = "grid"        # dvclive images: each snapshot's grid as plots/images/grid/<tick>.png
 # Logged as curves but kept out of the metrics summary (metrics.json, what `dvc metrics diff` and
 # `dvc exp show` compare): speed and memory depend on the machine, and Loss/signs/real is ADA/rt again.
 NOT_COMPARED = (("Timing",), ("Resources",), ("Loss", "signs"))
@@ -76,6 +77,11 @@ class _Reporter:
             group.pop(last, None)
         self.live.next_step()
         draw_curves(self.metrics / "plots" / "metrics", self.metrics / CURVES)
+
+    def on_snapshot(self, tick: int, nimg: int, grid: Path) -> None:
+        # One image per snapshot, named by its tick (the step of the metrics beside it): DVC's VS Code
+        # extension and Studio show such a folder as a slider while training runs.
+        self.live.log_image(f"{GRID_IMAGES}/{tick}.png", grid)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -152,7 +158,8 @@ def run(p: TrainParams, dataset: Path, out: Path, metrics: Path) -> None:
             log.warning("train: %s holds only %d images; a GAN needs thousands (ADA helps from about %d): "
                         "expect it to memorise them", dataset, data.num_images, MIN_IMAGES)
         reporter = _Reporter(metrics)
-        hooks = Hooks(reporter.on_start, reporter.on_progress, reporter.on_tick) if info.is_main else None
+        hooks = (Hooks(reporter.on_start, reporter.on_progress, reporter.on_tick, reporter.on_snapshot)
+                 if info.is_main else None)
         try:
             last = training_loop(
                 dataset, out, cfg, kimg=p.kimg, snapshot_kimg=p.snapshot_kimg, seed=p.seed, augment=p.augment,

@@ -101,6 +101,7 @@ class Hooks:
     on_start: Callable[[dict[str, Any]], None] | None = None      # {"resumed", "nimg", "total_nimg", ...}
     on_progress: Callable[[int, int], None] | None = None          # (nimg, total_nimg) after each step
     on_tick: Callable[[int, dict[str, float]], None] | None = None  # (tick, stats) after each tick
+    on_snapshot: Callable[[int, int, Path], None] | None = None     # (tick, nimg, grid PNG) after each one
 
 
 @dataclass
@@ -686,6 +687,8 @@ def training_loop(
                 save_snapshot(last_path, trainer.state())
                 trainer.save_grid(run_dir / grid_name(prog.nimg))
                 log.info("snapshot %s", last_path)
+                if hooks.on_snapshot:
+                    hooks.on_snapshot(prog.tick, prog.nimg, run_dir / grid_name(prog.nimg))
                 _prune(run_dir, keep_snapshots)
             distributed.barrier()
             last_path = run_dir / snapshot_name(prog.nimg)
