@@ -43,3 +43,17 @@ def test_a_row_without_metrics_shows_dashes():
     text = report.format_table(report.rows(shown))
     assert text.splitlines()[2].split() == ["abcdef1", "-", "-"]
     assert "no params differ" in text
+
+
+def test_a_gamma_sweep_shows_the_training_knobs_that_differ_but_not_runtime_ones():
+    def data(gamma: float | None, workers: int, fid: float) -> dict:
+        d = _data(0.15, 42, fid)
+        d["params"]["params.yaml"]["data"]["train"].update(gamma=gamma, glr=None, workers=workers)
+        return d
+
+    shown = [{"rev": "df2b6238aa", "name": "main", "data": data(None, 2, 17.3), "experiments": [
+        {"name": "g2", "revs": [{"rev": "1a", "name": "g2", "data": data(2.0, 4, 15.1)}]},
+        {"name": "g8", "revs": [{"rev": "2b", "name": "g8", "data": data(8.0, 2, 16.0)}]}]}]
+    lines = report.format_table(report.rows(shown)).splitlines()
+    assert lines[0].split() == ["experiment", "train.gamma", "entered", "kept", "fid_pixels", "kid_pixels"]
+    assert [line.split()[:2] for line in lines[2:]] == [["main", "null"], ["g2", "2"], ["g8", "8"]]

@@ -2,7 +2,9 @@
 
 `dvc exp show` lists every param, metric and dependency hash (well over a hundred columns). This reads
 its JSON (`dvc exp show --json`, DVC's stable interface) and prints one row per experiment: the params
-whose values differ between the rows, the funnel (entered, kept) and the FID/KID of the evaluate stage.
+whose values differ between the rows (a gamma sweep shows train.gamma; `null` is the config's own value;
+runtime-only knobs such as devices and workers are left out, as they change no result), the funnel
+(entered, kept) and the FID/KID of the evaluate stage.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from corgigan.errors import StageError
+from corgigan.params import runtime_knobs
 
 FUNNEL = "reports/funnel.json"
 SCORES = "reports/metrics.json"
@@ -67,7 +70,8 @@ def rows(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_table(table: list[dict[str, Any]]) -> str:
     """Text table: experiment, the params that differ between rows, entered, kept, FID/KID."""
-    keys = sorted({k for r in table for k in r["params"]})
+    runtime = set(runtime_knobs())
+    keys = sorted({k for r in table for k in r["params"]} - runtime)
     differing = [k for k in keys if len({json.dumps(r["params"].get(k)) for r in table}) > 1]
     scores = sorted({k for r in table for k in r if k.startswith(("fid_", "kid_"))})
     header = ["experiment", *differing, "entered", "kept", *scores]
@@ -77,7 +81,11 @@ def format_table(table: list[dict[str, Any]]) -> str:
             return "-"
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    lines = [[cell(r["experiment"]), *(cell(r["params"].get(k)) for k in differing),
+    def param(r: dict[str, Any], key: str) -> str:
+        # A knob set to null is the config's own value, not a missing one.
+        return "null" if key in r["params"] and r["params"][key] is None else cell(r["params"].get(key))
+
+    lines = [[cell(r["experiment"]), *(param(r, k) for k in differing),
               cell(r["entered"]), cell(r["kept"]), *(cell(r.get(k)) for k in scores)] for r in table]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
