@@ -321,6 +321,25 @@ def test_detect_meta_not_json_is_a_stage_error(untrained: Path, raw: Path, tmp_p
         detect.run(DETECT, IMAGES, raw, folder, tmp_path / "d.parquet")
 
 
+def test_dog_detector_settings_batches_and_class_check(untrained: Path, tmp_path: Path) -> None:
+    # An untrained detector at conf 0 finds boxes anywhere: enough to compare batched and single predicts.
+    dogs = detection.DogDetector.load(untrained, conf=0.0, iou=0.6, imgsz=64, batch=2, device="auto")
+    assert (dogs.dog_class, dogs.conf, dogs.iou, dogs.imgsz, dogs.batch) == (0, 0.0, 0.6, 64, 2)
+    assert dogs.device == ("cuda:0" if torch.cuda.is_available() else "cpu")    # resolved, as detect does
+    rng = np.random.default_rng(5)
+    photos = [Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)) for _ in range(5)]
+    found = dogs.predict(photos)                         # three calls: 2 + 2 + 1 images
+    assert len(found) == 5 and any(found)
+    assert found == detection.predict(dogs.yolo, photos, classes=[0], conf=0.0, iou=0.6, imgsz=64,
+                                      device=dogs.device)
+    folder = tmp_path / "detector"
+    shutil.copytree(untrained, folder)
+    meta = json.loads((folder / detection.META_FILE).read_text())
+    (folder / detection.META_FILE).write_text(json.dumps({**meta, "dog_class": 1}))
+    with pytest.raises(StageError, match=r"dog_class 1 is not a class of detector.pt.*corgigan detector"):
+        detection.DogDetector.load(folder)
+
+
 def _voc(path: Path, width: int, height: int, boxes: list[tuple[int, int, int, int]]) -> None:
     objs = "".join(
         f"<object><name>Pembroke</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"

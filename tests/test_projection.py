@@ -8,12 +8,16 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from corgigan import cli, geometry
 from corgigan.analysis import directions, latents, sampling
+from corgigan.data import filter_rules
+from corgigan.detector import detection
 from corgigan.errors import StageError
 from corgigan.play import projection
 from corgigan.stylegan2.data import ZipDataset
@@ -21,6 +25,7 @@ from corgigan.stylegan2.loop import training_loop
 from tests.helpers import photo_bytes, tiny_config, write_dataset, write_directions
 
 log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
 RES = 16
 
 
@@ -133,14 +138,14 @@ def test_lpips_from_weight_files(tmp_path, nets, one_thread) -> None:
         projection.LpipsVGG.from_files(tmp_path / "vgg.pth", tmp_path / "vgg.pth")
 
 
-class FakeFinder:
-    """Stands in for the detector: always the same box."""
+class FakeDetector:
+    """Stands in for detection.DogDetector: the same boxes in every image."""
 
-    def __init__(self, box: tuple[float, float, float, float] | None) -> None:
-        self.box = box
+    def __init__(self, boxes: list[detection.Detection]) -> None:
+        self.boxes = boxes
 
-    def best_box(self, img: Image.Image) -> tuple[float, float, float, float] | None:
-        return self.box
+    def predict(self, images: list[Image.Image]) -> list[list[detection.Detection]]:
+        return [list(self.boxes) for _ in images]
 
 
 def test_photos_are_cropped_with_the_filter_rule() -> None:
@@ -148,14 +153,22 @@ def test_photos_are_cropped_with_the_filter_rule() -> None:
     img = Image.open(io.BytesIO(data)).convert("RGB")
     rule = projection.CropRule(min_crop=20, resize_filter="bicubic")
     box = (60.0, 10.0, 85.0, 40.0)
-    crop, how = projection.photo_target(data, RES, rule, FakeFinder(box))
+    # A tie in confidence, listed so that "the first most confident" would pick the wrong one: the crop goes
+    # around the box the filter stage would take (filter_rules.box_rank: the smallest x0 on a tie).
+    found = [detection.Detection(62.0, 10.0, 85.0, 40.0, 0.9, 0), detection.Detection(*box, 0.9, 0),
+             detection.Detection(0.0, 0.0, 30.0, 30.0, 0.5, 0)]
+    table = pd.DataFrame([{"image_id": "a", "x0": d.x0, "y0": d.y0, "x1": d.x1, "y1": d.y1,
+                           "confidence": d.confidence} for d in found])
+    assert filter_rules.boxes_by_image(table)["a"][0][:4] == box
+    crop, how = projection.photo_target(data, RES, rule, FakeDetector(found))
     win = geometry.crop_window(90, 60, box, 20)
     want = img.resize((RES, RES), Image.Resampling.BICUBIC, box=win.box)
-    assert how["mode"] == "dog" and how["crop"] == list(win.box) and win.side == 30
+    assert how["mode"] == "dog" and how["box"] == list(box)
+    assert how["crop"] == list(win.box) and win.side == 30
     assert np.array_equal(np.asarray(crop), np.asarray(want))
     # Without a detector (or when it finds nothing): the centred square of the short side.
-    for finder, mode in ((None, "centre"), (FakeFinder(None), "centre (no dog found)")):
-        crop, how = projection.photo_target(data, RES, rule, finder)
+    for dogs, mode in ((None, "centre"), (FakeDetector([]), "centre (no dog found)")):
+        crop, how = projection.photo_target(data, RES, rule, dogs)
         assert how["mode"] == mode and how["crop"] == [15, 0, 75, 60]
     gray, _ = projection.photo_target(data, RES, rule, channels=1)
     assert gray.mode == "L" and projection.to_tensor(gray).shape == (1, 1, RES, RES)
@@ -240,3 +253,35 @@ def test_cli_project_writes_latent_video_and_errors(trained, tmp_path, one_threa
     assert cli.main([*argv[:3], str(tmp_path / "notes.txt"), *argv[4:]]) == 2
     assert cli.main([*argv[:3], str(tmp_path / "absent.png"), *argv[4:]]) == 2
     assert cli.main([*argv, "--lpips-lin", str(photo)]) == 2
+
+
+def test_cli_project_crops_around_the_detected_dog_and_checks_the_detector(trained, tmp_path, one_thread,
+                                                                         caplog) -> None:
+    # An untrained one-class yolo11n at conf 0 finds boxes anywhere: enough to run the real detector path.
+    detection.setup_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolo11n.yaml", nc=1, verbose=False)
+    model.names = {0: "dog"}
+    folder = tmp_path / "detector"
+    detection.save_detector(model.eval(), folder, {"kind": "untrained", "dog_class": 0})
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["detect"].update(conf=0.0, imgsz=64, device="cpu")
+    params["filter"]["min_crop"] = 8
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    photo = tmp_path / "dog.png"
+    photo.write_bytes(photo_bytes(48, 32))
+    argv = ["--params", str(tmp_path / "params.yaml"), "project", str(photo), "--checkpoint", str(trained[1]),
+            "--out", str(tmp_path / "out"), "--steps", "2", "--no-video", "--detector", str(folder)]
+    assert cli.main(argv) == 0
+    crop = json.loads((tmp_path / "out" / "dog" / "errors.json").read_text())["crop"]
+    assert crop["mode"] == "dog"
+    assert crop["crop"] == list(geometry.crop_window(48, 32, tuple(crop["box"]), 8).box)
+    # A dog class the weights lack (meta.json of another detector): refused in one line, as `detect` does.
+    meta = json.loads((folder / detection.META_FILE).read_text())
+    (folder / detection.META_FILE).write_text(json.dumps({**meta, "dog_class": 3}))
+    caplog.clear()
+    assert cli.main(argv) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "dog_class 3 is not a class" in errors[0], errors

@@ -25,6 +25,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from corgigan.stylegan2.atomic import commit, make_temp
 
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)   # fixed member time (the earliest a zip can hold): byte-identical zips
+# filter.resize_filter's names -> Pillow's filters: the square crops of the filter stage and of photos.
+RESAMPLE = {
+    "lanczos": Image.Resampling.LANCZOS,
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "box": Image.Resampling.BOX,
+}
 
 
 class DecodeError(Exception):
@@ -157,6 +164,15 @@ def encode_png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
+
+
+def crop_square(img: Image.Image, box: tuple[int, int, int, int], resolution: int,
+                resize_filter: str) -> Image.Image:
+    """Cut the square `box` (PIL's crop box: xyxy, right and bottom exclusive) out of `img` and resize it to
+    resolution x resolution with the named filter (a key of RESAMPLE); the filter stage's crop."""
+    # One resize with box=, not crop() then resize(): the filter then reads the pixels just outside the box
+    # too, so the two differ along the edges, and every crop of the dataset was made this way.
+    return img.resize((resolution, resolution), RESAMPLE[resize_filter], box=box)
 
 
 def zip_member(name: str) -> zipfile.ZipInfo:

@@ -13,11 +13,12 @@ The checks run in this order; the first that fails is the row's reason:
 7. ``low_cover``      the dog covers less than min_cover of the window;
 8. ``off_center``     the border slide moved the window more than max_center_shift (either axis).
 
-The crop is taken around the most confident box (ties: the smallest x0, y0, x1, y1). ``num_dogs`` counts
-the boxes at or above min_confidence. Geometry columns are filled from step 6 on; box and confidence
-from step 4 on. Decisions need only tables (`decide`, `decide_all`); images are decoded only to crop the
-kept ones (`crop_chunk`), in chunks of one raw shard each, planned in posts order (`plan_crops`), so
-the output does not depend on the number of cores. The window math itself is geometry.py.
+The crop is taken around the first box by `box_rank` (the most confident; ties: the smallest x0, y0, x1,
+y1), as projection's photos are. ``num_dogs`` counts the boxes at or above min_confidence. Geometry
+columns are filled from step 6 on; box and confidence from step 4 on. Decisions need only tables
+(`decide`, `decide_all`); images are decoded only to crop the kept ones (`crop_chunk`), in chunks of one
+raw shard each, planned in posts order (`plan_crops`), so the output does not depend on the number of
+cores. The window math itself is geometry.py; the resize, images.crop_square.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-from PIL import Image
 
 from corgigan import geometry, images, tables
 from corgigan.errors import StageError
@@ -37,12 +37,6 @@ from corgigan.params import FilterParams, ImagesParams
 
 log = logging.getLogger(__name__)
 
-RESAMPLE = {
-    "lanczos": Image.Resampling.LANCZOS,
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "box": Image.Resampling.BOX,
-}
 CHUNK = 32          # images per crop task: small enough to bound memory at 1024 px
 ROW_BLOCK = 4096    # decisions turned into Arrow rows at a time
 _GEOMETRY_COLS = ("crop_x0", "crop_y0", "crop_side", "cover", "center_shift_x", "center_shift_y",
@@ -55,6 +49,13 @@ CropBox = tuple[int, int, int, int]                     # the window as PIL's cr
 CropTask = tuple[str, list[tuple[str, int, int, CropBox]], int, str, int]
 # One result per image: (image_id, png bytes or None, decode status, detail).
 CropResult = tuple[str, bytes | None, str, str]
+
+
+def box_rank(confidence: Any, x0: Any, y0: Any, x1: Any, y1: Any) -> tuple[Any, ...]:
+    """The sort key that ranks one image's boxes: the most confident first, ties to the smallest x0, y0, x1,
+    y1, so the box a crop goes around never depends on the detector's output order. Takes numbers, or
+    whole columns (pandas Series) to sort a table by."""
+    return (-confidence, x0, y0, x1, y1)
 
 
 def _empty_row(post: dict[str, Any]) -> dict[str, Any]:
@@ -105,9 +106,10 @@ def decide(post: dict[str, Any], boxes: list[ScoredBox],
 
 
 def boxes_by_image(det: pd.DataFrame) -> dict[str, list[ScoredBox]]:
-    """Detections grouped by image, most confident first; ties broken by coordinates."""
-    det = det.assign(neg_conf=-det["confidence"]).sort_values(
-        ["image_id", "neg_conf", "x0", "y0", "x1", "y1"], kind="mergesort")
+    """Detections grouped by image, in `box_rank` order (most confident first)."""
+    rank = box_rank(det["confidence"], det["x0"], det["y0"], det["x1"], det["y1"])
+    keys = [f"_rank{i}" for i in range(len(rank))]
+    det = det.assign(**dict(zip(keys, rank))).sort_values(["image_id", *keys], kind="mergesort")
     out: dict[str, list[ScoredBox]] = {}
     for image_id, x0, y0, x1, y1, conf in zip(det["image_id"], det["x0"], det["y0"], det["x1"],
                                               det["y1"], det["confidence"]):
@@ -176,7 +178,7 @@ def crop_chunk(task: CropTask) -> list[CropResult]:
                 out.append((image_id, None, "size_changed",
                             f"decodes to {img.size[0]}x{img.size[1]}, posts say {width}x{height}"))
                 continue
-            crop = img.resize((resolution, resolution), RESAMPLE[resize_filter], box=box)
+            crop = images.crop_square(img, box, resolution, resize_filter)
             out.append((image_id, images.encode_png(crop), "ok", ""))
     return out
 

@@ -1,4 +1,7 @@
-"""Everything that touches ultralytics: offline setup, training, saving and prediction.
+"""Everything that touches ultralytics: offline setup, training, saving, loading and prediction.
+
+`load_dog_detector` is the one way to load the saved detector (meta.json's dog class checked against the
+weights); `DogDetector` holds it with the detect stage's settings for the commands that find dogs.
 
 The rest of the project never imports ultralytics; the labelled data it trains on is written as plain
 files by yolo_data.py. A detector is stored as two files: ``detector.pt`` (a plain torch.save of the
@@ -38,6 +41,7 @@ from corgigan.detector.yolo_weights import (
     unsafe_globals,
 )
 from corgigan.errors import StageError
+from corgigan.stylegan2.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +335,35 @@ def load_dog_detector(detector_dir: Path) -> tuple[Any, int, dict[str, Any]]:
         raise StageError(f"{detector_dir / META_FILE}: dog_class {dog_class} is not a class of "
                          f"{WEIGHTS_FILE} (classes 0..{len(yolo.names) - 1}); {redo}")
     return yolo, dog_class, meta
+
+
+@dataclass(frozen=True)
+class DogDetector:
+    """The saved detector, ready to find dogs with the detect stage's settings (params.yaml's detect)."""
+
+    yolo: Any                 # the ultralytics YOLO object (load_dog_detector's)
+    dog_class: int            # its class id of 'dog', checked against the weights' classes
+    conf: float = 0.25        # boxes below this confidence are dropped
+    iou: float = 0.45         # non-maximum suppression IoU threshold
+    imgsz: int = 640          # inference size
+    batch: int = 16           # images per predict call
+    device: str = "cpu"       # a torch device name, resolved
+
+    @classmethod
+    def load(cls, detector_dir: Path, *, conf: float = 0.25, iou: float = 0.45, imgsz: int = 640,
+             batch: int = 16, device: str = "cpu") -> DogDetector:
+        """The detector in `detector_dir` (through `load_dog_detector`, so its checks and StageErrors);
+        `device` is a name of the project's vocabulary (auto | cpu | cuda | cuda:N), resolved here."""
+        yolo, dog_class, _ = load_dog_detector(detector_dir)
+        return cls(yolo, dog_class, conf, iou, imgsz, batch, str(resolve_device(device)))
+
+    def predict(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
+        """The dog boxes of each RGB image (original pixels), `batch` images per call of the network."""
+        out: list[list[Detection]] = []
+        for start in range(0, len(images), self.batch):
+            out += predict(self.yolo, images[start:start + self.batch], classes=[self.dog_class],
+                           conf=self.conf, iou=self.iou, imgsz=self.imgsz, device=self.device)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ weights file (`LpipsVGG.from_files`).
 The latent is optimised in units of w's spread: w = w_avg + w_std * u, so one learning rate and one noise
 scale fit every model, whatever the scale of its W.
 
-Photos become targets with the filter stage's rule (geometry.crop_window around the detected dog, or
-around the whole image without a detector; resize with the filter's resampling filter), decoded by the
+Photos become targets with the filter stage's rule (geometry.crop_window around the box filter_rules.box_rank
+puts first, or around the whole image without a detector; images.crop_square resizes), decoded by the
 project's one decoder (images.decode). `main` is `corgigan project`.
 """
 
@@ -33,6 +33,8 @@ from PIL import Image
 
 from corgigan import geometry, images
 from corgigan.analysis.sampling import save_png, synthesize_w, to_uint8, write_video
+from corgigan.data.filter_rules import box_rank
+from corgigan.detector.detection import DogDetector
 from corgigan.errors import StageError
 from corgigan.stylegan2.devices import resolve_device
 from corgigan.tables import atomic_path, write_json
@@ -356,8 +358,7 @@ def crop_photo(img: Image.Image, resolution: int, rule: CropRule,
     w, h = img.size
     whole = (0.0, 0.0, float(w), float(h))
     win = geometry.crop_window(w, h, box if box is not None else whole, rule.min_crop)
-    # Pillow's names of the filter stage's four filters (filter.resize_filter).
-    crop = img.resize((resolution, resolution), Image.Resampling[rule.resize_filter.upper()], box=win.box)
+    crop = images.crop_square(img, win.box, resolution, rule.resize_filter)
     return (crop.convert("L") if channels == 1 else crop), win
 
 
@@ -368,51 +369,26 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr / 127.5 - 1).permute(2, 0, 1).unsqueeze(0).contiguous()
 
 
-@dataclass
-class DogFinder:
-    """The detector, to crop around the dog as the filter stage does (detection.load_yolo + predict)."""
-
-    yolo: Any
-    dog_class: int
-    conf: float = 0.25
-    iou: float = 0.45
-    imgsz: int = 640
-    device: str = "cpu"
-
-    @classmethod
-    def load(cls, detector_dir: Path, **kwargs: Any) -> DogFinder:
-        """The saved detector folder; StageError when it holds none."""
-        from corgigan.detector import detection
-
-        meta = detection.read_meta(detector_dir)
-        dog_class = meta.get("dog_class")
-        if isinstance(dog_class, bool) or not isinstance(dog_class, int):
-            raise StageError(f"{detector_dir}: meta.json lacks an integer dog_class; run `corgigan detector`")
-        return cls(yolo=detection.load_yolo(detector_dir), dog_class=dog_class, **kwargs)
-
-    def best_box(self, img: Image.Image) -> tuple[float, float, float, float] | None:
-        """The most confident dog box (as the filter crops around), or None."""
-        from corgigan.detector import detection
-
-        found = detection.predict(self.yolo, [img], classes=[self.dog_class], conf=self.conf, iou=self.iou,
-                                  imgsz=self.imgsz, device=self.device)[0]
-        if not found:
-            return None
-        best = min(found, key=lambda d: (-d.confidence, d.x0, d.y0, d.x1, d.y1))   # the filter's order
-        return best.x0, best.y0, best.x1, best.y1
+def best_box(detector: DogDetector, img: Image.Image) -> tuple[float, float, float, float] | None:
+    """The box the filter stage would crop `img` around (the first by filter_rules.box_rank), or None."""
+    found = detector.predict([img])[0]
+    if not found:
+        return None
+    best = min(found, key=lambda d: box_rank(d.confidence, d.x0, d.y0, d.x1, d.y1))
+    return best.x0, best.y0, best.x1, best.y1
 
 
-def photo_target(data: bytes, resolution: int, rule: CropRule, finder: DogFinder | None = None,
+def photo_target(data: bytes, resolution: int, rule: CropRule, detector: DogDetector | None = None,
                  channels: int = 3, name: str = "photo") -> tuple[Image.Image, dict[str, Any]]:
-    """Decode, find the dog (when a finder is given), crop and resize: (target image, how it was cropped)."""
+    """Decode, find the dog (with a detector), crop and resize: (target image, how it was cropped)."""
     img = decode_photo(data, rule.max_pixels, name)
-    box = finder.best_box(img) if finder is not None else None
-    if finder is not None and box is None:
+    box = best_box(detector, img) if detector is not None else None
+    if detector is not None and box is None:
         log.warning("%s: no dog found; cropping the centre", name)
     crop, win = crop_photo(img, resolution, rule, box, channels)
     how = {"width": img.size[0], "height": img.size[1], "box": list(box) if box else None,
            "crop": list(win.box), "cover": win.cover if box else None,
-           "mode": "dog" if box else ("centre (no dog found)" if finder is not None else "centre")}
+           "mode": "dog" if box else ("centre (no dog found)" if detector is not None else "centre")}
     return crop, how
 
 
@@ -463,14 +439,14 @@ def main(photos: list[Path], checkpoint: Path, out: Path, cfg: ProjectConfig, ru
         log.warning("%s has no discriminator: pixel loss only (--lpips adds a perceptual one)", checkpoint)
     lpips = LpipsVGG.from_files(*lpips_files).to(dev) if lpips_files else None
     rule = rule or CropRule(min_crop=G.img_resolution)
-    finder = DogFinder.load(detector, **detect_kwargs) if detector else None
+    dogs = DogDetector.load(detector, **detect_kwargs) if detector else None
     stats = w_stats(G, cfg.w_avg_samples, cfg.seed)
     results = []
     names: set[str] = set()
     for photo in photos:
         if not photo.is_file():
             raise StageError(f"{photo}: no such photo")
-        target, how = photo_target(photo.read_bytes(), G.img_resolution, rule, finder, G.img_channels,
+        target, how = photo_target(photo.read_bytes(), G.img_resolution, rule, dogs, G.img_channels,
                                    name=str(photo))
         name = photo.stem
         while name in names:   # two photos of the same name from different folders

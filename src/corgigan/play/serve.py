@@ -57,6 +57,7 @@ from PIL import Image
 
 from corgigan.analysis import latents, sampling
 from corgigan.analysis.directions import Direction, Edit, apply_edit, direction_sigmas, read_directions
+from corgigan.detector.detection import DogDetector
 from corgigan.errors import StageError
 from corgigan.params import SEED_LIMIT
 from corgigan.play import projection
@@ -205,7 +206,7 @@ class Explorer:
         directions: list[Direction] | None = None,
         limits: Limits | None = None,
         rule: projection.CropRule | None = None,     # the filter stage's crop (default: min_crop = G's res)
-        finder: projection.DogFinder | None = None,  # crop around the detected dog
+        detector: DogDetector | None = None,         # crop around the detected dog
         lpips: projection.LpipsVGG | None = None,
         project_cfg: projection.ProjectConfig | None = None,  # steps and space come from each request
     ) -> None:
@@ -213,7 +214,7 @@ class Explorer:
         self.directions = directions or []
         self.limits = limits or Limits()
         self.rule = rule or projection.CropRule(min_crop=G.img_resolution)
-        self.finder, self.lpips = finder, lpips
+        self.detector, self.lpips = detector, lpips
         self.project_cfg = project_cfg or projection.ProjectConfig()
         self.lock = FairLock()
         self._state = threading.Lock()
@@ -236,7 +237,7 @@ class Explorer:
             "resolution": self.G.img_resolution, "num_ws": self.G.num_ws, "w_dim": self.G.w_dim,
             "kimg": self.info.get("kimg"), "checkpoint": Path(str(self.info.get("path", ""))).name,
             "feature_loss": self.D is not None, "lpips": self.lpips is not None,
-            "detector": self.finder is not None,
+            "detector": self.detector is not None,
             "directions": [{"index": i, "name": d.name, "layers": list(d.layers)}
                            for i, d in enumerate(self.directions)],
             "limits": {"grid": lim.grid_cap(self.G.img_resolution), "max_steps": lim.max_steps,
@@ -347,7 +348,7 @@ class Explorer:
         rule = replace(self.rule, max_pixels=min(self.rule.max_pixels, self.limits.max_upload_pixels))
         try:
             with self.lock:   # the detector shares the CPU with the model
-                target, how = projection.photo_target(data, self.G.img_resolution, rule, self.finder,
+                target, how = projection.photo_target(data, self.G.img_resolution, rule, self.detector,
                                                       self.G.img_channels, name="upload")
         except StageError as e:
             raise RequestError(HTTPStatus.BAD_REQUEST, str(e).removeprefix("upload: ")) from e
@@ -720,9 +721,9 @@ def load_explorer(checkpoint: Path, device: str = "auto", directions: Path | Non
     if D is None:
         log.warning("%s has no discriminator: projections use the pixel loss only", checkpoint)
     dirs = read_directions(directions, G.w_dim, G.num_ws) if directions else None
-    finder = projection.DogFinder.load(detector, **(detect_kwargs or {})) if detector else None
+    dogs = DogDetector.load(detector, **(detect_kwargs or {})) if detector else None
     lpips = projection.LpipsVGG.from_files(*lpips_files).to(dev) if lpips_files else None
-    return Explorer(G, D, info, dirs, limits, rule, finder, lpips)
+    return Explorer(G, D, info, dirs, limits, rule, dogs, lpips)
 
 
 def main(explorer: Explorer, host: str, port: int) -> None:
