@@ -43,7 +43,7 @@ from corgigan import images
 from corgigan.analysis import latents, sampling
 from corgigan.data.dataset_zip import write_zip
 from corgigan.data.scenes import draw_scene
-from corgigan.play import projection, serve
+from corgigan.play import photos, projection, serve
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.data import ZipDataset
 from corgigan.stylegan2.loop import training_loop
@@ -154,14 +154,14 @@ def dog_dataset(folder: Path, n: int, side: int) -> Path:
     """A dataset zip of n drawn dog scenes, cropped with the filter's rule around their true boxes."""
     rng = np.random.default_rng(0)
     crops, out = folder / "crops", folder / "dataset.zip"
-    rule = projection.CropRule(min_crop=1, resize_filter="lanczos")
+    rule = photos.CropRule(min_crop=1, resize_filter="lanczos")
     ids = [f"img{i:06d}" for i in range(n)]
     with images.ShardWriter(crops, shard_size=1000) as writer:
         for image_id in ids:
             w, h = int(rng.integers(240, 400)), int(rng.integers(240, 400))
             scene, boxes = draw_scene(rng, w, h, num_dogs=1, dog_scale=(0.5, 0.8))
             box = boxes[0] if boxes else None
-            crop, _ = projection.crop_photo(scene, side, rule, box)
+            crop, _ = photos.crop_photo(scene, side, rule, box)
             writer.add(image_id, images.encode_png(crop), ".png")
     count, _ = write_zip(images.list_shards(crops), set(ids), out, set())
     assert count == n

@@ -1,14 +1,12 @@
-"""Projecting photos into a tiny model, the photo crop, directions, edits, `corgigan project`."""
+"""Projecting images into a tiny model, directions, edits, `corgigan project` (photos: test_photos.py)."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
@@ -16,7 +14,6 @@ from PIL import Image
 
 from corgigan import cli, geometry
 from corgigan.analysis import directions, latents, sampling
-from corgigan.data import filter_rules
 from corgigan.detector import detection
 from corgigan.errors import StageError
 from corgigan.play import projection
@@ -136,56 +133,6 @@ def test_lpips_from_weight_files(tmp_path, nets, one_thread) -> None:
         projection.LpipsVGG.from_files(tmp_path / "bad.pth")
     with pytest.raises(StageError, match="linear weights"):
         projection.LpipsVGG.from_files(tmp_path / "vgg.pth", tmp_path / "vgg.pth")
-
-
-class FakeDetector:
-    """Stands in for detection.DogDetector: the same boxes in every image."""
-
-    def __init__(self, boxes: list[detection.Detection]) -> None:
-        self.boxes = boxes
-
-    def predict(self, images: list[Image.Image]) -> list[list[detection.Detection]]:
-        return [list(self.boxes) for _ in images]
-
-
-def test_photos_are_cropped_with_the_filter_rule() -> None:
-    data = photo_bytes(90, 60)
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    rule = projection.CropRule(min_crop=20, resize_filter="bicubic")
-    box = (60.0, 10.0, 85.0, 40.0)
-    # A tie in confidence, listed so that "the first most confident" would pick the wrong one: the crop goes
-    # around the box the filter stage would take (filter_rules.box_rank: the smallest x0 on a tie).
-    found = [detection.Detection(62.0, 10.0, 85.0, 40.0, 0.9, 0), detection.Detection(*box, 0.9, 0),
-             detection.Detection(0.0, 0.0, 30.0, 30.0, 0.5, 0)]
-    table = pd.DataFrame([{"image_id": "a", "x0": d.x0, "y0": d.y0, "x1": d.x1, "y1": d.y1,
-                           "confidence": d.confidence} for d in found])
-    assert filter_rules.boxes_by_image(table)["a"][0][:4] == box
-    crop, how = projection.photo_target(data, RES, rule, FakeDetector(found))
-    win = geometry.crop_window(90, 60, box, 20)
-    want = img.resize((RES, RES), Image.Resampling.BICUBIC, box=win.box)
-    assert how["mode"] == "dog" and how["box"] == list(box)
-    assert how["crop"] == list(win.box) and win.side == 30
-    assert np.array_equal(np.asarray(crop), np.asarray(want))
-    # Without a detector (or when it finds nothing): the centred square of the short side.
-    for dogs, mode in ((None, "centre"), (FakeDetector([]), "centre (no dog found)")):
-        crop, how = projection.photo_target(data, RES, rule, dogs)
-        assert how["mode"] == mode and how["crop"] == [15, 0, 75, 60]
-    gray, _ = projection.photo_target(data, RES, rule, channels=1)
-    assert gray.mode == "L" and projection.to_tensor(gray).shape == (1, 1, RES, RES)
-    t = projection.to_tensor(crop)
-    assert t.shape == (1, 3, RES, RES) and t.min() >= -1 and t.max() <= 1
-
-
-@pytest.mark.parametrize(("data", "why"), [
-    (b"hello, not a photo", "not an image"),
-    (photo_bytes(64, 64)[:200], "truncated"),
-    (photo_bytes(300, 300), "too large"),
-    (b"", "empty"),
-])
-def test_bad_photos_say_why(data: bytes, why: str) -> None:
-    rule = projection.CropRule(min_crop=8, max_pixels=200 * 200)
-    with pytest.raises(StageError, match=why):
-        projection.photo_target(data, RES, rule, name="x.png")
 
 
 def test_directions_file_contract(tmp_path) -> None:

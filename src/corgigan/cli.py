@@ -227,7 +227,7 @@ def _add_play_commands(sub: argparse._SubParsersAction) -> None:
 
 def _photo_settings(args: argparse.Namespace) -> tuple[object | None, dict]:
     """The filter stage's crop rule and the detect stage's settings from params.yaml, when it exists."""
-    from corgigan.play.projection import CropRule
+    from corgigan.play.photos import CropRule
 
     if not Path(args.params).is_file():
         return None, {}

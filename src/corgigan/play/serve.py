@@ -60,7 +60,7 @@ from corgigan.analysis.directions import Direction, Edit, apply_edit, direction_
 from corgigan.detector.detection import DogDetector
 from corgigan.errors import StageError
 from corgigan.params import SEED_LIMIT
-from corgigan.play import projection
+from corgigan.play import photos, projection
 from corgigan.stylegan2.devices import resolve_device
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class Explorer:
         info: dict[str, Any],                        # sampling.load's info
         directions: list[Direction] | None = None,
         limits: Limits | None = None,
-        rule: projection.CropRule | None = None,     # the filter stage's crop (default: min_crop = G's res)
+        rule: photos.CropRule | None = None,         # the filter stage's crop (default: min_crop = G's res)
         detector: DogDetector | None = None,         # crop around the detected dog
         lpips: projection.LpipsVGG | None = None,
         project_cfg: projection.ProjectConfig | None = None,  # steps and space come from each request
@@ -213,7 +213,7 @@ class Explorer:
         self.G, self.D, self.info = G, D, info
         self.directions = directions or []
         self.limits = limits or Limits()
-        self.rule = rule or projection.CropRule(min_crop=G.img_resolution)
+        self.rule = rule or photos.CropRule(min_crop=G.img_resolution)
         self.detector, self.lpips = detector, lpips
         self.project_cfg = project_cfg or projection.ProjectConfig()
         self.lock = FairLock()
@@ -348,8 +348,8 @@ class Explorer:
         rule = replace(self.rule, max_pixels=min(self.rule.max_pixels, self.limits.max_upload_pixels))
         try:
             with self.lock:   # the detector shares the CPU with the model
-                target, how = projection.photo_target(data, self.G.img_resolution, rule, self.detector,
-                                                      self.G.img_channels, name="upload")
+                target, how = photos.photo_target(data, self.G.img_resolution, rule, self.detector,
+                                                  self.G.img_channels, name="upload")
         except StageError as e:
             raise RequestError(HTTPStatus.BAD_REQUEST, str(e).removeprefix("upload: ")) from e
         job = Job(id=uuid.uuid4().hex[:12], steps=steps, space=space, crop=how)
@@ -363,7 +363,7 @@ class Explorer:
             while len(self.latents) > self.limits.max_latents:
                 old, _ = self.latents.popitem(last=False)
                 self.jobs.pop(old, None)
-        self._queue.put((job, projection.to_tensor(target)))
+        self._queue.put((job, photos.to_tensor(target)))
         log.info("projection %s queued: %s crop %s, %d steps in %s", job.id, how["mode"], how["crop"], steps,
                  space.upper())
         return {"job": job.id, "latent": job.id}
@@ -712,7 +712,7 @@ def start(explorer: Explorer, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
 
 def load_explorer(checkpoint: Path, device: str = "auto", directions: Path | None = None,
                   detector: Path | None = None, detect_kwargs: dict[str, Any] | None = None,
-                  rule: projection.CropRule | None = None,
+                  rule: photos.CropRule | None = None,
                   lpips_files: tuple[Path, Path | None] | None = None,
                   limits: Limits | None = None) -> Explorer:
     """An Explorer for a snapshot (file or folder) or reference pickle, with its D for projections."""
