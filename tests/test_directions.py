@@ -1,6 +1,6 @@
 """directions.py and ws_ranges.py: layer ranges, SeFa and PCA against their definitions, labelled
 boundaries that recover a planted direction and are scored on held-out samples, and Spearman's rank
-correlation."""
+correlation; the directions file's contract and edits."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from corgigan.analysis import directions as dirs
+from corgigan.errors import StageError
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.ws_ranges import is_layers_spec, layer_range
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, write_directions
 
 
 def tiny_generator(resolution: int) -> torch.nn.Module:
@@ -165,3 +166,43 @@ def test_the_directions_file_is_written_and_read_in_one_place(tmp_path) -> None:
     edit = dirs.Edit(moves={"a": 0.5})
     slider = dirs.apply_edit(w[:, None].repeat(1, 6, 1), torch.zeros(4), edit, {"a": d})
     assert torch.equal(strip, slider)
+
+
+def test_directions_file_contract(tmp_path) -> None:
+    path = write_directions(tmp_path / "d.json", 4, {
+        "ears": {"vector": [3, 0, 4, 0], "layers": [0, 2], "accuracy": 0.9},   # extra keys are allowed
+        "colour": {"vector": [0, 1, 0, 0], "sigma": 0.25},
+    })
+    found = dirs.read_directions(path, w_dim=4, num_ws=6)
+    assert [d.name for d in found] == ["ears", "colour"]
+    assert torch.allclose(found[0].vector, torch.tensor([0.6, 0, 0.8, 0])) and found[0].layers == (0, 2)
+    assert found[1].layers == (0, 6) and found[0].sigma is None and found[1].sigma == 0.25
+    bad = {
+        "missing.json": None,
+        "wrong_dim.json": {"a": {"vector": [1, 0]}},
+        "zero.json": {"a": {"vector": [0, 0, 0, 0]}},
+        "layers.json": {"a": {"vector": [1, 0, 0, 0], "layers": [3, 9]}},
+        "nan.json": {"a": {"vector": [1, "x", 0, 0]}},
+        "sigma.json": {"a": {"vector": [1, 0, 0, 0], "sigma": -1}},
+    }
+    for name, entries in bad.items():
+        p = tmp_path / name
+        if entries is not None:
+            write_directions(p, 4, entries)
+        with pytest.raises(StageError, match=name.split(".")[0] if entries is None else "direction 'a'"):
+            dirs.read_directions(p, w_dim=4, num_ws=6)
+    (tmp_path / "other.json").write_text(json.dumps({"directions": []}))
+    with pytest.raises(StageError, match="not a directions file"):
+        dirs.read_directions(tmp_path / "other.json", 4, 6)
+
+
+def test_edits() -> None:
+    w_avg = torch.zeros(4)
+    ws = torch.ones(1, 6, 4)
+    d = dirs.Direction("a", torch.tensor([1.0, 0, 0, 0]), (1, 3))
+    assert torch.equal(dirs.apply_edit(ws, w_avg, dirs.Edit(psi=0.0), {}), torch.zeros(1, 6, 4))
+    mixed = dirs.apply_edit(ws, w_avg, dirs.Edit(mix=torch.full((6, 4), 2.0), cutoff=4), {})
+    assert torch.equal(mixed[0, :4], ws[0, :4]) and torch.all(mixed[0, 4:] == 2)
+    moved = dirs.apply_edit(ws, w_avg, dirs.Edit(moves={"a": 0.5}), {"a": d})
+    assert torch.equal(moved[0, :, 0], torch.tensor([1, 1.5, 1.5, 1, 1, 1]))
+    assert torch.equal(moved[0, :, 1:], ws[0, :, 1:]) and torch.equal(ws, torch.ones(1, 6, 4))

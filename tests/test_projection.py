@@ -1,4 +1,4 @@
-"""Projecting images into a tiny model, directions, edits, `corgigan project` (photos: test_photos.py)."""
+"""Projecting images into a tiny model and `corgigan project` (photos: test_photos.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import yaml
 from PIL import Image
 
 from corgigan import cli, geometry
-from corgigan.analysis import directions, latents, sampling
+from corgigan.analysis import latents, sampling
 from corgigan.detector import detection
 from corgigan.errors import StageError
 from corgigan.play import projection
 from corgigan.stylegan2.data import ZipDataset
 from corgigan.stylegan2.loop import training_loop
-from tests.helpers import photo_bytes, tiny_config, write_dataset, write_directions
+from tests.helpers import photo_bytes, tiny_config, write_dataset
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,46 +133,6 @@ def test_lpips_from_weight_files(tmp_path, nets, one_thread) -> None:
         projection.LpipsVGG.from_files(tmp_path / "bad.pth")
     with pytest.raises(StageError, match="linear weights"):
         projection.LpipsVGG.from_files(tmp_path / "vgg.pth", tmp_path / "vgg.pth")
-
-
-def test_directions_file_contract(tmp_path) -> None:
-    path = write_directions(tmp_path / "d.json", 4, {
-        "ears": {"vector": [3, 0, 4, 0], "layers": [0, 2], "accuracy": 0.9},   # extra keys are allowed
-        "colour": {"vector": [0, 1, 0, 0], "sigma": 0.25},
-    })
-    dirs = directions.read_directions(path, w_dim=4, num_ws=6)
-    assert [d.name for d in dirs] == ["ears", "colour"]
-    assert torch.allclose(dirs[0].vector, torch.tensor([0.6, 0, 0.8, 0])) and dirs[0].layers == (0, 2)
-    assert dirs[1].layers == (0, 6) and dirs[0].sigma is None and dirs[1].sigma == 0.25
-    bad = {
-        "missing.json": None,
-        "wrong_dim.json": {"a": {"vector": [1, 0]}},
-        "zero.json": {"a": {"vector": [0, 0, 0, 0]}},
-        "layers.json": {"a": {"vector": [1, 0, 0, 0], "layers": [3, 9]}},
-        "nan.json": {"a": {"vector": [1, "x", 0, 0]}},
-        "sigma.json": {"a": {"vector": [1, 0, 0, 0], "sigma": -1}},
-    }
-    for name, entries in bad.items():
-        p = tmp_path / name
-        if entries is not None:
-            write_directions(p, 4, entries)
-        with pytest.raises(StageError, match=name.split(".")[0] if entries is None else "direction 'a'"):
-            directions.read_directions(p, w_dim=4, num_ws=6)
-    (tmp_path / "other.json").write_text(json.dumps({"directions": []}))
-    with pytest.raises(StageError, match="not a directions file"):
-        directions.read_directions(tmp_path / "other.json", 4, 6)
-
-
-def test_edits() -> None:
-    w_avg = torch.zeros(4)
-    ws = torch.ones(1, 6, 4)
-    d = directions.Direction("a", torch.tensor([1.0, 0, 0, 0]), (1, 3))
-    assert torch.equal(directions.apply_edit(ws, w_avg, directions.Edit(psi=0.0), {}), torch.zeros(1, 6, 4))
-    mixed = directions.apply_edit(ws, w_avg, directions.Edit(mix=torch.full((6, 4), 2.0), cutoff=4), {})
-    assert torch.equal(mixed[0, :4], ws[0, :4]) and torch.all(mixed[0, 4:] == 2)
-    moved = directions.apply_edit(ws, w_avg, directions.Edit(moves={"a": 0.5}), {"a": d})
-    assert torch.equal(moved[0, :, 0], torch.tensor([1, 1.5, 1.5, 1, 1, 1]))
-    assert torch.equal(moved[0, :, 1:], ws[0, :, 1:]) and torch.equal(ws, torch.ones(1, 6, 4))
 
 
 def test_cli_project_writes_latent_video_and_errors(trained, tmp_path, one_thread) -> None:
