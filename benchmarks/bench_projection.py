@@ -44,6 +44,7 @@ from corgigan.analysis import latents, sampling
 from corgigan.data.dataset_zip import write_zip
 from corgigan.data.scenes import draw_scene
 from corgigan.play import photos, projection, serve
+from corgigan.play.explorer import Explorer
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.data import ZipDataset
 from corgigan.stylegan2.loop import training_loop
@@ -124,8 +125,8 @@ def page_latency(repeats: int) -> None:
         def bare(G: torch.nn.Module = G, ws: torch.Tensor = ws) -> None:
             G.synthesis(ws, noise_mode="const")
 
-        explorer = serve.Explorer(G, D, {"path": f"{name}-{res}", "kimg": 0.0})
-        srv = serve.start(explorer, "127.0.0.1", 0)
+        model = Explorer(G, D, {"path": f"{name}-{res}", "kimg": 0.0})
+        srv = serve.start(model, "127.0.0.1", 0)
         conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=120)
         psis = iter(np.linspace(0.5, 0.6, 1000))
 

@@ -24,6 +24,7 @@ import torch
 
 from corgigan import cli
 from corgigan.play import serve
+from corgigan.play.explorer import Explorer
 from corgigan.stylegan2 import configs, pickles
 from tests.helpers import tiny_config
 
@@ -102,7 +103,7 @@ def server() -> Iterator[serve.Server]:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     G, _ = configs.build_networks(tiny_config())
-    explorer = serve.Explorer(G.eval().requires_grad_(False), None, {"path": "tiny.pt", "kimg": 0})
+    explorer = Explorer(G.eval().requires_grad_(False), None, {"path": "tiny.pt", "kimg": 0})
     srv = serve.start(explorer, "127.0.0.1", 0)
     yield srv
     srv.shutdown()

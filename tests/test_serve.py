@@ -28,14 +28,15 @@ import torch
 from PIL import Image
 
 from corgigan.play import serve
+from corgigan.play.explorer import Explorer, FairLock, Limits, RefusedError, load_explorer
 from corgigan.stylegan2.loop import training_loop
 from tests.helpers import photo_bytes, tiny_config, write_dataset, write_directions
 
 RES = 16
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-LIMITS = serve.Limits(max_grid=6, max_steps=20, default_steps=8, max_upload_bytes=200_000,
-                      max_upload_pixels=400 * 400, max_jobs=2)
+LIMITS = Limits(max_grid=6, max_steps=20, default_steps=8, max_upload_bytes=200_000,
+                max_upload_pixels=400 * 400, max_jobs=2)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[serve.Server]:
     w_dim = 16
     directions = write_directions(root / "directions.json", w_dim, {
         "fluffy": {"vector": [1.0] * w_dim, "layers": [0, 3]}})
-    explorer = serve.load_explorer(root / "run", "cpu", directions=directions, limits=LIMITS)
+    explorer = load_explorer(root / "run", "cpu", directions=directions, limits=LIMITS)
     srv = serve.start(explorer, "127.0.0.1", 0)
     yield srv
     srv.shutdown()
@@ -173,16 +174,24 @@ def test_projection_over_http(server: serve.Server) -> None:
 
 def test_projections_queue_is_bounded(server: serve.Server, monkeypatch: pytest.MonkeyPatch) -> None:
     ex = server.explorer
-    explorer = serve.Explorer(ex.G, ex.D, ex.info, limits=serve.Limits(max_jobs=1, max_latents=2))
+    explorer = Explorer(ex.G, ex.D, ex.info, limits=Limits(max_jobs=1, max_latents=2))
     monkeypatch.setattr(explorer._queue, "put", lambda item: None)      # jobs stay queued
-    first = explorer.submit(photo_bytes(40, 30), {"steps": ["3"]})
-    with pytest.raises(serve.RequestError, match="try again") as e:
-        explorer.submit(photo_bytes(40, 30), {"steps": ["3"]})
-    assert e.value.status == 503 and explorer.job(first["job"])["state"] == "queued"
+    first = explorer.submit(photo_bytes(40, 30), steps=3, space="w+")
+    with pytest.raises(RefusedError, match="try again") as e:
+        explorer.submit(photo_bytes(40, 30), steps=3, space="w+")
+    assert e.value.kind == "busy" and explorer.job(first["job"])["state"] == "queued"
+    # Over HTTP, the same refusal is a 503.
+    srv = serve.start(explorer, "127.0.0.1", 0)
+    try:
+        status, answer = upload(srv, photo_bytes(40, 30), "steps=3")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert status == 503 and "try again" in answer["error"]
 
 
 def test_fair_lock_serves_in_arrival_order() -> None:
-    lock, order = serve.FairLock(), []
+    lock, order = FairLock(), []
     with lock:
         threads = [threading.Thread(target=lambda i=i: (lock.__enter__(), order.append(i), lock.__exit__()))
                    for i in range(4)]
@@ -224,7 +233,7 @@ def short_server(server: serve.Server) -> Iterator[serve.Server]:
     """A second server for the same model whose connections time out after 1 s, at most 4 served at once."""
     ex = server.explorer
     limits = dataclasses.replace(LIMITS, timeout=1.0, max_connections=4)
-    srv = serve.start(serve.Explorer(ex.G, ex.D, ex.info, ex.directions, limits), "127.0.0.1", 0)
+    srv = serve.start(Explorer(ex.G, ex.D, ex.info, ex.directions, limits), "127.0.0.1", 0)
     yield srv
     srv.shutdown()
     srv.server_close()

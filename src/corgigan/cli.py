@@ -254,11 +254,11 @@ def _play(args: argparse.Namespace) -> None:
         projection.main(args.images, args.checkpoint, args.out, cfg, rule, args.detector, detect,
                         _lpips_files(args), args.device, video=not args.no_video)
         return
-    from corgigan.play import serve
-    limits = serve.Limits(max_steps=args.max_steps)
-    explorer = serve.load_explorer(args.checkpoint, args.device, args.directions, args.detector, detect, rule,
+    from corgigan.play import explorer, serve
+    limits = explorer.Limits(max_steps=args.max_steps)
+    model = explorer.load_explorer(args.checkpoint, args.device, args.directions, args.detector, detect, rule,
                                    _lpips_files(args), limits)
-    serve.main(explorer, args.host, args.port)
+    serve.main(model, args.host, args.port)
 
 
 def parse_strength(text: str) -> tuple[float, float]:

@@ -9,13 +9,12 @@ Why a small server of our own: the model-demo tools this ecosystem knows (Gradio
 scripts from the internet and phone home unless configured not to, and bring a large dependency tree;
 the standard library's ThreadingHTTPServer with a JSON/PNG API does all this page needs.
 
-Every request's work is bounded (`Limits`): images per grid, generated pixels per request, projection
-steps, upload bytes and pixels, projections queued, photos kept; so is every connection: a socket timeout
+This module is the HTTP side: it parses each request into typed values (ranges from the Explorer's
+`Limits` and model) and calls the model side, explorer.py's `Explorer`, whose work is bounded and queued
+there; what it refuses becomes a 400, 404 or 503. Every connection is bounded here: a socket timeout
 (idle keep-alive, stalled bodies) and a cap on connections served at once, so idle sockets cannot hold
 threads. An answer sent before its request's body was read closes the connection, so an unread body is
-never taken for a request of its own (request smuggling). All model work runs under one FIFO lock,
-so concurrent requests queue instead of oversubscribing the CPU, and a projection yields the model
-between its steps, so the sliders stay responsive while it runs. Bad uploads (not an image, too large,
+never taken for a request of its own (request smuggling). Bad uploads (not an image, too large,
 truncated) get a JSON error that the page shows. The server binds 127.0.0.1 unless told otherwise, and
 then answers only requests addressed to a loopback name (a guard against DNS rebinding).
 
@@ -31,20 +30,16 @@ API (all GET unless marked):
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import io
 import ipaddress
 import json
 import logging
-import queue
 import socket
 import sys
 import threading
 import time
 import traceback
-import uuid
-from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -52,16 +47,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
-import torch
-from PIL import Image
 
-from corgigan.analysis import latents, sampling
-from corgigan.analysis.directions import Direction, Edit, apply_edit, direction_sigmas, read_directions
-from corgigan.detector.detection import DogDetector
 from corgigan.errors import StageError
-from corgigan.params import SEED_LIMIT
-from corgigan.play import photos, projection
-from corgigan.stylegan2.devices import resolve_device
+from corgigan.play.explorer import MAX_SEED, Explorer, RefusedError
+from corgigan.play.projection import SPACES
 
 log = logging.getLogger(__name__)
 
@@ -74,31 +63,11 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
 # The page may load only from this server; inline scripts and styles are refused too.
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-MAX_SEED = SEED_LIMIT - 1  # numpy's RandomState seeds, as `corgigan generate` draws them
 # A client that hung up or stalled: nobody reads an answer, and it is no fault of the server's.
 GONE = (ConnectionError, TimeoutError)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The most work one request may ask for."""
-
-    max_grid: int = 16                       # images per grid
-    max_pixels: int = 16 * 256 * 256         # generated pixels per request (16 images at 256 px, 1 at 1024)
-    max_steps: int = 300                     # projection steps per upload
-    default_steps: int = 100                 # what the page proposes
-    max_upload_bytes: int = 20 * 2**20       # upload size
-    max_upload_pixels: int = 50_000_000      # decoded photo size (checked on the header, before decoding)
-    max_jobs: int = 2                        # projections queued or running; more are told to wait
-    max_latents: int = 16                    # projected photos kept (the oldest is dropped)
-    max_sigmas: float = 5.0                  # direction sliders move at most this many sigmas either way
-    cache_images: int = 64                   # rendered PNGs kept for repeated requests
-    timeout: float = 5.0                     # seconds a connection may sit idle or stall mid-request
-    max_connections: int = 32                # connections served at once; more wait (then get a 503)
-
-    def grid_cap(self, resolution: int) -> int:
-        """Images one grid may hold at this resolution."""
-        return max(1, min(self.max_grid, self.max_pixels // resolution**2))
+# What the Explorer's refusals are over HTTP.
+REFUSED_STATUS = {"bad": HTTPStatus.BAD_REQUEST, "gone": HTTPStatus.NOT_FOUND,
+                  "busy": HTTPStatus.SERVICE_UNAVAILABLE}
 
 
 class RequestError(Exception):
@@ -107,54 +76,6 @@ class RequestError(Exception):
     def __init__(self, status: HTTPStatus, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-class FairLock:
-    """A FIFO lock: waiters get it in arrival order, so a projection that takes it again after each step
-    cannot starve the page's image requests (threading.Lock makes no such promise)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._next = 0
-        self._serving = 0
-
-    def __enter__(self) -> FairLock:
-        with self._cond:
-            ticket = self._next
-            self._next += 1
-            while ticket != self._serving:
-                self._cond.wait()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self._serving += 1
-            self._cond.notify_all()
-
-
-@dataclass
-class Job:
-    """One projection of an uploaded photo."""
-
-    id: str
-    steps: int
-    space: str
-    state: str = "queued"                 # queued | running | done | error
-    step: int = 0
-    error: str = ""
-    errors: dict[str, float] = field(default_factory=dict)
-    crop: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-
-@dataclass
-class Latent:
-    """A projected photo: its latent (updated while the projection runs) and target."""
-
-    ws: torch.Tensor                      # [num_ws, w_dim]
-    target_png: bytes
-    space: str
-    version: int = 0                      # bumped with every update: part of the render cache key
 
 
 def _one(q: dict[str, list[str]], name: str) -> str | None:
@@ -188,249 +109,44 @@ def _float(q: dict[str, list[str]], name: str, default: float, lo: float, hi: fl
     return value
 
 
-def png_bytes(img: np.ndarray) -> bytes:
-    """uint8 [H, W, 3] -> PNG, fast settings (the page asks for many)."""
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+def image_request(ex: Explorer, q: dict[str, list[str]]) -> dict[str, Any]:
+    """/api/image's query as Explorer.image's arguments: seed=S or latent=ID, psi, mix, cutoff, d<i>."""
+    known = {f"d{i}" for i in range(len(ex.directions))}
+    unknown = [k for k in q if k.startswith("d") and k not in known]
+    if unknown:
+        # A slider for another model's direction would otherwise be ignored and the image look unedited.
+        has = ", ".join(f"d{i} ({d.name})" for i, d in enumerate(ex.directions)) or "none"
+        raise RequestError(HTTPStatus.BAD_REQUEST,
+                           f"no such direction: {', '.join(unknown)} (this model's directions: {has})")
+    latent = _one(q, "latent")
+    mix_text = _one(q, "mix")
+    lim, num_ws = ex.limits, ex.G.num_ws
+    return {
+        "source": latent if latent else _int(q, "seed", 0, 0, MAX_SEED),
+        "psi": _float(q, "psi", 1.0, -1.0, 2.0),
+        "mix": None if mix_text in (None, "") else _int(q, "mix", 0, 0, MAX_SEED),
+        "cutoff": _int(q, "cutoff", num_ws // 2, 0, num_ws),
+        "amounts": tuple(_float(q, f"d{i}", 0.0, -lim.max_sigmas, lim.max_sigmas)
+                         for i in range(len(ex.directions))),
+    }
 
 
-class Explorer:
-    """The model and all that requests share. Model work holds `lock`; the rest holds `_state`."""
+def grid_request(ex: Explorer, q: dict[str, list[str]]) -> dict[str, Any]:
+    """/api/grid's query as Explorer.grid's arguments: start, count (at most the grid cap), cols, psi."""
+    cap = ex.limits.grid_cap(ex.G.img_resolution)
+    count = _int(q, "count", min(8, cap), 1, cap)
+    return {"start": _int(q, "start", 0, 0, MAX_SEED - count + 1), "count": count,
+            "cols": _int(q, "cols", min(count, 4), 1, count), "psi": _float(q, "psi", 1.0, -1.0, 2.0)}
 
-    def __init__(
-        self,
-        G: torch.nn.Module,                          # generator, eval, frozen
-        D: torch.nn.Module | None,                   # for the projection's feature loss; None: pixels only
-        info: dict[str, Any],                        # sampling.load's info
-        directions: list[Direction] | None = None,
-        limits: Limits | None = None,
-        rule: photos.CropRule | None = None,         # the filter stage's crop (default: min_crop = G's res)
-        detector: DogDetector | None = None,         # crop around the detected dog
-        lpips: projection.LpipsVGG | None = None,
-        project_cfg: projection.ProjectConfig | None = None,  # steps and space come from each request
-    ) -> None:
-        self.G, self.D, self.info = G, D, info
-        self.directions = directions or []
-        self.limits = limits or Limits()
-        self.rule = rule or photos.CropRule(min_crop=G.img_resolution)
-        self.detector, self.lpips = detector, lpips
-        self.project_cfg = project_cfg or projection.ProjectConfig()
-        self.lock = FairLock()
-        self._state = threading.Lock()
-        with self.lock:
-            self.stats = projection.w_stats(G, self.project_cfg.w_avg_samples, self.project_cfg.seed)
-            self.sigmas = direction_sigmas(G, self.directions)
-        self._cache: collections.OrderedDict[tuple, bytes] = collections.OrderedDict()
-        self.latents: collections.OrderedDict[str, Latent] = collections.OrderedDict()
-        self.jobs: dict[str, Job] = {}
-        self._queue: queue.Queue[tuple[Job, torch.Tensor]] = queue.Queue()
-        self._worker = threading.Thread(target=self._work, name="corgigan-projection", daemon=True)
-        self._worker.start()
 
-    # ---- reading requests ---------------------------------------------------------------------------
-
-    def describe(self) -> dict[str, Any]:
-        """/api/info: what the page needs to build its controls."""
-        lim = self.limits
-        return {
-            "resolution": self.G.img_resolution, "num_ws": self.G.num_ws, "w_dim": self.G.w_dim,
-            "kimg": self.info.get("kimg"), "checkpoint": Path(str(self.info.get("path", ""))).name,
-            "feature_loss": self.D is not None, "lpips": self.lpips is not None,
-            "detector": self.detector is not None,
-            "directions": [{"index": i, "name": d.name, "layers": list(d.layers)}
-                           for i, d in enumerate(self.directions)],
-            "limits": {"grid": lim.grid_cap(self.G.img_resolution), "max_steps": lim.max_steps,
-                       "default_steps": min(lim.default_steps, lim.max_steps),
-                       "max_upload_bytes": lim.max_upload_bytes, "max_upload_pixels": lim.max_upload_pixels,
-                       "max_sigmas": lim.max_sigmas, "max_seed": MAX_SEED},
-        }
-
-    def _edit(self, q: dict[str, list[str]]) -> tuple[Edit, tuple]:
-        """The edit a query asks for, and its part of the cache key."""
-        self._check_directions(q)
-        psi = _float(q, "psi", 1.0, -1.0, 2.0)
-        mix_text = _one(q, "mix")
-        mix = None if mix_text in (None, "") else _int(q, "mix", 0, 0, MAX_SEED)
-        cutoff = _int(q, "cutoff", self.G.num_ws // 2, 0, self.G.num_ws)
-        amounts = tuple(_float(q, f"d{i}", 0.0, -self.limits.max_sigmas, self.limits.max_sigmas)
-                        for i in range(len(self.directions)))
-        moves = {d.name: a * s for d, a, s in zip(self.directions, amounts, self.sigmas) if a}
-        mix_ws = latents.map_seeds(self.G, [mix], 1.0)[0].cpu() if mix is not None else None
-        edit = Edit(psi=psi, mix=mix_ws, cutoff=cutoff, moves=moves)
-        return edit, (psi, mix, cutoff if mix is not None else None, amounts)
-
-    def _check_directions(self, q: dict[str, list[str]]) -> None:
-        """RequestError naming every direction parameter (d<i>, or any other d...) this model lacks: a
-        slider for another model's direction would otherwise be ignored and the image look unedited."""
-        known = {f"d{i}" for i in range(len(self.directions))}
-        unknown = [k for k in q if k.startswith("d") and k not in known]
-        if unknown:
-            has = ", ".join(f"d{i} ({d.name})" for i, d in enumerate(self.directions)) or "none"
-            raise RequestError(HTTPStatus.BAD_REQUEST,
-                               f"no such direction: {', '.join(unknown)} (this model's directions: {has})")
-
-    def _source(self, q: dict[str, list[str]]) -> tuple[torch.Tensor, tuple]:
-        """The latent to draw ([1, num_ws, w_dim]) and its cache key: a seed or a projected photo."""
-        latent_id = _one(q, "latent")
-        if latent_id:
-            with self._state:
-                lat = self.latents.get(latent_id)
-                if lat is None:
-                    raise RequestError(HTTPStatus.NOT_FOUND, "that photo is no longer kept; upload it again")
-                return lat.ws.unsqueeze(0), ("latent", latent_id, lat.version)
-        seed = _int(q, "seed", 0, 0, MAX_SEED)
-        return latents.map_seeds(self.G, [seed], 1.0).cpu(), ("seed", seed)
-
-    def image(self, q: dict[str, list[str]]) -> bytes:
-        """/api/image: one edited image as PNG."""
-        self._check_pixels(1)
-        with self.lock:
-            ws, key = self._source(q)
-            edit, edit_key = self._edit(q)
-            cached = self._cached(key + edit_key)
-            if cached is not None:
-                return cached
-            ws = apply_edit(ws, self.G.mapping.w_avg, edit, self._by_name())
-            png = png_bytes(sampling.synthesize_w(self.G, ws)[0])
-        self._store(key + edit_key, png)
-        return png
-
-    def grid(self, q: dict[str, list[str]]) -> bytes:
-        """/api/grid: seeds start .. start + count - 1 at truncation psi, `cols` per row."""
-        cap = self.limits.grid_cap(self.G.img_resolution)
-        count = _int(q, "count", min(8, cap), 1, cap)
-        start = _int(q, "start", 0, 0, MAX_SEED - count + 1)
-        cols = _int(q, "cols", min(count, 4), 1, count)
-        psi = _float(q, "psi", 1.0, -1.0, 2.0)
-        key = ("grid", start, count, cols, psi)
-        cached = self._cached(key)
-        if cached is not None:
-            return cached
-        with self.lock:
-            imgs = sampling.generate_images(self.G, list(range(start, start + count)), psi)
-        png = png_bytes(np.asarray(sampling.image_grid(imgs, cols)))
-        self._store(key, png)
-        return png
-
-    def _check_pixels(self, count: int) -> None:
-        if count * self.G.img_resolution**2 > self.limits.max_pixels:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"{count} images at {self.G.img_resolution} px exceed "
-                               f"this server's limit of {self.limits.max_pixels} pixels per request")
-
-    def _by_name(self) -> dict[str, Direction]:
-        return {d.name: d for d in self.directions}
-
-    def _cached(self, key: tuple) -> bytes | None:
-        with self._state:
-            png = self._cache.get(key)
-            if png is not None:
-                self._cache.move_to_end(key)
-            return png
-
-    def _store(self, key: tuple, png: bytes) -> None:
-        with self._state:
-            self._cache[key] = png
-            while len(self._cache) > self.limits.cache_images:
-                self._cache.popitem(last=False)
-
-    # ---- projections --------------------------------------------------------------------------------
-
-    def submit(self, data: bytes, q: dict[str, list[str]]) -> dict[str, Any]:
-        """POST /api/project: check and crop the photo, queue its projection; {"job", "latent"}."""
-        lim = self.limits
-        steps = _int(q, "steps", min(lim.default_steps, lim.max_steps), 1, lim.max_steps)
-        space = _one(q, "space") or self.project_cfg.space
-        if space not in projection.SPACES:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"space={space!r}: use w or w+")
-        with self._state:
-            self._check_busy()   # before the work of cropping
-        rule = replace(self.rule, max_pixels=min(self.rule.max_pixels, self.limits.max_upload_pixels))
-        try:
-            with self.lock:   # the detector shares the CPU with the model
-                target, how = photos.photo_target(data, self.G.img_resolution, rule, self.detector,
-                                                  self.G.img_channels, name="upload")
-        except StageError as e:
-            raise RequestError(HTTPStatus.BAD_REQUEST, str(e).removeprefix("upload: ")) from e
-        job = Job(id=uuid.uuid4().hex[:12], steps=steps, space=space, crop=how)
-        buf = io.BytesIO()
-        target.convert("RGB").save(buf, format="PNG")
-        with self._state:
-            self._check_busy()   # again, with the insertion: two uploads may have been cropped at once
-            self.jobs[job.id] = job
-            self.latents[job.id] = Latent(ws=self.stats.mean.expand(self.G.num_ws, -1).clone(),
-                                          target_png=buf.getvalue(), space=space)
-            while len(self.latents) > self.limits.max_latents:
-                old, _ = self.latents.popitem(last=False)
-                self.jobs.pop(old, None)
-        self._queue.put((job, photos.to_tensor(target)))
-        log.info("projection %s queued: %s crop %s, %d steps in %s", job.id, how["mode"], how["crop"], steps,
-                 space.upper())
-        return {"job": job.id, "latent": job.id}
-
-    def _check_busy(self) -> None:
-        """RequestError when max_jobs projections are queued or running (call holding _state)."""
-        busy = sum(j.state in ("queued", "running") for j in self.jobs.values())
-        if busy >= self.limits.max_jobs:
-            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
-                               f"{busy} projections are running or queued; try again when one is done")
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        """/api/job: a projection's progress."""
-        with self._state:
-            job = self.jobs.get(job_id)
-            if job is None:
-                raise RequestError(HTTPStatus.NOT_FOUND, "no such projection (it may have been dropped)")
-            return {"id": job.id, "state": job.state, "step": job.step, "steps": job.steps,
-                    "space": job.space, "error": job.error, "errors": job.errors, "crop": job.crop,
-                    "seconds": round(job.seconds, 2)}
-
-    def latent(self, latent_id: str) -> Latent:
-        """A kept projected photo."""
-        with self._state:
-            lat = self.latents.get(latent_id)
-        if lat is None:
-            raise RequestError(HTTPStatus.NOT_FOUND, "that photo is no longer kept; upload it again")
-        return lat
-
-    def _work(self) -> None:
-        """The one projection worker: jobs run one at a time, in order."""
-        while True:
-            job, target = self._queue.get()
-            try:
-                self._run(job, target)
-            except Exception as e:   # a failed projection must not stop the worker
-                log.error("projection %s failed:\n%s", job.id, traceback.format_exc())
-                with self._state:
-                    job.state, job.error = "error", f"projection failed: {type(e).__name__}: {e}"
-            finally:
-                self._queue.task_done()
-
-    def _run(self, job: Job, target: torch.Tensor) -> None:
-        with self._state:
-            if job.id not in self.jobs:      # dropped while queued
-                return
-            job.state = "running"
-        t0 = time.perf_counter()
-
-        def on_step(step: int, ws: torch.Tensor) -> None:
-            with self._state:
-                job.step = step + 1
-                lat = self.latents.get(job.id)
-                if lat is not None:
-                    lat.ws, lat.version = ws[0], lat.version + 1
-
-        cfg = replace(self.project_cfg, steps=job.steps, space=job.space)
-        result = projection.project(self.G, target, self.D, cfg, self.lpips, on_step=on_step, lock=self.lock,
-                                    stats=self.stats)
-        with self._state:
-            lat = self.latents.get(job.id)
-            if lat is not None:
-                lat.ws, lat.version = result.ws[0], lat.version + 1
-            job.errors = {k: round(v, 6) for k, v in result.errors[0].items()}
-            job.seconds = time.perf_counter() - t0
-            job.state = "done"
-        log.info("projection %s done in %.1f s: mse %.5f", job.id, job.seconds, job.errors["mse"])
+def project_request(ex: Explorer, q: dict[str, list[str]]) -> dict[str, Any]:
+    """POST /api/project's query as Explorer.submit's arguments: steps (at most max_steps), space."""
+    lim = ex.limits
+    steps = _int(q, "steps", min(lim.default_steps, lim.max_steps), 1, lim.max_steps)
+    space = _one(q, "space") or ex.project_cfg.space
+    if space not in SPACES:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"space={space!r}: use w or w+")
+    return {"steps": steps, "space": space}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -609,6 +325,8 @@ class Handler(BaseHTTPRequestHandler):
             route(url.path, parse_qs(url.query, keep_blank_values=True))
         except RequestError as e:
             self._error(e.status, str(e))
+        except RefusedError as e:
+            self._error(REFUSED_STATUS[e.kind], str(e))
         except GONE:
             raise
         except Exception:
@@ -624,9 +342,9 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/api/info":
             self._json(ex.describe())
         elif path == "/api/image":
-            self._send(HTTPStatus.OK, ex.image(q), "image/png")
+            self._send(HTTPStatus.OK, ex.image(**image_request(ex, q)), "image/png")
         elif path == "/api/grid":
-            self._send(HTTPStatus.OK, ex.grid(q), "image/png")
+            self._send(HTTPStatus.OK, ex.grid(**grid_request(ex, q)), "image/png")
         elif path == "/api/job":
             self._json(ex.job(_one(q, "id") or ""))
         elif path == "/api/target":
@@ -649,8 +367,9 @@ class Handler(BaseHTTPRequestHandler):
         # server never grants, so other sites cannot make it work.
         if self.headers.get("X-Corgigan") != "1":
             raise RequestError(HTTPStatus.FORBIDDEN, "uploads come from the page (X-Corgigan header)")
-        data = self._read_body(self.server.explorer.limits.max_upload_bytes)
-        self._json(self.server.explorer.submit(data, q), HTTPStatus.ACCEPTED)
+        ex = self.server.explorer
+        data = self._read_body(ex.limits.max_upload_bytes)
+        self._json(ex.submit(data, **project_request(ex, q)), HTTPStatus.ACCEPTED)
 
     def _read_body(self, limit: int) -> bytes:
         """The request body, at most `limit` bytes; larger ones are refused before they are read. A body
@@ -708,22 +427,6 @@ def start(explorer: Explorer, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
         raise StageError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from e
     threading.Thread(target=server.serve_forever, name="corgigan-serve", daemon=True).start()
     return server
-
-
-def load_explorer(checkpoint: Path, device: str = "auto", directions: Path | None = None,
-                  detector: Path | None = None, detect_kwargs: dict[str, Any] | None = None,
-                  rule: photos.CropRule | None = None,
-                  lpips_files: tuple[Path, Path | None] | None = None,
-                  limits: Limits | None = None) -> Explorer:
-    """An Explorer for a snapshot (file or folder) or reference pickle, with its D for projections."""
-    dev = resolve_device(device)
-    G, D, info = sampling.load_with_discriminator(checkpoint, dev)
-    if D is None:
-        log.warning("%s has no discriminator: projections use the pixel loss only", checkpoint)
-    dirs = read_directions(directions, G.w_dim, G.num_ws) if directions else None
-    dogs = DogDetector.load(detector, **(detect_kwargs or {})) if detector else None
-    lpips = projection.LpipsVGG.from_files(*lpips_files).to(dev) if lpips_files else None
-    return Explorer(G, D, info, dirs, limits, rule, dogs, lpips)
 
 
 def main(explorer: Explorer, host: str, port: int) -> None:
