@@ -9,13 +9,16 @@ import torch
 
 from corgigan.stylegan2.configs import (
     CONFIG_NAMES,
+    NetworkSpec,
     TrainingConfig,
     build_networks,
     config_from_dict,
     config_to_dict,
     make_config,
+    network_spec,
 )
-from corgigan.stylegan2.networks import count_parameters
+from corgigan.stylegan2.networks import Discriminator, count_parameters
+from tests.helpers import tiny_config
 
 # name: (batch, batch_gpu on 1 GPU, mbstd, channel_base, lr, gamma, ema kimg, ema rampup, mapping layers)
 REFERENCE = {
@@ -186,3 +189,52 @@ def test_knobs_that_cannot_work_are_refused_with_the_knobs_name():
         make_config("demo", 64, knobs=Knobs(channel_max=0))
     with pytest.raises(ValueError, match="mapping_layers = 99 is outside"):
         make_config("demo", 64, knobs=Knobs(mapping_layers=99))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# build_networks: the one way from a spec to networks
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_build_networks_follows_the_spec_and_draws_g_then_d_from_the_global_generator():
+    cfg = tiny_config()
+    spec = network_spec(cfg, img_channels=1, c_dim=3)
+    torch.manual_seed(5)
+    G, D = build_networks(spec)
+    assert (G.img_channels, G.c_dim, G.img_resolution) == (1, 3, cfg.resolution)
+    assert (D.img_channels, D.c_dim) == (1, 3)
+    img = G(torch.randn(2, G.z_dim), torch.eye(3)[:2], noise_mode="const")
+    assert img.shape == (2, 1, 8, 8) and D(img, torch.eye(3)[:2]).shape == (2, 1)
+    # G first, then D, from the process's generator: a training run's first weights depend on that order.
+    torch.manual_seed(5)
+    G_only, none = build_networks(spec, with_D=False)
+    D_next = Discriminator(c_dim=3, img_resolution=cfg.resolution, img_channels=1, **cfg.D_kwargs)
+    assert none is None and _same_weights(G_only, G) and _same_weights(D_next, D)
+    # A TrainingConfig stands for its spec at 3 channels without labels.
+    torch.manual_seed(5)
+    a = build_networks(cfg)
+    torch.manual_seed(5)
+    b = build_networks(network_spec(cfg))
+    assert all(_same_weights(x, y) for x, y in zip(a, b)) and a[0].img_channels == 3
+
+
+def test_build_networks_keep_rng_leaves_the_process_generator_where_it_was():
+    spec = network_spec(tiny_config())
+    torch.manual_seed(7)
+    before = torch.random.get_rng_state()
+    kept = build_networks(spec, keep_rng=True)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    drawn = build_networks(spec)                 # the same draws, this time moving the generator
+    assert not torch.equal(torch.random.get_rng_state(), before)
+    assert all(_same_weights(x, y) for x, y in zip(kept, drawn))
+
+
+def test_a_spec_without_d_builds_only_g():
+    cfg = tiny_config()
+    spec = NetworkSpec(cfg.resolution, 3, 0, cfg.G_kwargs, None)
+    G, D = build_networks(spec)
+    assert D is None and G.img_resolution == cfg.resolution

@@ -148,8 +148,8 @@ def test_pytorch_pickle_converts_to_the_networks_it_holds(tmp_path, case):
     assert_same_state(imp.G, G.state_dict())
     assert_same_state(imp.G_ema, G_ema.state_dict())
     assert_same_state(imp.D, D.state_dict())
-    assert imp.networks.G_kwargs["synthesis_kwargs"] == dict(SYN, **kw.get("syn", {}))
-    assert imp.networks.D_kwargs["architecture"] == kw.get("architecture", "resnet")
+    assert imp.spec.G_kwargs["synthesis_kwargs"] == dict(SYN, **kw.get("syn", {}))
+    assert imp.spec.D_kwargs["architecture"] == kw.get("architecture", "resnet")
     # Same z, truncation and constant noise: the same images, bit for bit.
     G_pkl, info = load_generator(path)
     assert info["kimg"] == 120 and info["label_dim"] == kw.get("c_dim", 0)
@@ -256,7 +256,7 @@ def test_impossible_stored_sizes_are_one_line_errors_before_any_network_is_built
     else:
         G_static, _ = tf_static(**{key: value})
         path = pw.write(tmp_path / "impossible.pkl", pw.tf_generator(G_ema, "Gs", G_static))
-    monkeypatch.setattr(importer, "build_networks", _forbid_building)
+    monkeypatch.setattr(configs, "build_networks", _forbid_building)
     with caplog.at_level(logging.ERROR):
         assert cli.main(["generate", "--checkpoint", str(path), "--out", str(tmp_path / "out"),
                          "--seeds", "0", "--device", "cpu"]) == 2
@@ -558,6 +558,15 @@ KW = dict(seed=3, augment="ada", augment_p=0.0, ada_target=0.6, mirror=False, wo
           require_cuda_ops=False, allow_other_data=False)
 
 
+def config_reference_kwargs(cfg: configs.TrainingConfig) -> tuple[dict, dict]:
+    """The reference init kwargs (G, D) that describe `cfg`'s networks."""
+    G_ref = {k: cfg.G_kwargs[k] for k in ("mapping_kwargs", "synthesis_kwargs")}
+    d = cfg.D_kwargs
+    D_ref = {k: d[k] for k in ("channel_base", "channel_max", "num_fp16_res", "conv_clamp", "architecture")}
+    D_ref["epilogue_kwargs"] = {"mbstd_group_size": d["mbstd_group_size"]}
+    return G_ref, D_ref
+
+
 def tiny_pickle(tmp_path: Path, kind: str, cfg: configs.TrainingConfig | None = None,
                 name: str = "pretrained.pkl") -> tuple[Path, Generator, Discriminator]:
     """A pickle of `cfg`'s networks (tiny_config by default) with random weights."""
@@ -567,12 +576,7 @@ def tiny_pickle(tmp_path: Path, kind: str, cfg: configs.TrainingConfig | None = 
     G, D = pw.randomise(G, 12), pw.randomise(D, 13)
     syn = cfg.G_kwargs["synthesis_kwargs"]
     if kind == "pytorch":
-        G_ref = {"mapping_kwargs": cfg.G_kwargs["mapping_kwargs"], "synthesis_kwargs": syn}
-        d = cfg.D_kwargs
-        keys = ("channel_base", "channel_max", "num_fp16_res", "conv_clamp", "architecture")
-        D_ref = {k: d[k] for k in keys}
-        D_ref["epilogue_kwargs"] = {"mbstd_group_size": d["mbstd_group_size"]}
-        path = pw.pytorch_pickle(tmp_path / name, G, D, copy.deepcopy(G), G_ref, D_ref)
+        path = pw.pytorch_pickle(tmp_path / name, G, D, copy.deepcopy(G), *config_reference_kwargs(cfg))
     else:
         common = {"resolution": cfg.resolution, "num_channels": 3, "label_size": 0,
                   "fmap_base": syn["channel_base"] // 2, "fmap_max": syn["channel_max"]}
@@ -662,13 +666,13 @@ def test_sizes_each_in_range_that_describe_a_huge_network_are_refused_before_it_
     ref._init_kwargs["synthesis_kwargs"]["channel_base"] = 1 << 20
     ref._init_kwargs["synthesis_kwargs"]["channel_max"] = 4096
     path = pw.write(tmp_path / "huge.pkl", {"G_ema": ref})
-    real_build = importer.build_networks
+    real_build = configs.build_networks
 
     def build_on_meta_only(*args, **kwargs):
         assert torch.empty(0).device.type == "meta", "the huge network was built for real"
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(importer, "build_networks", build_on_meta_only)
+    monkeypatch.setattr(configs, "build_networks", build_on_meta_only)
     with caplog.at_level(logging.ERROR):
         assert cli.main(["generate", "--checkpoint", str(path), "--out", str(tmp_path / "out"),
                          "--seeds", "0", "--device", "cpu"]) == 2

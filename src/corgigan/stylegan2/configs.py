@@ -3,14 +3,21 @@ a tiny CPU "demo".
 
 A preset is plain code that fills one frozen TrainingConfig; snapshots store it as plain data
 (config_to_dict) and rebuild the networks from it (config_from_dict + build_networks).
+
+A NetworkSpec is what fixes a pair of networks (image format and the Generator/Discriminator keywords),
+whatever it came from: a training config (network_spec), a snapshot, or a reference pickle's stored
+settings. build_networks(spec) is the one way every caller turns one into networks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from corgigan.stylegan2.networks import Discriminator, Generator
 
@@ -292,13 +299,41 @@ def _knob(value: Any, preset: Any) -> Any:
     return preset if value is None else value
 
 
-def build_networks(cfg: TrainingConfig, img_channels: int = 3,
-                   c_dim: int = 0) -> tuple[Generator, Discriminator]:
-    """Construct (G, D) for `cfg` on the CPU, initialised from torch's global generator."""
-    G_kwargs = copy.deepcopy(cfg.G_kwargs)
-    G = Generator(c_dim=c_dim, img_resolution=cfg.resolution, img_channels=img_channels, **G_kwargs)
-    D = Discriminator(c_dim=c_dim, img_resolution=cfg.resolution, img_channels=img_channels,
-                      **copy.deepcopy(cfg.D_kwargs))
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What fixes a pair of networks: image format and our Generator/Discriminator keywords."""
+
+    resolution: int                # image side
+    img_channels: int              # 3 for RGB
+    c_dim: int                     # label dimensions; 0: unconditional
+    G_kwargs: dict                 # Generator keywords except c_dim, img_resolution, img_channels
+    D_kwargs: dict | None          # Discriminator keywords likewise; None: no D (a generator-only file)
+
+
+def network_spec(cfg: TrainingConfig, img_channels: int = 3, c_dim: int = 0) -> NetworkSpec:
+    """The networks of `cfg` for images of `img_channels` channels and `c_dim` label dimensions."""
+    return NetworkSpec(cfg.resolution, img_channels, c_dim, cfg.G_kwargs, cfg.D_kwargs)
+
+
+def build_networks(spec: NetworkSpec | TrainingConfig, with_D: bool = True,
+                   keep_rng: bool = False) -> tuple[Generator, Discriminator | None]:
+    """Construct (G, D) for `spec` on the current default device (the CPU unless a `torch.device` context
+    says otherwise); D is None when not asked for or when the spec has none. A TrainingConfig stands for
+    network_spec(cfg): 3 channels, no labels.
+
+    Initial values are drawn from torch's global generator, G first, then D: a training run's first
+    weights, and so its snapshots' bytes, depend on that order. `keep_rng` draws them from a forked
+    generator instead, leaving the process's where it was: for networks about to be overwritten with
+    stored weights (loading, importing, converting), whose throwaway draws must not shift what follows.
+    """
+    if isinstance(spec, TrainingConfig):
+        spec = network_spec(spec)
+    common = {"c_dim": spec.c_dim, "img_resolution": spec.resolution, "img_channels": spec.img_channels}
+    with torch.random.fork_rng(devices=[]) if keep_rng else contextlib.nullcontext():
+        G = Generator(**common, **copy.deepcopy(spec.G_kwargs))
+        D = None
+        if with_D and spec.D_kwargs is not None:
+            D = Discriminator(**common, **copy.deepcopy(spec.D_kwargs))
     return G, D
 
 

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from corgigan.stylegan2 import configs
-from corgigan.stylegan2.networks import Discriminator, Generator, channels_per_resolution
+from corgigan.stylegan2.configs import NetworkSpec
+from corgigan.stylegan2.networks import channels_per_resolution
 from corgigan.stylegan2.ops.upfirdn2d import setup_filter
 from corgigan.stylegan2.pickles import (
     PersistentObject,
@@ -59,7 +60,7 @@ from corgigan.stylegan2.snapshot import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Imported", "Networks", "PickleError", "check_transfer", "convert", "import_pickle", "is_imported",
+__all__ = ["Imported", "PickleError", "check_transfer", "convert", "import_pickle", "is_imported",
            "is_pickle", "snapshot_networks", "snapshot_state", "transfer_state"]
 
 RESAMPLE_FILTER = [1, 3, 3, 1]
@@ -68,24 +69,13 @@ _SNAPSHOT_KIMG = re.compile(r"network-snapshot-(\d+)\.pkl$")
 _PRESET_ORDER = ("paper256", "paper512", "paper1024", "stylegan2", "cifar", "auto", "demo")
 
 
-@dataclass(frozen=True)
-class Networks:
-    """What fixes a pair of networks: image format and our Generator/Discriminator keywords."""
-
-    resolution: int
-    img_channels: int
-    c_dim: int
-    G_kwargs: dict                 # Generator keywords except c_dim, img_resolution, img_channels
-    D_kwargs: dict | None          # Discriminator keywords likewise; None when the file has no D
-
-
 @dataclass
 class Imported:
     """The networks of one reference pickle as our state dicts (None where the file has no such net)."""
 
     path: Path
     kind: str                      # "pytorch" | "tensorflow"
-    networks: Networks
+    spec: NetworkSpec              # the networks its stored settings describe
     G_ema: dict[str, torch.Tensor]
     G: dict[str, torch.Tensor] | None
     D: dict[str, torch.Tensor] | None
@@ -537,22 +527,7 @@ def _tf_discriminator_tensors(net: TFNetwork, resolution: int, c_dim: int, archi
 # Building and checking our networks
 
 
-def build_networks(nets: Networks, with_D: bool = True) -> tuple[Generator, Discriminator | None]:
-    """Our (G, D) for `nets` on the CPU (D None when not asked for or absent), to be loaded with weights.
-
-    Their random initial values come from a forked generator: importing a model leaves the process's
-    torch generator where it was.
-    """
-    common = {"c_dim": nets.c_dim, "img_resolution": nets.resolution, "img_channels": nets.img_channels}
-    with torch.random.fork_rng(devices=[]):
-        G = Generator(**common, **copy.deepcopy(nets.G_kwargs))
-        D = None
-        if with_D and nets.D_kwargs is not None:
-            D = Discriminator(**common, **copy.deepcopy(nets.D_kwargs))
-    return G, D
-
-
-def _check_size_fits_file(nets: Networks, nets_in: dict[str, Any], path: Path) -> None:
+def _check_size_fits_file(spec: NetworkSpec, nets_in: dict[str, Any], path: Path) -> None:
     """Refuse settings that describe networks far larger than the file's weights could fill.
 
     Each stored size may be in range while together they describe a network of billions of numbers: the
@@ -560,7 +535,7 @@ def _check_size_fits_file(nets: Networks, nets_in: dict[str, Any], path: Path) -
     this size may make us allocate, before they are built for real.
     """
     with torch.device("meta"):
-        G, D = build_networks(nets, with_D="D" in nets_in)
+        G, D = configs.build_networks(spec, with_D="D" in nets_in, keep_rng=True)
     per_G = sum(t.numel() * t.element_size() for t in (*G.parameters(), *G.buffers()))
     per_D = 0 if D is None else sum(t.numel() * t.element_size() for t in (*D.parameters(), *D.buffers()))
     need = per_G * sum(key != "D" for key in nets_in) + per_D
@@ -596,11 +571,6 @@ def _kimg_from_name(path: Path) -> float | None:
 def import_pickle(path: str | Path, with_training_nets: bool = True) -> Imported:
     """Read a reference pickle and convert its networks into our state dicts (G_ema always; G and D when
     `with_training_nets`). Raises PickleError (a SnapshotError) saying what does not fit."""
-    return _import(path, with_training_nets)[0]
-
-
-def _import(path: str | Path, with_training_nets: bool) -> tuple[Imported, Generator]:
-    """import_pickle, plus our Generator loaded with G_ema (built anyway to check the weights fit)."""
     path = Path(path)
     ref: ReferencePickle = load_reference_pickle(path)
     if ref.kind == "pytorch":
@@ -611,18 +581,20 @@ def _import(path: str | Path, with_training_nets: bool) -> tuple[Imported, Gener
     nets_in = {}
     if with_training_nets:
         nets_in.update({k: v for k, v in (("G", ref.G), ("D", ref.D)) if v is not None})
-    nets_in["G_ema"] = ref.G_ema   # last: the generator built below ends up holding G_ema
+    nets_in["G_ema"] = ref.G_ema
     specs = []
     for key, obj in nets_in.items():
         where = f"{path} {names[key]}"
         specs.append((key, (disc_spec if key == "D" else gen_spec)(obj, where)))
     resolution, img_channels, c_dim = _same_spec(specs, str(path))
-    spec = dict(specs)
-    if "G" in spec and spec["G"][3] != spec["G_ema"][3]:
+    kwargs = {key: found[3] for key, found in specs}      # each network's keywords
+    if "G" in kwargs and kwargs["G"] != kwargs["G_ema"]:
         raise PickleError(f"{path}: G and G_ema have different settings")
-    nets = Networks(resolution, img_channels, c_dim, spec["G_ema"][3], spec["D"][3] if "D" in spec else None)
+    nets = NetworkSpec(resolution, img_channels, c_dim, kwargs["G_ema"], kwargs.get("D"))
     _check_size_fits_file(nets, nets_in, path)
-    G_net, D_net = build_networks(nets, with_D="D" in nets_in)
+    # Built only to check that the weights fit and to give them our names: a throwaway draw, off the
+    # process's generator.
+    G_net, D_net = configs.build_networks(nets, with_D="D" in nets_in, keep_rng=True)
     states: dict[str, dict[str, torch.Tensor]] = {}
     for key, obj in nets_in.items():
         where = f"{path} {names[key]}"
@@ -645,35 +617,34 @@ def _import(path: str | Path, with_training_nets: bool) -> tuple[Imported, Gener
                 ref_tensors = _tf_generator_tensors(obj, resolution, c_dim, num_layers, where)
             ours = {_ours_gen(n, where): n for n in ref_tensors}
             states[key] = _fit(G_net, _from_reference(ref_tensors, ours, where), where)
-    imp = Imported(path=path, kind=ref.kind, networks=nets, G_ema=states["G_ema"], G=states.get("G"),
-                   D=states.get("D"), kimg=_kimg_from_name(path))
-    return imp, G_net
+    return Imported(path=path, kind=ref.kind, spec=nets, G_ema=states["G_ema"], G=states.get("G"),
+                    D=states.get("D"), kimg=_kimg_from_name(path))
 
 
 # ----------------------------------------------------------------------------------------------------
 # Transfer learning
 
 
-def weight_layout(nets: Networks) -> dict[str, Any]:
+def weight_layout(spec: NetworkSpec) -> dict[str, Any]:
     """What a config must share with a model to take its weights: the settings that fix the weights'
     shapes, and the mapping layers' learning-rate multipliers, which scale what the stored values mean."""
-    syn, mapping = nets.G_kwargs.get("synthesis_kwargs", {}), nets.G_kwargs.get("mapping_kwargs", {})
-    res_list = [2**i for i in range(2, int(math.log2(nets.resolution)) + 1)]
+    syn, mapping = spec.G_kwargs.get("synthesis_kwargs", {}), spec.G_kwargs.get("mapping_kwargs", {})
+    res_list = [2**i for i in range(2, int(math.log2(spec.resolution)) + 1)]
     layout: dict[str, Any] = {
-        "resolution": nets.resolution, "img_channels": nets.img_channels, "c_dim": nets.c_dim,
-        "z_dim": nets.G_kwargs.get("z_dim"), "w_dim": nets.G_kwargs.get("w_dim"),
+        "resolution": spec.resolution, "img_channels": spec.img_channels, "c_dim": spec.c_dim,
+        "z_dim": spec.G_kwargs.get("z_dim"), "w_dim": spec.G_kwargs.get("w_dim"),
         "mapping_layers": mapping.get("num_layers", 8),
         "mapping_lr_multiplier": mapping.get("lr_multiplier", 0.01),
         "G_channels": _by_res(channels_per_resolution(syn.get("channel_base", 32768),
                                                       syn.get("channel_max", 512), res_list)),
     }
-    if nets.D_kwargs is not None:
-        d = nets.D_kwargs
+    if spec.D_kwargs is not None:
+        d = spec.D_kwargs
         layout["D_channels"] = _by_res(channels_per_resolution(d.get("channel_base", 32768),
                                                                d.get("channel_max", 512), res_list))
         layout["D_architecture"] = d.get("architecture", "resnet")
         layout["D_mbstd_num_channels"] = d.get("mbstd_num_channels", 1)
-        if nets.c_dim:
+        if spec.c_dim:
             layout["D_mapping_layers"] = d.get("mapping_kwargs", {}).get("num_layers", 8)
             layout["D_mapping_lr_multiplier"] = d.get("mapping_kwargs", {}).get("lr_multiplier", 0.01)
     return layout
@@ -683,37 +654,38 @@ def _by_res(channels: dict[int, int]) -> str:
     return " ".join(f"{r}:{c}" for r, c in sorted(channels.items()))
 
 
-def check_transfer(nets: Networks, config: dict[str, Any], data: dict[str, Any] | None, source: str) -> None:
-    """Raise SnapshotError unless networks `nets` can start a run of `config` on the dataset `data`
+def check_transfer(spec: NetworkSpec, config: dict[str, Any], data: dict[str, Any] | None,
+                   source: str) -> None:
+    """Raise SnapshotError unless networks `spec` can start a run of `config` on the dataset `data`
     ({"resolution", "num_channels", "label_dim"}; None: check against the config only)."""
     resolution = data["resolution"] if data else config["resolution"]
     problems = []
-    if nets.resolution != resolution:
-        problems.append(f"its networks make {nets.resolution}-px images, the dataset has {resolution}-px "
+    if spec.resolution != resolution:
+        problems.append(f"its networks make {spec.resolution}-px images, the dataset has {resolution}-px "
                         "images")
-    if data and nets.img_channels != data["num_channels"]:
-        problems.append(f"its images have {nets.img_channels} channels, the dataset's {data['num_channels']}")
-    if data and nets.c_dim != data["label_dim"]:
-        problems.append(f"it takes {nets.c_dim} label dimensions, the dataset has {data['label_dim']}")
+    if data and spec.img_channels != data["num_channels"]:
+        problems.append(f"its images have {spec.img_channels} channels, the dataset's {data['num_channels']}")
+    if data and spec.c_dim != data["label_dim"]:
+        problems.append(f"it takes {spec.c_dim} label dimensions, the dataset has {data['label_dim']}")
     if problems:
         raise SnapshotError(f"resume_from {source}: cannot fine-tune it on this dataset: "
                             + "; ".join(problems) + " (build the dataset at the model's resolution and "
                             "channels, or start from another model)")
-    if nets.D_kwargs is None:
+    if spec.D_kwargs is None:
         raise SnapshotError(f"resume_from {source}: the file holds only a generator; transfer learning needs "
                             "its discriminator too (a training pickle with G, D, G_ema or a TensorFlow "
                             "(G, D, Gs))")
-    ours = Networks(config["resolution"], data["num_channels"] if data else nets.img_channels,
-                    data["label_dim"] if data else nets.c_dim, config["G_kwargs"], config["D_kwargs"])
-    diffs = differences(weight_layout(nets), weight_layout(ours), "")
+    ours = NetworkSpec(config["resolution"], data["num_channels"] if data else spec.img_channels,
+                       data["label_dim"] if data else spec.c_dim, config["G_kwargs"], config["D_kwargs"])
+    diffs = differences(weight_layout(spec), weight_layout(ours), "")
     if diffs:
         raise SnapshotError(
             f"resume_from {source}: its networks do not fit those of train.config {config.get('name')!r} "
             f"(model vs config): " + "; ".join(d.replace("snapshot ", "model ") for d in diffs)
             + ". Choose the config the model was trained with (the reference's stylegan2, paper256, paper512 "
             "and paper1024 presets have 512-d latents and 8 mapping layers)")
-    others = (differences(nets.G_kwargs, config["G_kwargs"], "G_kwargs.")
-              + differences(nets.D_kwargs, config["D_kwargs"], "D_kwargs."))
+    others = (differences(spec.G_kwargs, config["G_kwargs"], "G_kwargs.")
+              + differences(spec.D_kwargs, config["D_kwargs"], "D_kwargs."))
     if others:
         log.info("fine-tuning %s with config %s's settings where they differ (no weight changes shape): %s",
                  source, config.get("name"), "; ".join(d.replace("snapshot ", "model ") for d in others))
@@ -722,7 +694,7 @@ def check_transfer(nets: Networks, config: dict[str, Any], data: dict[str, Any] 
 def transfer_state(path: str | Path, config: dict[str, Any], data: dict[str, Any] | None) -> dict[str, Any]:
     """{"G", "D", "G_ema"} state dicts of a reference pickle, checked to fit `config` and the dataset."""
     imp = import_pickle(path)
-    check_transfer(imp.networks, config, data, str(path))
+    check_transfer(imp.spec, config, data, str(path))
     if imp.G is None:
         log.warning("%s holds no training G: starting it from G_ema", path)
     return {"G": imp.G if imp.G is not None else imp.G_ema, "D": imp.D, "G_ema": imp.G_ema}
@@ -734,11 +706,11 @@ def is_imported(state: dict[str, Any]) -> bool:
     return isinstance(run, dict) and bool(run.get("imported_from"))
 
 
-def snapshot_networks(state: dict[str, Any]) -> Networks:
+def snapshot_networks(state: dict[str, Any]) -> NetworkSpec:
     """The networks of a snapshot (as its config and dataset record them)."""
     cfg, data = state["config"], state["dataset"]
-    return Networks(int(cfg["resolution"]), int(data["num_channels"]), int(data["label_dim"]),
-                    cfg["G_kwargs"], cfg["D_kwargs"])
+    return NetworkSpec(int(cfg["resolution"]), int(data["num_channels"]), int(data["label_dim"]),
+                       cfg["G_kwargs"], cfg["D_kwargs"])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -748,7 +720,7 @@ def snapshot_networks(state: dict[str, Any]) -> Networks:
 def _config_for(imp: Imported, config_name: str | None) -> configs.TrainingConfig:
     """The config a converted snapshot carries: the named preset (whose networks must take the weights), or
     the first preset with exactly the pickle's networks, or auto's settings with the pickle's networks."""
-    nets = imp.networks
+    nets = imp.spec
     assert nets.D_kwargs is not None
     if config_name:
         try:
@@ -792,10 +764,11 @@ def snapshot_state(imp: Imported, config_name: str | None = None) -> dict[str, A
                             "needs the discriminator too. Generate from the .pkl directly instead")
     cfg = _config_for(imp, config_name)
     cfg_dict = configs.config_to_dict(cfg)
-    nets = imp.networks
-    ours = Networks(nets.resolution, nets.img_channels, nets.c_dim, cfg.G_kwargs, cfg.D_kwargs)
+    nets = imp.spec
+    ours = configs.network_spec(cfg, nets.img_channels, nets.c_dim)
     with _seeded_generators():
-        G, D = build_networks(ours)
+        # Forked: the stored generator states are the seeded ones, not moved by this throwaway build.
+        G, D = configs.build_networks(ours, keep_rng=True)
         assert D is not None
         G_state = _fit(G, imp.G if imp.G is not None else imp.G_ema, f"{imp.path} G")
         G_ema_state = _fit(G, imp.G_ema, f"{imp.path} G_ema")
@@ -825,6 +798,6 @@ def convert(path: str | Path, out: str | Path, config_name: str | None = None) -
     state = snapshot_state(imp, config_name)
     out = Path(out)
     save_snapshot(out, state)
-    log.info("%s (%s pickle, %d px) -> %s (config %s)", path, imp.kind, imp.networks.resolution, out,
+    log.info("%s (%s pickle, %d px) -> %s (config %s)", path, imp.kind, imp.spec.resolution, out,
              state["config"]["name"])
     return out

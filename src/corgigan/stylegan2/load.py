@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from corgigan.stylegan2 import importer
-from corgigan.stylegan2.importer import Networks
+from corgigan.stylegan2 import configs, importer
+from corgigan.stylegan2.configs import NetworkSpec
 from corgigan.stylegan2.snapshot import SnapshotError, latest_snapshot, load_snapshot
 
 NETS = ("G_ema", "G", "D")
@@ -29,11 +29,17 @@ class Loaded:
 
     path: Path                            # the file read (for a folder: its newest snapshot-*.pt)
     source: str                           # snapshot | converted snapshot | pytorch pickle | tensorflow pickle
-    networks: Networks                    # image format and network keywords, enough to rebuild them
+    spec: NetworkSpec                     # image format and network keywords, enough to rebuild them
     states: dict[str, dict[str, torch.Tensor]]  # "G_ema" always; "G", "D" when asked for and in the file
     info: dict[str, Any]                  # path, config, nimg, kimg, dataset_hash, resolution, num_channels,
                                           # label_dim (+ format for a pickle): what pictures and logs print
     snapshot: dict[str, Any] | None       # the whole snapshot (resume and transfer need it); None: a pickle
+
+    @property
+    def from_elsewhere(self) -> bool:
+        """A model trained outside corgigan: a reference pickle, or a snapshot `corgigan convert` made of one.
+        Its dataset is unknown, so transfer learning checks its image format and weight shapes instead."""
+        return self.snapshot is None or importer.is_imported(self.snapshot)
 
 
 def resolve(path: str | Path) -> Path:
@@ -55,7 +61,7 @@ def load_networks(path: str | Path, training_nets: bool = False) -> Loaded:
     if importer.is_pickle(path):
         imp = importer.import_pickle(path, with_training_nets=training_nets)
         kimg = imp.kimg if imp.kimg is not None else 0.0
-        n = imp.networks
+        n = imp.spec
         states = {k: v for k, v in (("G_ema", imp.G_ema), ("G", imp.G), ("D", imp.D)) if v is not None}
         info = {"path": imp.path, "config": None, "nimg": int(kimg * 1000), "kimg": kimg, "dataset_hash": "",
                 "resolution": n.resolution, "num_channels": n.img_channels, "label_dim": n.c_dim,
@@ -63,15 +69,15 @@ def load_networks(path: str | Path, training_nets: bool = False) -> Loaded:
         return Loaded(path, f"{imp.kind} pickle", n, states, info, None)
     state = load_snapshot(path, map_location="cpu")
     cfg, data = state["config"], state["dataset"]
-    networks = Networks(int(cfg["resolution"]), int(data["num_channels"]), int(data["label_dim"]),
-                        cfg["G_kwargs"], cfg["D_kwargs"])
+    spec = NetworkSpec(int(cfg["resolution"]), int(data["num_channels"]), int(data["label_dim"]),
+                       cfg["G_kwargs"], cfg["D_kwargs"])
     states = {k: state[k] for k in (NETS if training_nets else NETS[:1])}
     nimg = int(state["progress"]["nimg"])
     info = {"path": path, "config": cfg, "nimg": nimg, "kimg": nimg / 1000, "dataset_hash": data["hash"],
             "resolution": data["resolution"], "num_channels": data["num_channels"],
             "label_dim": data["label_dim"]}
     source = "converted snapshot" if importer.is_imported(state) else "snapshot"
-    return Loaded(path, source, networks, states, info, state)
+    return Loaded(path, source, spec, states, info, state)
 
 
 def build(loaded: Loaded, net: str = "G_ema", device: str | torch.device = "cpu") -> torch.nn.Module | None:
@@ -83,7 +89,7 @@ def build(loaded: Loaded, net: str = "G_ema", device: str | torch.device = "cpu"
     state = loaded.states.get(net)
     if state is None:
         return None
-    G, D = importer.build_networks(loaded.networks, with_D=net == "D")
+    G, D = configs.build_networks(loaded.spec, with_D=net == "D", keep_rng=True)
     module = D if net == "D" else G
     assert module is not None
     try:

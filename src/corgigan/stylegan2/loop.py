@@ -382,7 +382,8 @@ class _Trainer:
         torch.manual_seed(init_seed)
         np.random.seed(init_seed % 2**32)
         random.seed(init_seed)
-        G, D = configs.build_networks(cfg, img_channels=dataset.num_channels, c_dim=dataset.label_dim)
+        G, D = configs.build_networks(configs.network_spec(cfg, dataset.num_channels, dataset.label_dim))
+        assert D is not None    # a config's spec always has a D
         self.G = G.to(device).train().requires_grad_(False)
         self.D = D.to(device).train().requires_grad_(False)
         self.G_ema = copy.deepcopy(self.G).eval()
