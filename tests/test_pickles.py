@@ -32,7 +32,7 @@ from corgigan.params import EvaluateParams
 from corgigan.stages import evaluate
 from corgigan.stylegan2 import configs, importer, pickles
 from corgigan.stylegan2.load import build, load_networks
-from corgigan.stylegan2.loop import TrainingError, frozen_d_parameters, training_loop
+from corgigan.stylegan2.loop import TrainingError, decide_start, frozen_d_parameters, training_loop
 from corgigan.stylegan2.networks import Discriminator, Generator
 from corgigan.stylegan2.snapshot import SnapshotError, load_snapshot
 from tests import pickle_writer as pw
@@ -638,6 +638,24 @@ def test_transfer_from_a_pickle_that_does_not_fit_says_why(tmp_path, data8):
     with pytest.raises(SnapshotError, match="holds only a generator"):
         training_loop(data8, tmp_path / "c", tiny_config(), kimg=0.004, snapshot_kimg=0.004,
                       resume_from=str(gs), **KW)
+
+
+def test_transfer_from_a_pickle_without_training_g_starts_g_from_g_ema(tmp_path, caplog):
+    cfg = tiny_config()
+    torch.manual_seed(11)
+    G, D = configs.build_networks(cfg)
+    G_ema, D = pw.randomise(G, 12), pw.randomise(D, 13)
+    G_ref, D_ref = config_reference_kwargs(cfg)
+    path = pw.write(tmp_path / "no-g.pkl", {"G_ema": pw.reference_generator(G_ema, **G_ref),
+                                            "D": pw.reference_discriminator(D, **D_ref)})
+    with caplog.at_level(logging.WARNING):
+        start = decide_start(tmp_path / "run", configs.config_to_dict(cfg), {"seed": 0}, "a" * 64, str(path),
+                             False, data={"resolution": 8, "num_channels": 3, "label_dim": 0})
+    assert start.mode == "transfer" and list(start.state) == ["G", "D", "G_ema"]   # what Trainer.load reads
+    assert_same_state(start.state["G"], G_ema.state_dict())
+    assert_same_state(start.state["G_ema"], G_ema.state_dict())
+    assert_same_state(start.state["D"], D.state_dict())
+    assert f"{path} holds no training G: starting it from G_ema" in caplog.text
 
 
 def test_freeze_d_counts_layers_as_the_reference_does():

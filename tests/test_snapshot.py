@@ -216,3 +216,14 @@ def test_resume_from_rules(tmp_path):
     wider = dataclasses.replace(tiny_config(), G_kwargs={**tiny_config().G_kwargs, "z_dim": 32})
     with pytest.raises(SnapshotError, match="another network config.*z_dim"):
         _start(run_dir, cfg=wider, resume_from=src, allow=True)
+
+
+def test_resume_from_a_file_the_loader_refuses_names_the_setting(tmp_path):
+    run_dir = tmp_path / "run"
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(SnapshotError, match=r"^resume_from \S+nothing: no snapshot-\*\.pt in this folder"):
+        _start(run_dir, resume_from=tmp_path / "nothing")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(SnapshotError, match=r"^resume_from \S+empty\.pt: not a corgigan snapshot"):
+        _start(run_dir, resume_from=empty)

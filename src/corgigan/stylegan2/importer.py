@@ -61,7 +61,7 @@ from corgigan.stylegan2.snapshot import (
 log = logging.getLogger(__name__)
 
 __all__ = ["Imported", "PickleError", "check_transfer", "convert", "import_pickle", "is_imported",
-           "is_pickle", "snapshot_networks", "snapshot_state", "transfer_state"]
+           "is_pickle", "snapshot_state"]
 
 RESAMPLE_FILTER = [1, 3, 3, 1]
 _SNAPSHOT_KIMG = re.compile(r"network-snapshot-(\d+)\.pkl$")
@@ -691,26 +691,10 @@ def check_transfer(spec: NetworkSpec, config: dict[str, Any], data: dict[str, An
                  source, config.get("name"), "; ".join(d.replace("snapshot ", "model ") for d in others))
 
 
-def transfer_state(path: str | Path, config: dict[str, Any], data: dict[str, Any] | None) -> dict[str, Any]:
-    """{"G", "D", "G_ema"} state dicts of a reference pickle, checked to fit `config` and the dataset."""
-    imp = import_pickle(path)
-    check_transfer(imp.spec, config, data, str(path))
-    if imp.G is None:
-        log.warning("%s holds no training G: starting it from G_ema", path)
-    return {"G": imp.G if imp.G is not None else imp.G_ema, "D": imp.D, "G_ema": imp.G_ema}
-
-
 def is_imported(state: dict[str, Any]) -> bool:
     """True for a snapshot that `corgigan convert` wrote from a reference pickle."""
     run = state.get("run")
     return isinstance(run, dict) and bool(run.get("imported_from"))
-
-
-def snapshot_networks(state: dict[str, Any]) -> NetworkSpec:
-    """The networks of a snapshot (as its config and dataset record them)."""
-    cfg, data = state["config"], state["dataset"]
-    return NetworkSpec(int(cfg["resolution"]), int(data["num_channels"]), int(data["label_dim"]),
-                       cfg["G_kwargs"], cfg["D_kwargs"])
 
 
 # ----------------------------------------------------------------------------------------------------

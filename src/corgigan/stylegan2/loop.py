@@ -41,11 +41,13 @@ import torch
 from PIL import Image
 
 from corgigan.stylegan2 import augment as augment_mod
-from corgigan.stylegan2 import configs, distributed, importer
+from corgigan.stylegan2 import configs, distributed
 from corgigan.stylegan2.atomic import atomic_path, remove_stale_temps
 from corgigan.stylegan2.data import StreamSampler, ZipDataset, make_loader, same_dataset
 from corgigan.stylegan2.devices import resolve_device
 from corgigan.stylegan2.grid import tile
+from corgigan.stylegan2.importer import check_transfer
+from corgigan.stylegan2.load import load_networks
 from corgigan.stylegan2.loss import StyleGAN2Loss, sample_latents, seeded
 from corgigan.stylegan2.ops import build as ops_build
 from corgigan.stylegan2.snapshot import (
@@ -332,21 +334,25 @@ def decide_start(run_dir: Path, config: dict[str, Any], run: dict[str, Any], dat
         if not path.exists():
             raise SnapshotError(f"resume_from {path}: no such snapshot (set train.resume_from to an existing "
                                 "snapshot file or folder, or to \"\")")
-        if importer.is_pickle(path) and path.is_file():
-            # A reference StyleGAN2(-ADA) pickle: fine-tuning a model trained elsewhere is the point, so its
-            # dataset is not compared; its image format and weight shapes must fit this run.
-            return Start("transfer", importer.transfer_state(path, config, data),
-                         f"weights of the reference pickle {path}; {reason}", stale)
-        if path.is_dir():
-            found = latest_snapshot(path)
-            if found is None:
-                raise SnapshotError(f"resume_from {path}: the folder holds no snapshot-*.pt")
-            path = found
-        state = load_snapshot(path)
-        if importer.is_imported(state):   # written by `corgigan convert`: the same rules as its pickle
-            importer.check_transfer(importer.snapshot_networks(state), config, data, str(path))
-            return Start("transfer", state, f"weights of {path} (converted from "
-                         f"{state['run']['imported_from']}); {reason}", stale)
+        try:
+            # The one loader decides what the file is: a snapshot, a folder's newest one, a converted
+            # snapshot or a reference pickle.
+            loaded = load_networks(path, training_nets=True)
+        except SnapshotError as e:
+            raise type(e)(f"resume_from {e}") from e
+        if loaded.from_elsewhere:
+            # Fine-tuning a model trained elsewhere is the point, so its dataset is not compared; its image
+            # format and weight shapes must fit this run.
+            check_transfer(loaded.spec, config, data, str(loaded.path))
+            if loaded.snapshot is not None:
+                return Start("transfer", loaded.snapshot, f"weights of {loaded.path} (converted from "
+                             f"{loaded.snapshot['run']['imported_from']}); {reason}", stale)
+            nets = loaded.states          # G_ema, D (check_transfer refuses a file without one), maybe G
+            if "G" not in nets:
+                log.warning("%s holds no training G: starting it from G_ema", path)
+            weights = {"G": nets.get("G", nets["G_ema"]), "D": nets["D"], "G_ema": nets["G_ema"]}
+            return Start("transfer", weights, f"weights of the reference pickle {path}; {reason}", stale)
+        path, state = loaded.path, loaded.snapshot
         diffs = differences(architecture(state["config"]), architecture(config), "config.")
         if diffs:
             raise SnapshotError(f"resume_from {path}: snapshot of another network config, its weights do not "
