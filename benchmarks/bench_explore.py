@@ -70,7 +70,7 @@ def demo_detector(root: Path, given: Path) -> Path:
     return root / "detector"
 
 
-def bare_predict(det: attributes.Detector, images: list[Image.Image]) -> int:
+def bare_predict(det: detection.DogDetector, images: list[Image.Image]) -> int:
     """What a plain ultralytics user writes for in-memory images; returns the number of boxes."""
     boxes = 0
     for i in range(0, len(images), det.batch):
@@ -100,8 +100,8 @@ def main() -> None:
         root = Path(tmp)
         ckpt, det_dir = demo_checkpoint(root, args.checkpoint), demo_detector(root, args.detector)
         G, _ = sampling.load(ckpt, torch.device("cpu"))
-        det = attributes.load_detector(det_dir, conf=d.conf, iou=d.iou, imgsz=d.imgsz, batch=d.batch,
-                                      device="cpu")
+        det = detection.DogDetector.load(det_dir, conf=d.conf, iou=d.iou, imgsz=d.imgsz, batch=d.batch,
+                                         device="cpu")
         n = args.images
         w = latents.sample_w(G, list(range(n)), 1.0)
         ws = w[:, None].repeat(1, G.num_ws, 1)

@@ -62,7 +62,8 @@ def bright_mass_boxes(yolo: object, images: list[Image.Image], **_: object
 @pytest.fixture
 def fake_detector(monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
     monkeypatch.setattr(attributes.detection, "predict", bright_mass_boxes)
-    monkeypatch.setattr(attributes, "load_detector", lambda _dir, **kw: attributes.Detector(None, 0, **kw))
+    monkeypatch.setattr(detection.DogDetector, "load",
+                        classmethod(lambda cls, _dir, **kw: cls(None, 0, **kw)))
 
 
 def run_stage(checkpoints: Path, out: Path, p: ExploreParams = PARAMS) -> tuple[Path, Path, Path]:
@@ -160,7 +161,8 @@ def test_labelling_with_the_real_detector_path(tmp_path: Path, one_thread: None)
     model = DetectionModel("yolo11n.yaml", nc=1, verbose=False)
     model.names = {0: "dog"}
     detection.save_detector(model.eval(), tmp_path / "detector", {"kind": "untrained", "dog_class": 0})
-    det = attributes.load_detector(tmp_path / "detector", conf=0.0, iou=0.45, imgsz=64, batch=4, device="cpu")
+    det = detection.DogDetector.load(tmp_path / "detector", conf=0.0, iou=0.45, imgsz=64, batch=4,
+                                     device="cpu")
     images = np.random.default_rng(0).integers(0, 256, (6, RES, RES, 3), dtype=np.uint8)
     labels = attributes.label_images(det, images)
     assert set(labels) == set(attributes.ATTRIBUTES) and all(len(v) == 6 for v in labels.values())
@@ -170,7 +172,7 @@ def test_labelling_with_the_real_detector_path(tmp_path: Path, one_thread: None)
     assert np.all(np.isnan(labels["dog_x"][~found]))
     (tmp_path / "detector" / detection.META_FILE).write_text('{"kind": "untrained"}')
     with pytest.raises(StageError, match="no dog_class"):
-        attributes.load_detector(tmp_path / "detector", conf=0.0, iou=0.45, imgsz=64, batch=4, device="cpu")
+        detection.DogDetector.load(tmp_path / "detector", conf=0.0, iou=0.45, imgsz=64, batch=4, device="cpu")
 
 
 def test_box_attributes_and_image_stats() -> None:

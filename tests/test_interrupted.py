@@ -148,7 +148,8 @@ def boxes_by_brightness(yolo: object, images: list[Image.Image], **_: object
 def test_explore_rerun_removes_what_a_killed_run_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                        ) -> None:
     monkeypatch.setattr(attributes.detection, "predict", boxes_by_brightness)
-    monkeypatch.setattr(attributes, "load_detector", lambda _dir, **kw: attributes.Detector(None, 0, **kw))
+    monkeypatch.setattr(detection.DogDetector, "load",
+                        classmethod(lambda cls, _dir, **kw: cls(None, 0, **kw)))
     checkpoints = tmp_path / "run"
     save_snapshot(checkpoints / snapshot_name(8), fake_state(tiny_config(resolution=16)))
     params = params_file(tmp_path / "params.yaml", detect=dict(batch=16, device="cpu"), explore=dict(

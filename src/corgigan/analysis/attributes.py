@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,26 +33,6 @@ BOX_ATTRIBUTES = ("dog_size", "dog_x", "dog_y", "num_dogs", "confidence")
 # "dog_size" separates small dogs from large ones rather than "no dog" from "a dog" (that is num_dogs).
 DOG_ATTRIBUTES = ("dog_size", "dog_x", "dog_y", "confidence")
 ATTRIBUTES = (*BOX_ATTRIBUTES, "brightness", "saturation")
-
-
-@dataclass(frozen=True)
-class Detector:
-    """A loaded detector and how to run it (the detect stage's settings)."""
-
-    yolo: Any
-    dog_class: int
-    conf: float
-    iou: float
-    imgsz: int
-    batch: int
-    device: str
-
-
-def load_detector(detector_dir: Path, *, conf: float, iou: float, imgsz: int, batch: int,
-                  device: str) -> Detector:
-    """The detector in `detector_dir` with its dog class from meta.json; StageError when it has none."""
-    yolo, dog_class, _ = detection.load_dog_detector(detector_dir)
-    return Detector(yolo, dog_class, conf, iou, imgsz, batch, device)
 
 
 def image_stats(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -78,13 +55,12 @@ def box_attributes(dets: Sequence[detection.Detection], width: int, height: int)
             "dog_y": (y0 + y1) / 2 / height, "num_dogs": float(len(dets)), "confidence": best.confidence}
 
 
-def label_images(det: Detector, images: np.ndarray) -> dict[str, np.ndarray]:
+def label_images(det: detection.DogDetector, images: np.ndarray) -> dict[str, np.ndarray]:
     """Every attribute of uint8 images [N, H, W, 3], one array [N] each (one predict call per det.batch)."""
     boxes: dict[str, list[float]] = {k: [] for k in BOX_ATTRIBUTES}
     for i in range(0, len(images), det.batch):
         chunk = [Image.fromarray(img) for img in images[i:i + det.batch]]
-        found = detection.predict(det.yolo, chunk, classes=[det.dog_class], conf=det.conf, iou=det.iou,
-                                  imgsz=det.imgsz, device=det.device)
+        found = det.predict(chunk)
         for dets, img in zip(found, chunk, strict=True):
             for k, v in box_attributes(dets, img.width, img.height).items():
                 boxes[k].append(v)
@@ -93,8 +69,8 @@ def label_images(det: Detector, images: np.ndarray) -> dict[str, np.ndarray]:
     return {k: out[k] for k in ATTRIBUTES}
 
 
-def label_latents(G: torch.nn.Module, det: Detector, ws: torch.Tensor, keep: int = 0, desc: str = "label"
-                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def label_latents(G: torch.nn.Module, det: detection.DogDetector, ws: torch.Tensor, keep: int = 0,
+                  desc: str = "label") -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Draw ws [N, num_ws, w_dim] and label every image; (attributes [N] each, the first `keep` images).
 
     Images are drawn and labelled det.batch at a time and then dropped, so N can be large at 1024 px.

@@ -31,6 +31,7 @@ import torch
 
 from corgigan.analysis import attributes, latents, sampling
 from corgigan.analysis import directions as dirs
+from corgigan.detector import detection
 from corgigan.errors import StageError
 from corgigan.params import DetectParams, ExploreParams
 from corgigan.stylegan2.devices import resolve_device
@@ -102,7 +103,7 @@ def _num(x: float | int | None) -> float | int | None:
     return None if not math.isfinite(x) else round(float(x), 6)
 
 
-def check_and_draw(G: torch.nn.Module, det: attributes.Detector, found: list[Found], w_check: torch.Tensor,
+def check_and_draw(G: torch.nn.Module, det: detection.DogDetector, found: list[Found], w_check: torch.Tensor,
                    seeds: list[int], p: ExploreParams, figures: Path) -> None:
     """Move the check seeds along each direction, -max_sigma..+max_sigma; save a strip per direction.
 
@@ -142,8 +143,8 @@ def run(p: ExploreParams, detect: DetectParams, checkpoints: Path, detector: Pat
         layers = layer_range(p.layers, G.num_ws)
     except ValueError as e:
         raise StageError(f"explore.{e}") from None
-    det = attributes.load_detector(detector, conf=detect.conf, iou=detect.iou, imgsz=detect.imgsz,
-                                  batch=detect.batch, device=str(resolve_device(detect.device)))
+    det = detection.DogDetector.load(detector, conf=detect.conf, iou=detect.iou, imgsz=detect.imgsz,
+                                     batch=detect.batch, device=detect.device)
     times: dict[str, float] = {}
     pool = max(p.pca_samples, p.num_labelled)
 
