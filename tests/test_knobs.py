@@ -135,6 +135,60 @@ def test_batch_gpu_resumes_and_a_trajectory_knob_starts_fresh(tmp_path, data, ca
     assert starts[-1]["mode"] == "resume"
 
 
+def _real(name: str = "paper256", res: int = 256, gpus: int = 1, batch: int | None = None, **knobs) -> dict:
+    """The config dict a snapshot of make_config's real config records."""
+    from corgigan.stylegan2.configs import Knobs, config_to_dict, make_config
+
+    return config_to_dict(make_config(name, res, gpus=gpus, batch=batch, knobs=Knobs(**knobs)))
+
+
+def test_the_real_configs_resume_across_batch_gpu_and_not_across_a_trajectory_knob():
+    from corgigan.stylegan2.loop import resume_differences
+
+    # paper256's group of 8 follows batch_gpu down to 4: the knob people lower on out-of-memory.
+    eight, four = _real(), _real(batch_gpu=4)
+    assert (eight["mbstd_group"], four["mbstd_group"]) == (8, 4)
+    assert resume_differences(eight, four) == resume_differences(four, eight) == []
+    assert resume_differences(eight, _real(batch_gpu=2)) == []
+    assert resume_differences(eight, _real(batch_gpu=4, r1_gamma=2.0)) == [
+        "config.r1_gamma: snapshot 1, now 2.0"]
+    # A group the user set (smaller than the images per pass) is a real change.
+    assert "config.mbstd_group: snapshot 8, now 4" in resume_differences(eight, _real(mbstd_group=4))
+    assert resume_differences(four, _real(batch_gpu=8, mbstd_group=2)) != []
+    # demo and auto derive batch, gamma and EMA from the GPU count: with them set, another count resumes.
+    for name in ("demo", "auto"):
+        assert resume_differences(_real(name, 64, gpus=1), _real(name, 64, gpus=2)) != []
+        fixed = dict(batch=16, r1_gamma=0.5, ema_kimg=1.0)
+        assert resume_differences(_real(name, 64, gpus=1, **fixed), _real(name, 64, gpus=2, **fixed)) == []
+
+
+def _clamped(batch_gpu: int, **changes):
+    """tiny_config with its minibatch-stddev group clamped to batch_gpu, as make_config clamps it."""
+    base = tiny_config()
+    return tiny_config(batch=4, batch_gpu=batch_gpu, mbstd_group=batch_gpu,
+                       D_kwargs=dict(base.D_kwargs, mbstd_group_size=batch_gpu), **changes)
+
+
+def test_a_group_that_follows_batch_gpu_resumes_and_a_batch_change_names_the_knobs(tmp_path, data, caplog):
+    starts: list[dict] = []
+
+    def train(cfg, kimg: float, run_dir: Path = tmp_path / "run") -> None:
+        training_loop(data, run_dir, cfg, kimg=kimg, snapshot_kimg=0.004, hooks=Hooks(on_start=starts.append),
+                      **KW)
+
+    train(_clamped(4), 0.004)
+    with caplog.at_level(logging.WARNING):
+        train(_clamped(2), 0.008)      # batch_gpu 4 -> 2 takes the group 4 -> 2 with it: resumes
+    assert [s["mode"] for s in starts] == ["fresh", "resume"] and "another run" not in caplog.text
+    assert load_snapshot(list_snapshots(tmp_path / "run")[-1][1])["config"]["mbstd_group"] == 2
+    # The demo's batch follows the GPU count: a refused resume says which knobs keep it.
+    with caplog.at_level(logging.WARNING):
+        train(dataclasses.replace(_clamped(2), batch=8), 0.016)
+    assert starts[-1]["mode"] == "fresh"
+    assert "config.batch: snapshot 4, now 8" in caplog.text
+    assert "train.batch" in caplog.text and "train.gpus" in caplog.text
+
+
 def test_a_subset_trains_only_on_its_images(tmp_path, data):
     from corgigan.stylegan2.data import ZipDataset
     from corgigan.stylegan2.loop import DatasetSubset

@@ -10,8 +10,10 @@ Resume rules (decide_start):
   * run_dir holds a snapshot of the same config, run settings and dataset -> resume it exactly
     (kimg, ADA p, optimiser states and generator states continue). Every knob that changes the
     trajectory is in one of them (gamma, learning rates, widths, EMA, ... in the config; augpipe and
-    subset in the run settings); batch_gpu, which only splits the work, is not compared (with the same
-    batch_gpu the split over processes changes no bit; another batch_gpu draws other latents per pass);
+    subset in the run settings); batch_gpu, which only splits the work, is not compared, nor the
+    minibatch-stddev group it clamps (resume_differences; with the same batch_gpu the split over processes
+    changes no bit; another batch_gpu draws other latents per pass). Configs demo and auto derive the
+    batch, gamma and EMA from the GPU count: with those set explicitly, another GPU count resumes too;
   * it holds one of another config or run settings -> log why and start fresh (stale snapshots and
     grids are removed; they remain in the DVC cache); of another dataset -> the same, unless
     allow_other_data, which resumes it on the new data;
@@ -300,6 +302,49 @@ def _without(d: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in d.items() if k != key}
 
 
+def resume_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between a snapshot's config dict and this run's, as decide_start compares them.
+
+    batch_gpu only splits the batch, so it is left out: another GPU count resumes, and another batch_gpu
+    continues the same training (same batch and hyperparameters; each pass draws its own latents, so not
+    bit for bit). The minibatch-stddev group follows batch_gpu (make_config clamps it to the images of
+    one pass), so a group that differs only because one side's was clamped to its batch_gpu is no
+    difference either: paper256 at batch_gpu 8 has groups of 8, at batch_gpu 4 groups of 4.
+    """
+    if _group_follows_batch_gpu(stored, current):
+        # Compare the rest: the stored config with this run's group.
+        group = current["mbstd_group"]
+        stored = dict(stored, mbstd_group=group, D_kwargs=dict(stored["D_kwargs"], mbstd_group_size=group))
+    return differences(_without(stored, "batch_gpu"), _without(current, "batch_gpu"), "config.")
+
+
+def _group_of(config: dict[str, Any]) -> Any:
+    D_kwargs = config.get("D_kwargs")
+    return D_kwargs.get("mbstd_group_size") if isinstance(D_kwargs, dict) else None
+
+
+def _group_follows_batch_gpu(stored: dict[str, Any], current: dict[str, Any]) -> bool:
+    """True when the two groups differ and the smaller one is its config's whole batch_gpu: both then
+    come from one configured group clamped to each run's images per pass (the larger one unclamped, or
+    clamped to its own larger batch_gpu)."""
+    a, b = _group_of(stored), _group_of(current)
+    if not (isinstance(a, int) and isinstance(b, int)) or a == b:
+        return False
+    if stored.get("mbstd_group") != a or current.get("mbstd_group") != b:
+        return False   # not a config make_config wrote (the two records of the group disagree)
+    small, small_cfg = (a, stored) if a < b else (b, current)
+    return small == small_cfg.get("batch_gpu")
+
+
+def _batch_follows_gpus(stored: dict[str, Any], current: dict[str, Any]) -> bool:
+    """True when a refused resume may come from another train.gpus under a config (demo, auto) whose
+    batch, gamma and EMA are formulas of the GPU count: the batch, or both gamma and EMA, changed."""
+    if current.get("name") not in ("demo", "auto") or stored.get("name") != current.get("name"):
+        return False
+    changed = {k for k in ("batch", "r1_gamma", "ema_kimg") if stored.get(k) != current.get(k)}
+    return "batch" in changed or {"r1_gamma", "ema_kimg"} <= changed
+
+
 def decide_start(run_dir: Path, config: dict[str, Any], run: dict[str, Any], data_hash: str,
                  resume_from: str | Path | None, allow_other_data: bool,
                  data: dict[str, Any] | None = None, dataset_path: str | Path | None = None) -> Start:
@@ -314,10 +359,7 @@ def decide_start(run_dir: Path, config: dict[str, Any], run: dict[str, Any], dat
     reason = "no snapshot to resume"
     if latest is not None:
         state = load_snapshot(latest)
-        # batch_gpu only splits the batch: another GPU count resumes, and another batch_gpu continues the
-        # same training (same batch and hyperparameters; each pass draws its own latents, so not bit for bit).
-        diffs = (differences(_without(state["config"], "batch_gpu"), _without(config, "batch_gpu"), "config.")
-                 + differences(state["run"], run, "run."))
+        diffs = resume_differences(state["config"], config) + differences(state["run"], run, "run.")
         other_data = not same_dataset(state["dataset"]["hash"], data_hash, dataset_path)
         if not diffs and (not other_data or allow_other_data):
             why = f"{latest.name} matches this run"
@@ -327,6 +369,11 @@ def decide_start(run_dir: Path, config: dict[str, Any], run: dict[str, Any], dat
         if other_data:
             diffs.append(f"dataset: snapshot {state['dataset']['hash'][:12]}, now {data_hash[:12]}")
         reason = f"{latest.name} in {run_dir} belongs to another run, starting fresh: " + "; ".join(diffs)
+        if _batch_follows_gpus(state["config"], config):
+            reason += (f" (config {config['name']} derives the batch, gamma and EMA from the GPU count: set "
+                       f"train.batch, train.gamma and train.ema_kimg to the snapshot's "
+                       f"{state['config']['batch']}, {state['config']['r1_gamma']:g} and "
+                       f"{state['config']['ema_kimg']:g} to resume it with another train.gpus)")
         log.warning("%s", reason)
         stale = [p for _, p in list_snapshots(run_dir)] + sorted(run_dir.glob("grid-*.png"))
     if resume_from:
