@@ -104,6 +104,7 @@ def _set(section: str, key: str, value: object):
     (_set("dataset", "num_channels", -3), "dataset.num_channels = -3 is outside 1..4"),
     (lambda state: state["config"]["G_kwargs"].update(w_dim=2**20), "G_kwargs.w_dim = 1048576 is outside"),
     (lambda state: state["config"]["G_kwargs"].pop("z_dim"), "G_kwargs.z_dim is missing"),
+    (_set("dataset", "resolution", 16), "dataset.resolution = 16 disagrees with config.resolution = 8"),
 ])
 def test_a_stored_config_that_cannot_rebuild_the_networks_is_one_line(tmp_path, caplog, damage, message):
     state = fake_state(tiny_config())
@@ -120,6 +121,33 @@ def test_a_stored_config_that_cannot_rebuild_the_networks_is_one_line(tmp_path, 
     assert not out.exists()
     with pytest.raises(SnapshotError, match="stored networks cannot be rebuilt"):   # every reader, not one
         load_snapshot(path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda state: state["config"]["G_kwargs"].update(bogus=1),
+     "cannot be built (TypeError: Generator.__init__() got an unexpected keyword argument 'bogus')"),
+    (lambda state: state["config"]["G_kwargs"]["synthesis_kwargs"].update(conv_clamp="x"),
+     "cannot run (ValueError: could not convert string to float: 'x')"),
+    # generate never uses D, yet the file is as damaged for it as for resume.
+    (lambda state: state["config"]["D_kwargs"].update(architecture="zzz"),
+     "cannot be built (ValueError: DiscriminatorBlock: architecture must be resnet or orig, got 'zzz')"),
+])
+def test_settings_our_networks_refuse_are_one_line_for_every_reader(tmp_path, caplog, damage, message):
+    state = fake_state(tiny_config())
+    damage(state)
+    path = tmp_path / snapshot_name(8)
+    save_snapshot(path, state)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["generate", "--checkpoint", str(path), "--out", str(out), "--seeds", "0",
+                         "--device", "cpu"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0] == f"{path}: its stored network settings {message}", errors[0]
+    assert not out.exists()
+    for training_nets in (False, True):       # generate, serve and project; resume
+        with pytest.raises(SnapshotError, match="its stored network settings cannot"):
+            load_networks(path, training_nets=training_nets)
 
 
 def test_files_that_are_not_torch_files(tmp_path):

@@ -28,7 +28,7 @@ import logging
 import math
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from corgigan.stylegan2.snapshot import (
     SnapshotError,
     capture_rng,
     differences,
+    exception_line,
     make_state,
     restore_rng,
     save_snapshot,
@@ -60,8 +61,8 @@ from corgigan.stylegan2.snapshot import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Imported", "PickleError", "check_transfer", "convert", "import_pickle", "is_imported",
-           "is_pickle", "snapshot_state"]
+__all__ = ["Imported", "PickleError", "check_buildable", "check_transfer", "convert", "import_pickle",
+           "is_imported", "is_pickle", "snapshot_state"]
 
 RESAMPLE_FILTER = [1, 3, 3, 1]
 _SNAPSHOT_KIMG = re.compile(r"network-snapshot-(\d+)\.pkl$")
@@ -527,22 +528,44 @@ def _tf_discriminator_tensors(net: TFNetwork, resolution: int, c_dim: int, archi
 # Building and checking our networks
 
 
-def _check_size_fits_file(spec: NetworkSpec, nets_in: dict[str, Any], path: Path) -> None:
-    """Refuse settings that describe networks far larger than the file's weights could fill.
+# What our constructors and forward passes raise for settings they cannot take (RuntimeError covers torch's
+# own shape errors, ArithmeticError a zero where a width or multiplier should be).
+_UNBUILDABLE = (TypeError, ValueError, AssertionError, RuntimeError, ArithmeticError)
 
-    Each stored size may be in range while together they describe a network of billions of numbers: the
-    networks are first laid out on the meta device (no memory), counted, and refused past what a file of
-    this size may make us allocate, before they are built for real.
+
+def check_buildable(spec: NetworkSpec, path: Path, nets: Collection[str],
+                    error: type[SnapshotError] = SnapshotError) -> None:
+    """Raise `error` naming `path`, in one line, unless the networks `spec` describes can be built, run and
+    fit the file: `nets` names the networks the file holds (G_ema, G, D).
+
+    G and D (whatever a reader will use) are laid out on the meta device, where nothing is allocated or
+    computed, and each runs one forward pass there: a setting our networks refuse (an unknown keyword,
+    another architecture) or can only fail on later (a clamp that is no number) stops every reader here,
+    not as a traceback deep inside one of them. Each stored size may be in range while together they
+    describe networks of billions of numbers, so what is laid out is counted and refused past what a file
+    of this size may make us allocate (pickles.alloc_limit), before anything is built for real.
+    load.load_networks applies it to snapshots, import_pickle to pickles.
     """
-    with torch.device("meta"):
-        G, D = configs.build_networks(spec, with_D="D" in nets_in, keep_rng=True)
+    try:
+        with torch.device("meta"):
+            G, D = configs.build_networks(spec, keep_rng=True)
+    except _UNBUILDABLE as e:
+        raise error(f"{path}: its stored network settings cannot be built ({exception_line(e)})") from None
     per_G = sum(t.numel() * t.element_size() for t in (*G.parameters(), *G.buffers()))
     per_D = 0 if D is None else sum(t.numel() * t.element_size() for t in (*D.parameters(), *D.buffers()))
-    need = per_G * sum(key != "D" for key in nets_in) + per_D
+    need = per_G * sum(key != "D" for key in nets) + (per_D if "D" in nets else 0)
     size = path.stat().st_size
     if need > alloc_limit(size):
-        raise PickleError(f"{path}: refused: its stored settings describe networks of {need:,} bytes, "
-                          f"more than a {size:,}-byte file can hold weights for")
+        raise error(f"{path}: refused: its stored settings describe networks of {need:,} bytes, more than a "
+                    f"{size:,}-byte file can hold weights for")
+    try:
+        with torch.device("meta"), torch.no_grad():
+            c = torch.empty(1, spec.c_dim)
+            img = G(torch.empty(1, G.z_dim), c)         # [1, C, H, W], shapes only
+            if D is not None:
+                D(img, c)
+    except _UNBUILDABLE as e:
+        raise error(f"{path}: its stored network settings cannot run ({exception_line(e)})") from None
 
 
 def _fit(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
@@ -591,7 +614,7 @@ def import_pickle(path: str | Path, with_training_nets: bool = True) -> Imported
     if "G" in kwargs and kwargs["G"] != kwargs["G_ema"]:
         raise PickleError(f"{path}: G and G_ema have different settings")
     nets = NetworkSpec(resolution, img_channels, c_dim, kwargs["G_ema"], kwargs.get("D"))
-    _check_size_fits_file(nets, nets_in, path)
+    check_buildable(nets, path, nets_in, PickleError)
     # Built only to check that the weights fit and to give them our names: a throwaway draw, off the
     # process's generator.
     G_net, D_net = configs.build_networks(nets, with_D="D" in nets_in, keep_rng=True)

@@ -56,7 +56,8 @@ def resolve(path: str | Path) -> Path:
 def load_networks(path: str | Path, training_nets: bool = False) -> Loaded:
     """Read the model at `path` (see the module docstring). `training_nets` also keeps G and D where the
     file has them; G_ema is always read. Raises SnapshotError (PickleError for a pickle) saying what is
-    wrong."""
+    wrong, among it stored settings that G, G_ema or D cannot be built from, or that describe networks
+    larger than the file could hold weights for (importer.check_buildable, for both kinds of file)."""
     path = resolve(path)
     if importer.is_pickle(path):
         imp = importer.import_pickle(path, with_training_nets=training_nets)
@@ -71,6 +72,9 @@ def load_networks(path: str | Path, training_nets: bool = False) -> Loaded:
     cfg, data = state["config"], state["dataset"]
     spec = NetworkSpec(int(cfg["resolution"]), int(data["num_channels"]), int(data["label_dim"]),
                        cfg["G_kwargs"], cfg["D_kwargs"])
+    # Judged like a pickle (import_pickle does the same): settings every network can be built from, and
+    # networks no bigger than the file's own weights, before any reader builds one for real.
+    importer.check_buildable(spec, path, NETS)
     states = {k: state[k] for k in (NETS if training_nets else NETS[:1])}
     nimg = int(state["progress"]["nimg"])
     info = {"path": path, "config": cfg, "nimg": nimg, "kimg": nimg / 1000, "dataset_hash": data["hash"],

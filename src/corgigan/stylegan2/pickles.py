@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from corgigan.stylegan2.snapshot import SnapshotError, one_line, refused_global
+from corgigan.stylegan2.snapshot import SnapshotError, exception_line, refused_global
 
 PICKLE_SUFFIX = ".pkl"
 # The dtypes a network's tensors and arrays may have (no object or structured dtypes: those carry
@@ -305,6 +305,54 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
                             state=dict(meta["state"]))
 
 
+# The storage classes a legacy payload names, as their element sizes in bytes.
+_LEGACY_STORAGE_ITEMSIZE = {"DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2,
+                            "LongStorage": 8, "IntStorage": 4, "ShortStorage": 2, "CharStorage": 1,
+                            "ByteStorage": 1, "BoolStorage": 1}
+
+
+class _DeclaredStorages(pickle.Unpickler):
+    """Reads the pickles of a legacy storage payload only for the storages they declare: a storage class
+    resolves to its element size, any other global is refused, and a persistent id (torch's
+    ("storage", class, key, location, numel, view)) is recorded, never loaded."""
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self.bytes_by_key: dict[Any, int] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name in _LEGACY_STORAGE_ITEMSIZE:
+            return _LEGACY_STORAGE_ITEMSIZE[name]     # an int: nothing a pickle could call
+        raise UnsafePickleError(f"refused: a tensor's stored bytes reference the global {module}.{name}, "
+                                "which is not part of the StyleGAN2 network pickle formats (nothing of the "
+                                "file was run)")
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+            raise PickleError(f"a storage payload has a persistent id {str(pid)[:60]!r}, not a storage")
+        _, itemsize, key, _, numel, _ = pid
+        if type(itemsize) is not int or type(numel) is not int or numel < 0:
+            raise PickleError("a storage payload declares a storage without a known type and size")
+        self.bytes_by_key.setdefault(key, itemsize * numel)   # torch allocates each key once, at its first
+        return None
+
+
+def _declared_storage_bytes(payload: bytes) -> int:
+    """Bytes torch's legacy loader would allocate for the storages `payload` declares (its magic number,
+    protocol and system-info pickles, then the one naming the storages); PickleError when they cannot be
+    read, UnsafePickleError naming a global they reference beyond the storage classes."""
+    f = io.BytesIO(payload)
+    scan = _DeclaredStorages(f)
+    try:
+        for _ in range(4):
+            scan.load()
+    except PickleError:
+        raise
+    except Exception as e:
+        raise PickleError(f"a tensor storage cannot be read ({exception_line(e)})") from None
+    return sum(scan.bytes_by_key.values())
+
+
 def _load_from_bytes(reading: _Reading, payload: Any) -> _Storage:
     """torch.storage._load_from_bytes: the nested payload, read by torch's own weights-only loader (once
     per payload object, however often the file references it)."""
@@ -315,8 +363,13 @@ def _load_from_bytes(reading: _Reading, payload: Any) -> _Storage:
     if bytes(payload[:4]) == _ZIP_MAGIC:
         raise PickleError("a storage payload is a zip archive; the reference's storages are torch's legacy "
                           "payloads")
-    # A legacy payload carries its storage's bytes: loading it touches at most len(payload) bytes (torch
-    # checks the stored size against the declared one before reading the data).
+    # torch's legacy loader allocates every storage at the size its pickle declares before it reads (and
+    # checks) the bytes that follow, so the declared sizes are read first and held to the payload's own
+    # length: loading it then allocates at most len(payload) bytes.
+    declared = _declared_storage_bytes(bytes(payload))
+    if declared > len(payload):
+        raise PickleError(f"refused: a tensor storage declares {declared:,} bytes, its stored payload holds "
+                          f"{len(payload):,} (nothing was allocated for it)")
     reading.charge(len(payload), "a tensor storage")
     try:
         with warnings.catch_warnings():
@@ -333,11 +386,12 @@ def _load_from_bytes(reading: _Reading, payload: Any) -> _Storage:
     except pickle.UnpicklingError as e:
         # torch's own refusal runs to several lines and advises weights_only=False (running the code).
         found = refused_global(e)
-        what = f"the global {found}" if found else f"what torch's weights-only loader refuses ({one_line(e)})"
+        what = (f"the global {found}" if found
+                else f"what torch's weights-only loader refuses ({exception_line(e)})")
         raise UnsafePickleError(f"refused: a tensor's stored bytes reference {what}, which is not part of "
                                 "the StyleGAN2 network pickle formats (nothing of the file was run)") from e
     except Exception as e:
-        raise PickleError(f"a tensor storage cannot be read ({one_line(e)})") from e
+        raise PickleError(f"a tensor storage cannot be read ({exception_line(e)})") from e
     record = _Storage(flat)
     reading.storages[id(payload)] = (payload, record)
     return record
@@ -529,7 +583,7 @@ def read_pickle(path: str | Path) -> Any:
     except RecursionError:
         raise PickleError(f"{path}: the pickle nests too deeply to be a network pickle") from None
     except Exception as e:  # truncated files, bad opcodes, wrong argument counts to the allowed globals
-        raise PickleError(f"{path}: not a readable network pickle ({one_line(e)})") from e
+        raise PickleError(f"{path}: not a readable network pickle ({exception_line(e)})") from e
 
 
 @dataclass

@@ -127,21 +127,27 @@ def load_snapshot(path: str | Path, map_location: str | torch.device = "cpu") ->
     try:
         # Everything that rebuilds the networks is checked here, once, so no reader of a snapshot meets a
         # config it cannot build (a KeyError or a torch error deep inside a constructor).
-        configs.config_from_dict(state["config"])
-        _check_dataset_record(state["dataset"])
+        cfg = configs.config_from_dict(state["config"])
+        _check_dataset_record(state["dataset"], cfg.resolution)
     except ValueError as e:
         raise SnapshotError(f"{path}: the snapshot's stored networks cannot be rebuilt: {e}") from None
     return state
 
 
-def _check_dataset_record(data: Any) -> None:
-    """ValueError unless `data` is a snapshot's dataset record with usable image format and labels."""
+def _check_dataset_record(data: Any, resolution: int) -> None:
+    """ValueError unless `data` is a snapshot's dataset record with usable image format and labels, made
+    at the config's `resolution`."""
     if not isinstance(data, dict):
         raise ValueError(f"its dataset record is a {type(data).__name__}, not a dict")
     for key, kind in (("resolution", "resolution"), ("num_channels", "img_channels"), ("label_dim", "c_dim")):
         if key not in data:
             raise ValueError(f"its dataset record lacks {key}")
         configs.check_size(kind, data[key], f"dataset.{key}")
+    # The networks are built at the config's resolution, while pictures and reports print the record's:
+    # two sizes for one model means one of them was damaged.
+    if data["resolution"] != resolution:
+        raise ValueError(f"dataset.resolution = {data['resolution']} disagrees with config.resolution = "
+                         f"{resolution}")
     if not isinstance(data.get("hash"), str):
         raise ValueError("its dataset record has no hash string")
 
@@ -156,7 +162,7 @@ def refused_global(e: BaseException) -> str | None:
     return found.group(1) if found else None
 
 
-def one_line(e: BaseException) -> str:
+def exception_line(e: BaseException) -> str:
     """`e` as one line for an error message: its type and first non-empty line (torch's weights_only
     refusals as the global they refused, without the advice to load the file with weights_only=False)."""
     global_name = refused_global(e)
