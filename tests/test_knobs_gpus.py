@@ -3,13 +3,17 @@ gloo processes on the CPU through the stage's real command, and ends where one p
 
 from __future__ import annotations
 
+import itertools
 import shlex
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from corgigan.stylegan2.data import StreamSampler
 from corgigan.stylegan2.snapshot import list_snapshots, load_snapshot
 from tests.helpers import ROOT, run, write_dataset
 
@@ -64,6 +68,44 @@ def test_a_failure_in_the_workers_is_one_line_and_rc_2(tmp_path: Path, cli_env: 
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if " ERROR corgigan: " in line]
     assert len(errors) == 1 and "train: batch_gpu 3 does not divide the 4 images" in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def _damage(dataset: Path, member_index: int) -> str:
+    """Rewrite `dataset` with its `member_index`-th PNG cut short inside its pixel data: its header still
+    reads (so the up-front member check passes), decoding it fails. Returns the member's name."""
+    with zipfile.ZipFile(dataset) as zf:
+        members = [(info, zf.read(info)) for info in zf.infolist()]
+    pngs = [info.filename for info, _ in members if info.filename.endswith(".png")]
+    name = pngs[member_index]
+    with zipfile.ZipFile(dataset, "w") as zf:
+        for info, data in members:
+            zf.writestr(info, data[:data.index(b"IDAT") + 8] if info.filename == name else data)
+    return name
+
+
+@pytest.mark.timeout(300)
+def test_a_failure_on_one_rank_stops_the_others_and_is_one_line(tmp_path: Path, cli_env: dict[str, str]):
+    # 80 images: rank 0's reals.png (the first 64) never decodes the damaged one; rank 1 draws it in the
+    # first step and fails there, while rank 0 has finished its passes and waits in the gradient all-reduce.
+    # The seed is the first whose first step gives rank 1 an image above 63 that rank 0 does not draw.
+    n = 80
+    dataset = write_dataset(tmp_path / "d.zip", n=n)
+    for seed in range(100):
+        rank0, rank1 = ([i % n for i in itertools.islice(iter(StreamSampler(2 * n, seed, 8, 4, r, 2)), 4)]
+                        for r in (0, 1))
+        damaged = [i for i in rank1 if i >= 64 and i not in rank0]
+        if damaged:
+            break
+    name = _damage(dataset, damaged[0])
+    params = _params(tmp_path, "p.yaml", gpus=2, seed=seed, mirror=True)
+    started = time.monotonic()
+    proc = run(_command(dataset, tmp_path / "out", tmp_path / "m", params), tmp_path,
+               dict(cli_env, OMP_NUM_THREADS="1"), check=False, timeout=240)
+    assert time.monotonic() - started < 120          # not the 30-minute collective timeout
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if " ERROR corgigan: " in line]
+    assert len(errors) == 1 and f"{name}: cannot decode PNG" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -119,16 +119,16 @@ def num_processes(gpus: int | str, on_gpu: bool) -> int:
     return gpus
 
 
-def _worker(p: TrainParams, dataset: Path, out: Path, metrics: Path, log_level: int) -> str | None:
-    """One launched process: train as its rank; a user-fixable failure is returned, not raised, so the
-    launching stage reports it as one line."""
+def _worker(p: TrainParams, dataset: Path, out: Path, metrics: Path, log_level: int) -> None:
+    """One launched process: train as its rank. A user-fixable failure is raised as a WorkerError, so the
+    launcher stops the other ranks at once (a rank that returned would leave them waiting in a collective
+    until the backend's timeout) and the launching stage reports its message as one line."""
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s rank {os.environ['RANK']} "
                         "%(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         run(p, dataset, out, metrics)
     except StageError as e:
-        return str(e)
-    return None
+        raise distributed.WorkerError(str(e)) from None
 
 
 def run(p: TrainParams, dataset: Path, out: Path, metrics: Path) -> None:
@@ -140,10 +140,10 @@ def run(p: TrainParams, dataset: Path, out: Path, metrics: Path) -> None:
             log.info("train: starting %d worker processes (train.gpus: %s, %s)", nprocs, p.gpus,
                      "NCCL" if on_gpu else "gloo on the CPU")
             level = logging.getLogger().getEffectiveLevel()
-            results = distributed.launch_local(nprocs, _worker, p, dataset, out, metrics, level)
-            failures = [why for _, why in sorted(results.items()) if why]
-            if failures:
-                raise StageError(failures[0])
+            try:
+                distributed.launch_local(nprocs, _worker, p, dataset, out, metrics, level)
+            except distributed.WorkerError as e:
+                raise StageError(str(e)) from None
             return
     info = distributed.init_from_env("cuda" if on_gpu else "cpu")
     try:

@@ -61,21 +61,66 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ
 
 
+class WorkerError(RuntimeError):
+    """A worker's failure that launch_local reports by its message alone (no traceback): what a worker
+    raises for a failure the user can fix. Raising, not returning, matters: the launcher stops the other
+    workers only when one raises; a worker that returns leaves its peers waiting in a collective until the
+    backend's timeout (30 minutes)."""
+
+
+# torch's elastic launcher logs every failed worker's traceback through this logger; launch_local reports
+# the failure itself (one line for a WorkerError, the traceback otherwise).
+_ELASTIC_LOGGER = "torch.distributed.elastic.multiprocessing.api"
+
+
 def launch_local(nprocs: int, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
     """Run fn(*args) in `nprocs` new processes on this machine with torch's elastic launcher, as
     `torchrun --standalone --nproc_per_node nprocs` would; return rank -> fn's return value.
 
     The workers find RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous in their environment (init_from_env).
-    `fn` and `args` must be picklable (the workers are spawned). A worker that raises fails the job:
-    torch's ChildFailedError, after the others have been stopped. No restarts: a failed training step
-    fails again, and a resumed run restarts from the last snapshot on the next `dvc repro` anyway.
+    `fn` and `args` must be picklable (the workers are spawned). A worker that raises fails the job, after
+    the others have been stopped: a WorkerError in any worker is raised here as WorkerError(its message);
+    anything else logs the first failed worker's traceback and raises torch's ChildFailedError. No
+    restarts: a failed training step fails again, and a resumed run restarts from the last snapshot on
+    the next `dvc repro` anyway.
     """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
                           monitor_interval=1.0)
-    return elastic_launch(config, fn)(*args)
+    elastic_log = logging.getLogger(_ELASTIC_LOGGER)
+    level = elastic_log.level
+    elastic_log.setLevel(logging.CRITICAL)
+    try:
+        return elastic_launch(config, fn)(*args)
+    except ChildFailedError as e:
+        raise _root_cause(e) from None
+    finally:
+        elastic_log.setLevel(level)
+
+
+# How torch's error file names an exception: "<class name>: <message>".
+_WORKER_ERROR_PREFIX = f"{WorkerError.__name__}: "
+
+
+def _root_cause(err: Any) -> Exception:
+    """The exception to report for torch's ChildFailedError `err`: a WorkerError of whichever worker
+    raised one (a peer's failure is often only the consequence: its collective lost a partner), else
+    `err` itself, after logging the earliest failure's traceback."""
+    failures = []
+    for rank, failure in err.failures.items():
+        message = failure.message
+        text = message.get("message", "") if isinstance(message, dict) else str(message)
+        stack = message.get("extraInfo", {}).get("py_callstack", "") if isinstance(message, dict) else ""
+        other = not text.startswith(_WORKER_ERROR_PREFIX)
+        failures.append((other, failure.timestamp, rank, text, stack))
+    other, _, rank, text, stack = min(failures)
+    if not other:
+        return WorkerError(text.removeprefix(_WORKER_ERROR_PREFIX))
+    log.error("worker rank %d failed: %s\n%s", rank, text, stack)
+    return err
 
 
 def current() -> DistInfo:
