@@ -102,6 +102,11 @@ def setup_ultralytics(config_dir: str | Path | None = None) -> Any:
                               "vscode_msg", "openvino_msg") if SETTINGS.get(k) is not False}
     if off:
         SETTINGS.update(off)
+    # Importing ultralytics replaces PIL.Image.open process-wide with a wrapper that, for bytes Pillow cannot
+    # identify, asks for a HEIF plugin: offline, a "requirement ['pi-heif'] not found" warning for every
+    # such scraped image detect decodes, then an ImportError. Give Pillow its own open back.
+    from ultralytics.utils import patches
+    Image.open = patches._image_open
     _setup_done = True
     return ultralytics
 

@@ -347,7 +347,14 @@ class StreamSampler(torch.utils.data.Sampler[int]):
 
 def make_loader(dataset: ZipDataset, sampler: StreamSampler, workers: int,
                 pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """An endless iterator of (images uint8 [batch_gpu, C, H, W], labels [batch_gpu, c_dim]) chunks."""
+    """An endless iterator of (images uint8 [batch_gpu, C, H, W], labels [batch_gpu, c_dim]) chunks.
+
+    `workers` is capped at the CPUs this process may run on: more only contend for them (and torch warns).
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > cpus:
+        log.info("data loader: %d workers asked for, %d CPUs here; using %d", workers, cpus, cpus)
+        workers = cpus
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=sampler.batch_gpu, sampler=sampler, num_workers=workers,
         pin_memory=pin_memory, prefetch_factor=2 if workers > 0 else None,
