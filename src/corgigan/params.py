@@ -124,6 +124,9 @@ def knob(help_text: str, runtime: bool = False, **constraints: Any) -> Any:
 
     `runtime`: the knob only says where or how fast a stage runs (or how often it reports), not what it
     computes, so dvc.yaml does not track it and changing it leaves `dvc status` clean (runtime_knobs).
+    The stated exception: train.tick_kimg and train.keep_snapshots change which files train leaves (metric
+    rows in reports/train, snapshots kept in models/stylegan2), yet are runtime-only by decision (issue
+    21): they say how a run is recorded, not what the model learns, so changing one retrains nothing.
     """
     return Field(description=help_text, json_schema_extra={"runtime": True} if runtime else None,
                  **constraints)
@@ -290,6 +293,8 @@ class TrainParams:
                       knob("train on this many of the dataset's images, drawn by the seed (--subset); null: "
                            "all")]
     snapshot_kimg: Annotated[Kimg, knob("snapshot and image grid every this many kimg")]
+    # Runtime-only by decision though both change train's outputs (the rows of reports/train, the snapshots
+    # left in models/stylegan2): they say how the run is recorded, not what the model learns (see knob()).
     tick_kimg: Annotated[Kimg, knob("training metrics (reports/train) every this many kimg", runtime=True)]
     keep_snapshots: Annotated[StrictInt, knob("keep only the newest N snapshots (0: all); a 1024-px snapshot "
                                               "is ~0.8 GB", runtime=True, ge=0)]
