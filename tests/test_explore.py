@@ -223,3 +223,36 @@ def test_parse_strength() -> None:
     for bad in ("a..b", "1..1", "0"):
         with pytest.raises(StageError):
             cli.parse_strength(bad)
+
+
+def test_detect_batch_leaves_every_explore_output_unchanged(checkpoints: Path, tmp_path: Path,
+                                                            one_thread: None) -> None:
+    # detect.batch is runtime-only (dvc.yaml does not track it for explore), yet explore draws its
+    # generator batches by it too: through the CLI, with the real detector path (an untrained yolo11n at
+    # conf 0 finds boxes everywhere), two batch sizes (3 leaves a ragged last batch) give the same bytes.
+    import yaml
+
+    detection.setup_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolo11n.yaml", nc=1, verbose=False)
+    model.names = {0: "dog"}
+    detection.save_detector(model.eval(), tmp_path / "detector", {"kind": "untrained", "dog_class": 0})
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw["explore"].update({k: v for k, v in dataclasses.asdict(PARAMS).items()},
+                          num_labelled=40, pca_samples=200, check_seeds=4, strip_seeds=2)
+    outputs = []
+    for batch in (16, 3):
+        raw["detect"].update(conf=0.0, imgsz=64, device="cpu", batch=batch)
+        (tmp_path / f"p{batch}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        out = tmp_path / f"b{batch}"
+        assert cli.main(["--params", str(tmp_path / f"p{batch}.yaml"), "explore", "--checkpoints",
+                         str(checkpoints), "--detector", str(tmp_path / "detector"), "--directions",
+                         str(out / "directions.json"), "--metrics", str(out / "explore.json"), "--figures",
+                         str(out / "figures")]) == 0
+        outputs.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+                        if p.is_file()})
+    a, b = outputs
+    assert sorted(a) == sorted(b) and any(name.endswith(".png") for name in a)
+    assert [name for name in a if a[name] != b[name]] == []

@@ -212,7 +212,9 @@ class DetectParams:
     iou: Annotated[Number, knob("non-maximum suppression IoU threshold", ge=0, le=1)]
     imgsz: Annotated[Multiple32, knob("inference size: as detector.imgsz, the size it was trained at")]
     # Runtime only: detections.parquet came out byte-identical at batch 8 and 3 (measured on the tiny
-    # pipeline's shards); a batch only groups images for the network.
+    # pipeline's shards); a batch only groups images for the network. explore also draws its generator
+    # batches by it: its directions, metrics and strips came out byte-identical at batch 16 and 3
+    # (tests/test_explore.py::test_detect_batch_leaves_every_explore_output_unchanged, on the CPU).
     batch: Annotated[Batch, knob("images per inference batch", runtime=True)]
     device: Annotated[Device, knob(DEVICE_HELP, runtime=True)]
 
