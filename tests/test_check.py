@@ -58,19 +58,47 @@ def test_a_folder_source_must_exist_and_a_large_cpu_run_be_asked_for(tmp_path):
 
 
 def test_the_full_run_costs_what_the_measured_sizes_say(tmp_path):
-    # configs/full.yaml: 1024 px, paper1024, 10 kept snapshots; sizes from the measured per-image figures.
+    # configs/full.yaml: 1024 px, paper1024, 10 kept snapshots; sizes from costs.json's measured figures.
     full = params_mod.load(ROOT / "configs" / "full.yaml")
-    assert abs(check.snapshot_gb(full) - 0.857) < 0.05          # the measured paper1024 snapshot
+    c = check.costs()
+    assert abs(check.snapshot_gb(full) / c["snapshot_gb_paper1024"] - 1) < 0.05   # counted vs the file
     est = check.disk_estimate(full, tmp_path)                    # no .dvc/config: DVC copies
-    per_crop_mb = est["crops"] * 1e3 / (full.scrape.instagram.max_posts * len(full.scrape.instagram.hashtags)
-                                       * check.KEPT_SHARE)
-    assert abs(per_crop_mb - check.CROP_MB_1024) < 1e-9 and est["zip"] == est["crops"]
+    photos = full.scrape.instagram.max_posts * len(full.scrape.instagram.hashtags)
+    assert est["raw"] == pytest.approx(photos * c["raw_mb_photo"] / 1e3)          # photos, not drawn scenes
+    assert est["crops"] == pytest.approx(photos * c["kept_share"] * c["crop_mb_1024_photo"] / 1e3)
+    assert est["zip"] == pytest.approx(est["crops"] * c["zip_per_crops"])
+    assert est["snapshots"] == 10 * check.snapshot_gb(full)
     assert est["total"] == 2 * est["outputs"]
     (tmp_path / ".dvc").mkdir()
     (tmp_path / ".dvc" / "config").write_text("[cache]\n    type = reflink,hardlink,symlink\n")
     assert check.disk_estimate(full, tmp_path)["total"] == est["outputs"]
     days = check.time_check(full).detail
     kimg = full.train.kimg
-    assert f"{kimg:g} kimg at 1024 px: ~{kimg * 141.83 / 86400:.1f} days on one V100" in days   # published
+    v100 = c["sec_per_kimg_v100"]["1024"]
+    assert v100 == 141.83                                                          # published
+    assert f"{kimg:g} kimg at 1024 px: ~{kimg * v100 / 86400:.1f} days on one V100" in days
+    hours = photos * (c["detect_s_per_image_cpu"] + c["filter_s_per_image_cpu"]) / 3600
+    assert f"detect and filter ~{hours:.1f} h" in days
     disk = check.disk_check(full, tmp_path.parent)
     assert "dvc config cache.type reflink,hardlink,symlink" in disk.fix and "dvc unprotect" in disk.fix
+
+
+def test_drawn_scenes_are_costed_as_drawn_and_scaled_by_pixels(tmp_path):
+    demo = params_mod.load(ROOT / "params.yaml")                  # synthetic source, 64 px
+    c = check.costs()
+    est = check.disk_estimate(demo, tmp_path)
+    photos = demo.scrape.synthetic.num_images + 50
+    assert est["raw"] == pytest.approx(photos * c["raw_mb_drawn"] / 1e3)
+    assert est["crops"] == pytest.approx(photos * c["kept_share"] * c["crop_mb_1024_drawn"] * (64 / 1024) ** 2
+                                         / 1e3)
+
+
+def test_memory_needs_follow_the_measured_per_image_figures(tmp_path):
+    sizes = {"resolution": 1024, "min_side": 1024, "min_crop": 1024}
+    p = params_mod.load(_params(tmp_path, filter=sizes, train={"config": "paper1024", "device": "cpu",
+                                                                "batch": 2},
+                                evaluate={"device": "cpu", "batch": 64}))
+    c = check.costs()
+    found = {x.what: x for x in check.memory_checks(p)}
+    assert found["train memory"].detail.startswith(f"~{2 * c['train_gb_per_image_1024_cpu']:.1f} GB needed")
+    assert found["evaluate memory"].detail.startswith(f"~{64 * c['gen_gb_per_image_1024_cpu']:.1f} GB needed")

@@ -7,10 +7,13 @@ downloaded, trained or written.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from corgigan.analysis.fid import INCEPTION_FILE
 from corgigan.errors import StageError
@@ -18,18 +21,12 @@ from corgigan.params import Params
 from corgigan.stylegan2 import configs
 from corgigan.stylegan2.devices import DeviceError, resolve_device
 
-# The cost model, from measurements (../shared/NOTES.md, the 1024-px rehearsal and
-# benchmarks/bench_dataset_identity.py); README's "What the full run costs" uses the same figures.
-PHOTO_MB = 0.30                # a scraped photo in the raw shards (rehearsal: 350k photos -> ~105 GB)
-CROP_MB_1024 = 1.57            # a 1024-px crop PNG (0.5 MB drawn .. 1.5 MB photo; 214 GB / 136,255 crops)
-KEPT_SHARE = 136_255 / 350_000  # of scraped images that become crops (the original run)
+# The cost model's figures live in costs.json beside this file, each with where it came from: measured by
+# `make rehearsal` (benchmarks/rehearsal.py), taken from ../shared/NOTES.md or published by NVIDIA. One
+# place, so that check, the rehearsal and README's "What the full run costs" quote the same numbers.
+COSTS_FILE = Path(__file__).with_name("costs.json")
 BYTES_PER_NUMBER = 4           # float32; a snapshot holds G, D, G_ema and Adam's two moments of G and D
-# (measured: a paper1024 snapshot is 0.857 GB for G 33.2M, D 29.0M, G_ema 33.2M, Adam 118.8M numbers)
-GEN_GB_1024_CPU = 0.6          # memory per generated 1024-px image, float32 on the CPU (measured)
-TRAIN_GB_PER_IMAGE_1024_CPU = 8.0   # paper1024 on the CPU: 2 images per pass took 16 GB (measured)
-TRAIN_GB_1024_GPU = 8.1        # paper1024 at its own batch per GPU (stylegan2-ada-pytorch README, V100)
-# Published sec/kimg on one V100 / one A100 (NVlabs stylegan3 docs/configs.md; 1024 px: the corgi run's ~155).
-SEC_PER_KIMG = {256: (20.84, 12.53), 512: (71.59, 41.06), 1024: (141.83, 90.39)}
+ORIGINAL_PHOTOS, ORIGINAL_CROPS = 350_000, 136_255   # the original corgi run (NOTES.md)
 DVC_LINK_TYPES = "reflink,hardlink,symlink"
 
 
@@ -114,16 +111,48 @@ def evaluate_checks(p: Params) -> list[Check]:
     return out
 
 
-def _scraped_images(p: Params) -> tuple[int, float]:
-    """(images scrape takes in, raw GB) for the params' source (an upper bound for Instagram)."""
+def load_costs(path: Path = COSTS_FILE) -> dict[str, Any]:
+    """The cost model's figures {name: value} from a costs.json (default: the one beside this module)."""
+    return {name: entry["value"] for name, entry in json.loads(path.read_text())["figures"].items()}
+
+
+@functools.cache
+def costs() -> dict[str, Any]:
+    """The cost model's figures, read once per process from COSTS_FILE."""
+    return load_costs()
+
+
+def _scraped_images(p: Params, c: dict[str, Any]) -> tuple[int, float, bool]:
+    """(images scrape takes in, raw GB, whether they are drawn scenes) for the params' source (an upper
+    bound for Instagram)."""
     s = p.scrape
     if s.source == "folder":
         folder = Path(s.folder.path)
         raw = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
-        return max(int(raw / (PHOTO_MB * 1e6)), 1), raw / 1e9
+        return max(int(raw / (c["raw_mb_photo"] * 1e6)), 1), raw / 1e9, False
     ig = s.instagram
-    n = s.synthetic.num_images + 50 if s.source == "synthetic" else ig.max_posts * len(ig.hashtags)
-    return n, n * PHOTO_MB / 1e3
+    drawn = s.source == "synthetic"
+    n = s.synthetic.num_images + 50 if drawn else ig.max_posts * len(ig.hashtags)
+    return n, n * c["raw_mb_drawn" if drawn else "raw_mb_photo"] / 1e3, drawn
+
+
+def project_disk(c: dict[str, Any], *, photos: int, crops: float, resolution: int, snapshots: int,
+                 snapshot_gb: float, drawn: bool, linked: bool,
+                 raw_gb: float | None = None) -> dict[str, float]:
+    """GB per output for `photos` scraped images giving `crops` crops at `resolution`, `snapshots` kept
+    snapshots, and the total with DVC's cache (a second copy of every output unless it links).
+
+    Sizes are per image, measured at 1024 px and scaled by pixels; `drawn` picks the drawn scenes' sizes
+    (the synthetic source) over photos'. `raw_gb` replaces the raw estimate when the photos are on disk.
+    """
+    kind = "drawn" if drawn else "photo"
+    raw = photos * c[f"raw_mb_{kind}"] / 1e3 if raw_gb is None else raw_gb
+    crop_gb = crops * c[f"crop_mb_1024_{kind}"] * (resolution / 1024) ** 2 / 1e3
+    out = {"raw": raw, "crops": crop_gb, "zip": crop_gb * c["zip_per_crops"],
+           "snapshots": snapshots * snapshot_gb}
+    out["outputs"] = sum(out.values())
+    out["total"] = out["outputs"] * (1 if linked else 2)
+    return out
 
 
 def _dvc_links(root: Path) -> bool:
@@ -149,13 +178,12 @@ def snapshot_gb(p: Params) -> float:
 
 def disk_estimate(p: Params, root: Path) -> dict[str, float]:
     """GB per output at the params' resolution and counts, and the total with DVC's cache copy."""
-    images, raw = _scraped_images(p)
-    crops = images * KEPT_SHARE * CROP_MB_1024 * (p.filter.resolution / 1024) ** 2 / 1e3
+    c = costs()
+    images, raw, drawn = _scraped_images(p, c)
     snaps = p.train.keep_snapshots or max(1, int(p.train.kimg // p.train.snapshot_kimg))
-    out = {"raw": raw, "crops": crops, "zip": crops, "snapshots": snaps * snapshot_gb(p)}
-    out["outputs"] = sum(out.values())
-    out["total"] = out["outputs"] * (1 if _dvc_links(root) else 2)   # DVC's cache holds a second copy
-    return out
+    return project_disk(c, photos=images, crops=images * c["kept_share"], resolution=p.filter.resolution,
+                        snapshots=snaps, snapshot_gb=snapshot_gb(p), drawn=drawn, linked=_dvc_links(root),
+                        raw_gb=raw)
 
 
 def disk_check(p: Params, root: Path) -> Check:
@@ -174,12 +202,13 @@ def memory_checks(p: Params) -> list[Check]:
     """Training and generation memory for the configs on the chosen devices, against what the device has."""
     import torch
 
+    c = costs()
     scale = (p.filter.resolution / 1024) ** 2
     cfg = configs.make_config(p.train.config, p.filter.resolution, batch=p.train.batch)
     out = []
     for key, device, need, knob in (
             ("train memory", p.train.device, None, "train.batch_gpu"),
-            ("evaluate memory", p.evaluate.device, p.evaluate.batch * GEN_GB_1024_CPU * scale,
+            ("evaluate memory", p.evaluate.device, p.evaluate.batch * c["gen_gb_per_image_1024_cpu"] * scale,
              "evaluate.batch")):
         try:
             dev = resolve_device(device)
@@ -187,22 +216,40 @@ def memory_checks(p: Params) -> list[Check]:
             continue   # the device check already says what is missing
         if dev.type == "cuda":
             have = torch.cuda.get_device_properties(dev).total_memory / 2**30
-            need = TRAIN_GB_1024_GPU * scale if need is None else need
+            need = c["train_gb_1024_gpu"] * scale if need is None else need
         else:
             have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-            need = TRAIN_GB_PER_IMAGE_1024_CPU * scale * cfg.batch_gpu if need is None else need
+            need = c["train_gb_per_image_1024_cpu"] * scale * cfg.batch_gpu if need is None else need
         out.append(Check(key, need <= have, f"~{need:.1f} GB needed on {dev}, {have:.1f} GB there",
                          f"lower {knob}, or run on a device with more memory"))
     return out
 
 
+def data_stage_hours(c: dict[str, Any], photos: float) -> float:
+    """Hours of detect and filter over `photos` on a CPU like the rehearsal's, from its per-photo costs."""
+    return photos * (c["detect_s_per_image_cpu"] + c["filter_s_per_image_cpu"]) / 3600
+
+
+def train_days(c: dict[str, Any], kimg: float, resolution: int) -> tuple[float, float]:
+    """Training days on one V100 and one A100 from the published sec/kimg nearest `resolution`."""
+    out = []
+    for gpu in ("v100", "a100"):
+        table = {int(r): s for r, s in c[f"sec_per_kimg_{gpu}"].items()}
+        out.append(kimg * table[min(table, key=lambda r: abs(r - resolution))] / 86400)
+    return out[0], out[1]
+
+
 def time_check(p: Params) -> Check:
-    """Training days on one V100 / A100 from the published sec/kimg at the params' resolution."""
+    """Training days on one V100 / A100 from the published sec/kimg at the params' resolution, and hours of
+    detect and filter from the rehearsal's per-photo costs."""
+    c = costs()
     res = p.filter.resolution
-    v100, a100 = SEC_PER_KIMG.get(res, SEC_PER_KIMG[min(SEC_PER_KIMG, key=lambda r: abs(r - res))])
-    days = [p.train.kimg * s / 86400 for s in (v100, a100)]
-    return Check("train time", True, f"{p.train.kimg:g} kimg at {res} px: ~{days[0]:.1f} days on one V100, "
-                 f"~{days[1]:.1f} on one A100 (published sec/kimg; divide by the GPUs used)")
+    v100, a100 = train_days(c, p.train.kimg, res)
+    images, _, _ = _scraped_images(p, c)
+    hours = data_stage_hours(c, images)
+    return Check("train time", True, f"{p.train.kimg:g} kimg at {res} px: ~{v100:.1f} days on one V100, "
+                 f"~{a100:.1f} on one A100 (published sec/kimg; divide by the GPUs used); detect and filter "
+                 f"~{hours:.1f} h on 2 CPU cores like the rehearsal's (fewer with a GPU and more cores)")
 
 
 def run_checks(p: Params, root: Path, environ: dict[str, str] | None = None) -> list[Check]:
