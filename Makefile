@@ -11,7 +11,7 @@ export YOLO_AUTOINSTALL := false
 export DVC_NO_ANALYTICS := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test lint bench gpu-check mutation clean-venv
+.PHONY: venv demo test lint bench rehearsal gpu-check mutation clean-venv
 
 venv: $(STAMP)
 
@@ -35,6 +35,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	python -m benchmarks.run $(BENCH)
+
+# The full configuration rehearsed on this machine (benchmarks/rehearsal.py): every stage at 1024 px with
+# offline stand-ins and small counts; per-stage time, peak memory and output size per image in
+# out/rehearsal/rehearsal.{txt,json}, and the measured figures of src/corgigan/costs.json (what
+# `corgigan check` and README's cost table use) rewritten. ~15 min on 2 cores and 16 GB; not in `make test`.
+rehearsal: $(STAMP)
+	python -m benchmarks.rehearsal --out out/rehearsal --costs src/corgigan/costs.json
 
 # The prepared check for a GPU machine (benchmarks/gpu_check.py): needs only python3 with torch, numpy and
 # Pillow, so it does not depend on the venv (it uses one when present). Without a GPU: toy sizes on the CPU.
