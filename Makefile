@@ -39,7 +39,8 @@ bench: $(STAMP)
 # The full configuration rehearsed on this machine (benchmarks/rehearsal.py): every stage at 1024 px with
 # offline stand-ins and small counts; per-stage time, peak memory and output size per image in
 # out/rehearsal/rehearsal.{txt,json}, and the measured figures of src/corgigan/costs.json (what
-# `corgigan check` and README's cost table use) rewritten. ~15 min on 2 cores and 16 GB; not in `make test`.
+# `corgigan check` and README's cost table use) rewritten. ~27 min on 2 busy cores, 13 GiB at most; not in
+# `make test` (tests/test_rehearsal.py runs it at 64 px).
 rehearsal: $(STAMP)
 	python -m benchmarks.rehearsal --out out/rehearsal --costs src/corgigan/costs.json
 

@@ -21,7 +21,7 @@ since drawn scenes compress better than photos.
 It writes OUT/rehearsal.json, OUT/rehearsal.txt (the table) and the stages' logs in OUT/logs, and, with
 --costs, rewrites the measured figures of that costs.json (src/corgigan/costs.json is what `corgigan check`
 and README's cost table use), keeping the published ones. --smoke runs the same at 64 px with tiny counts
-in about a minute (tests/test_rehearsal.py).
+(tests/test_rehearsal.py; ~2.5 min on 2 busy cores, the stages' process starts and the detector most of it).
 
     python -m benchmarks.rehearsal [--smoke] [--out out/rehearsal] [--costs src/corgigan/costs.json]
 """
@@ -405,7 +405,7 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="64 px, tiny counts (about a minute)")
+    parser.add_argument("--smoke", action="store_true", help="64 px, tiny counts (a few minutes)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "rehearsal", help="output folder")
     parser.add_argument("--costs", type=Path,
                         help="costs.json whose measured figures to rewrite (1024 px only)")
