@@ -3,11 +3,21 @@
 Every picture is a function of (generator, seeds, psi): z for seed s is numpy's RandomState(s) normal
 draw (latents.py), noise is constant, so the same snapshot and seeds give the same pixels. `load` is the
 StageError face of stylegan2/load.py for the commands and stages.
+
+Generation is bounded by memory, not by a count: `images_per_batch` turns the measured cost of one
+1024-px image (costs.json) into images per generator pass for a model's resolution and channels and the
+memory the device has free, and every pass here takes at most that many (a fixed batch is only a cap).
+An image does not depend on the pass it was drawn in, so the budget never changes a picture's bytes.
+Videos stream their frames to the encoder a pass at a time.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +30,7 @@ from corgigan.errors import StageError, quote
 from corgigan.stylegan2.devices import resolve_device
 from corgigan.stylegan2.grid import tile
 from corgigan.stylegan2.load import build, load_networks, resolve
+from corgigan.stylegan2.networks import channels_per_resolution
 from corgigan.stylegan2.snapshot import SnapshotError
 from corgigan.stylegan2.ws_ranges import layer_range
 from corgigan.tables import atomic_path
@@ -32,6 +43,62 @@ BATCH = 16                       # images per generator pass
 # A picture (grid, strip, video) holds all its images in memory while it is drawn: at most this many
 # pixels (3 GiB as uint8 RGB: 1024 images at 1024 px, 262144 at 64 px). One PNG per seed streams instead.
 MAX_PICTURE_PIXELS = 2**30
+COSTS_FILE = Path(__file__).resolve().parents[1] / "costs.json"   # the measured figures (check.py's too)
+COST_FIGURE = "gen_gb_per_image_1024_cpu"   # peak memory of one generated 1024-px image, paper1024's G
+# The measured G: paper1024's synthesis (channel_base 32768, channel_max 512) at 1024 px.
+COST_REFERENCE = channels_per_resolution(32768, 512, [2**i for i in range(2, 11)])
+# Share of the memory available now that one generator pass may take: the rest stays for the process's
+# other work (FID features, the detector, encoders) and for other processes.
+BUDGET_SHARE = 0.5
+
+
+@functools.cache
+def gib_per_image_1024() -> float:
+    """The measured peak memory of one 1024-px image of paper1024's G in float32, from costs.json (read once;
+    its unit, GB, is taken as GiB: the larger, so batches err small)."""
+    return float(json.loads(COSTS_FILE.read_text())["figures"][COST_FIGURE]["value"])
+
+
+def bytes_per_image(G: torch.nn.Module) -> float:
+    """Peak memory one generated image of G costs: the measured 1024-px figure scaled by G's activations
+    (feature maps x pixels summed over its blocks) against the measured network's."""
+    reference = sum(c * r * r for r, c in COST_REFERENCE.items())
+    own = sum(b.out_channels * b.resolution**2 for b in G.synthesis.blocks)
+    return gib_per_image_1024() * 2**30 * own / reference
+
+
+def available_memory() -> int:
+    """Bytes of memory the OS can give this process now: Linux's MemAvailable (free plus reclaimable
+    cache); elsewhere the free pages, or where even that is unknown the physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    pages = os.sysconf("SC_AVPHYS_PAGES") if "SC_AVPHYS_PAGES" in os.sysconf_names else \
+        os.sysconf("SC_PHYS_PAGES")
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes one generator pass may take on `device`: BUDGET_SHARE of its free memory (CUDA: what the
+    driver reports free; CPU: the memory the OS says is available)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = available_memory()
+    return int(free * BUDGET_SHARE)
+
+
+def images_per_batch(G: torch.nn.Module, device: torch.device | None = None,
+                     budget_bytes: int | None = None) -> int:
+    """Images of G one pass may generate within `budget_bytes` (default: `memory_budget` of G's device);
+    never below 1."""
+    if budget_bytes is None:
+        budget_bytes = memory_budget(device or next(G.parameters()).device)
+    return max(1, int(budget_bytes // bytes_per_image(G)))
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -42,17 +109,26 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def synthesize_w(G: torch.nn.Module, ws: torch.Tensor, batch: int = 16) -> np.ndarray:
-    """Images for latents ws [N, num_ws, w_dim], in batches."""
+def synthesize_batches(G: torch.nn.Module, ws: torch.Tensor, batch: int = BATCH,
+                       budget_bytes: int | None = None) -> Iterator[np.ndarray]:
+    """uint8 images [n, H, W, 3] for latents ws [N, num_ws, w_dim], a pass at a time: at most `batch`
+    images per pass, fewer when the memory budget (`images_per_batch`) allows fewer."""
     device = next(G.parameters()).device
-    out = [to_uint8(G.synthesis(ws[i:i + batch].to(device), noise_mode="const"))
-           for i in range(0, len(ws), batch)]
-    return np.concatenate(out)
+    step = max(1, min(batch, images_per_batch(G, device, budget_bytes)))
+    for i in range(0, len(ws), step):
+        yield to_uint8(G.synthesis(ws[i:i + step].to(device), noise_mode="const"))
 
 
-def generate_images(G: torch.nn.Module, seeds: list[int], psi: float, batch: int = BATCH) -> np.ndarray:
-    """uint8 images [N, H, W, 3], one per seed."""
-    out = [synthesize_w(G, map_seeds(G, seeds[i:i + batch], psi), batch)
+def synthesize_w(G: torch.nn.Module, ws: torch.Tensor, batch: int = BATCH,
+                 budget_bytes: int | None = None) -> np.ndarray:
+    """Images for latents ws [N, num_ws, w_dim] as uint8 [N, H, W, 3], in passes within the memory budget."""
+    return np.concatenate(list(synthesize_batches(G, ws, batch, budget_bytes)))
+
+
+def generate_images(G: torch.nn.Module, seeds: list[int], psi: float, batch: int = BATCH,
+                    budget_bytes: int | None = None) -> np.ndarray:
+    """uint8 images [N, H, W, 3], one per seed (mapped `batch` seeds at a time, drawn within the budget)."""
+    out = [synthesize_w(G, map_seeds(G, seeds[i:i + batch], psi), batch, budget_bytes)
            for i in range(0, len(seeds), batch)]
     return np.concatenate(out)
 
@@ -95,7 +171,8 @@ def style_mixing(G: torch.nn.Module, row_seeds: list[int], col_seeds: list[int],
     styles (layers < cutoff, default half) from its row seed and the fine ones from its column seed."""
     w_rows, w_cols = map_seeds(G, row_seeds, psi), map_seeds(G, col_seeds, psi)
     cutoff = G.num_ws // 2 if cutoff is None else cutoff
-    cells = [np.zeros_like(synthesize_w(G, w_cols[:1]))]   # black corner
+    side = G.img_resolution
+    cells = [np.zeros((1, side, side, 3), np.uint8)]              # black corner: no generator pass
     cells.append(synthesize_w(G, w_cols))
     for i in range(len(row_seeds)):
         mixed = w_cols.clone()
@@ -108,21 +185,26 @@ def style_mixing(G: torch.nn.Module, row_seeds: list[int], col_seeds: list[int],
                     ["", *(f"coarse {s}" for s in row_seeds)], corner=f"ws<{cutoff}")
 
 
-def interpolation_frames(G: torch.nn.Module, seeds: list[int], frames: int, psi: float) -> np.ndarray:
-    """A looping walk through W: keyframes at the seeds, smooth-stepped linear paths between them."""
+def interpolation_frames(G: torch.nn.Module, seeds: list[int], frames: int, psi: float,
+                         budget_bytes: int | None = None) -> Iterator[np.ndarray]:
+    """A looping walk through W: keyframes at the seeds, smooth-stepped linear paths between them. Yields
+    uint8 frames [H, W, 3] a generator pass at a time, so a video never holds more than one pass."""
     keys = map_seeds(G, [*seeds, seeds[0]], psi)                  # [K+1, num_ws, w_dim]
     t = np.linspace(0, len(seeds), frames, endpoint=False)
     idx = np.floor(t).astype(int)
     frac = torch.from_numpy(t - idx).float().to(keys.device)
     frac = (frac * frac * (3 - 2 * frac))[:, None, None]         # ease in and out of each keyframe
     ws = keys[idx] * (1 - frac) + keys[idx + 1] * frac
-    return synthesize_w(G, ws)
+    for batch in synthesize_batches(G, ws, budget_bytes=budget_bytes):
+        yield from batch
 
 
-def write_video(frames: np.ndarray, path: Path, fps: int = VIDEO_FPS) -> Path:
+def write_video(frames: Iterable[np.ndarray], path: Path, fps: int = VIDEO_FPS, gif: Path | None = None
+                ) -> Path:
     """Write frames as H.264 mp4 (bit-exact settings) with imageio-ffmpeg; a GIF if ffmpeg is missing.
 
-    Returns the path written (its suffix says which).
+    Frames are encoded as they come (an iterator streams: none is kept). With `gif`, the same frames also
+    go to that GIF in the same pass. Returns the path written (its suffix says which).
     """
     import imageio.v2 as iio
     try:
@@ -130,25 +212,39 @@ def write_video(frames: np.ndarray, path: Path, fps: int = VIDEO_FPS) -> Path:
         imageio_ffmpeg.get_ffmpeg_exe()
     except (ImportError, RuntimeError) as e:
         log.warning("ffmpeg unavailable (%s); writing a GIF instead of %s", e, path.name)
-        return write_gif(frames, path.with_suffix(".gif"), fps)
+        written = write_gif(frames, path.with_suffix(".gif"), fps)
+        if gif is not None and gif != written:
+            log.warning("%s not written: its frames went to %s", gif.name, written.name)
+        return written
     # H.264 needs even sides; a macro block of 16 lets imageio pad small frames to fit.
     with atomic_path(path) as tmp:
         writer = iio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=None,
                                 macro_block_size=16, ffmpeg_log_level="error",
                                 ffmpeg_params=["-crf", "18", "-pix_fmt", "yuv420p", "-threads", "1",
                                                "-fflags", "+bitexact", "-map_metadata", "-1"])
-        for frame in frames:
-            writer.append_data(frame)
+
+        def encoded() -> Iterator[np.ndarray]:
+            for frame in frames:
+                writer.append_data(frame)
+                yield frame
+
+        if gif is not None:
+            write_gif(encoded(), gif, fps)
+        else:
+            for _ in encoded():
+                pass
         writer.close()
     return path
 
 
-def write_gif(frames: np.ndarray, path: Path, fps: int = VIDEO_FPS) -> Path:
-    """Write frames as a looping GIF."""
-    images = [Image.fromarray(f) for f in frames]
+def write_gif(frames: Iterable[np.ndarray], path: Path, fps: int = VIDEO_FPS) -> Path:
+    """Write frames as a looping GIF. Frames are read as Pillow encodes them; Pillow keeps each as its
+    palette indices (a third of the RGB frame) until the file is written."""
+    it = iter(frames)
+    first = Image.fromarray(next(it))
     with atomic_path(path) as tmp:
-        images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                       duration=round(1000 / fps), loop=0)
+        first.save(tmp, format="GIF", save_all=True, append_images=(Image.fromarray(f) for f in it),
+                   duration=round(1000 / fps), loop=0)
     return path
 
 
@@ -203,16 +299,20 @@ def load_with_discriminator(checkpoint: Path, device: torch.device
 STRIP_TILE = 128         # strips show each image at most this many pixels wide
 
 
+def shrink(images: np.ndarray, side: int) -> np.ndarray:
+    """uint8 images [N, H, H, 3] resized (Lanczos) to side x side when larger; smaller ones as they are."""
+    if images.shape[1] <= side:
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize((side, side), Image.LANCZOS)) for im in images])
+
+
 def strip_grid(images: np.ndarray, seeds: list[int], strengths: np.ndarray, corner: str = "") -> Image.Image:
     """Images [S * T, H, W, 3] (seed-major) as a labelled grid: a row per seed, a column per strength (in
     sigmas); tiles shrink to STRIP_TILE px so a 1024-px model's strips stay small."""
-    side = images.shape[1]
-    if side > STRIP_TILE:
-        images = np.stack([np.asarray(Image.fromarray(im).resize((STRIP_TILE, STRIP_TILE), Image.LANCZOS))
-                           for im in images])
-        side = STRIP_TILE
+    images = shrink(images, STRIP_TILE)
     grid = image_grid(images, cols=len(strengths))
-    return labelled(grid, side, [f"{t:+.1f} sd" for t in strengths], [f"seed {s}" for s in seeds], corner)
+    return labelled(grid, images.shape[1], [f"{t:+.1f} sd" for t in strengths], [f"seed {s}" for s in seeds],
+                    corner)
 
 
 def write_edit(G: torch.nn.Module, out: Path, name: str, vector: torch.Tensor, sigma: float,
@@ -233,10 +333,22 @@ def write_edit(G: torch.nn.Module, out: Path, name: str, vector: torch.Tensor, s
     # A cosine sweep lo -> hi -> lo: the loop closes without a jump and slows at both ends.
     t = np.arange(frames) / frames
     strengths = lo + (hi - lo) * (1 - np.cos(2 * np.pi * t)) / 2
-    imgs = synthesize_w(G, directions.edit_ws(w, vector, layers, strengths * sigma, G.num_ws))  # [S*F,H,W,3]
-    n, h = len(seeds), G.img_resolution
-    video = imgs.reshape(n, frames, h, h, 3).transpose(1, 2, 0, 3, 4).reshape(frames, h, n * h, 3)
-    return write_video(np.ascontiguousarray(video), out / f"edit-{name}.mp4")
+    return write_video(edit_frames(G, w, vector, sigma, layers, strengths), out / f"edit-{name}.mp4")
+
+
+def edit_frames(G: torch.nn.Module, w: torch.Tensor, vector: torch.Tensor, sigma: float,
+                layers: tuple[int, int], strengths: np.ndarray, budget_bytes: int | None = None
+                ) -> Iterator[np.ndarray]:
+    """Frames [H, S * W, 3] of the S latents w [S, w_dim] side by side, one frame per strength (in
+    sigmas), drawn a memory budget's worth of frames at a time."""
+    n, h = len(w), G.img_resolution
+    per_pass = max(1, min(BATCH, images_per_batch(G, budget_bytes=budget_bytes)) // n)
+    for i in range(0, len(strengths), per_pass):
+        part = strengths[i:i + per_pass]
+        ws = directions.edit_ws(w, vector, layers, part * sigma, G.num_ws)         # [S * F, num_ws, w_dim]
+        imgs = synthesize_w(G, ws, budget_bytes=budget_bytes)                      # seed-major
+        video = imgs.reshape(n, len(part), h, h, 3).transpose(1, 2, 0, 3, 4).reshape(len(part), h, n * h, 3)
+        yield from np.ascontiguousarray(video)
 
 
 def picture_images(what: str, num_seeds: int, frames: int, steps: int) -> int:

@@ -341,7 +341,8 @@ def write_outputs(out: Path, name: str, target: Image.Image, result: Projection,
         np.savez(f, ws=ws[0].numpy().astype(np.float32), space=np.array(result.space))
     if result.frames is not None:
         tgt = np.asarray(target.convert("RGB"))
-        frames = np.stack([np.concatenate([tgt, f[index]], axis=1) for f in result.frames])
+        # Side by side as the encoder takes them: no second copy of the recorded steps.
+        frames = (np.concatenate([tgt, f[index]], axis=1) for f in result.frames)
         write_video(frames, folder / "projection.mp4", fps=fps)
     # Per-step terms are sums over the batch; with one target per call they are this target's.
     report = {"space": result.space, "steps": len(result.history), **result.errors[index], "crop": how,

@@ -81,9 +81,9 @@ def write_figures(G: torch.nn.Module, p: EvaluateParams, figures: Path) -> None:
     sampling.save_png(sampling.truncation_sweep(G, seeds[:4]), figures / "truncation.png")
     sampling.save_png(sampling.style_mixing(G, seeds[:3], seeds[3:8] or seeds[:1], p.truncation_psi),
                       figures / "mixing.png")
+    # One walk, streamed to both files: no frame is drawn twice or kept past its pass.
     frames = sampling.interpolation_frames(G, seeds[:6], p.video_frames, p.truncation_psi)
-    sampling.write_video(frames, figures / "interpolation.mp4")
-    sampling.write_gif(frames, figures / "interpolation.gif")
+    sampling.write_video(frames, figures / "interpolation.mp4", gif=figures / "interpolation.gif")
 
 
 def run(p: EvaluateParams, checkpoints: Path, dataset: Path, metrics: Path, figures: Path) -> None:
