@@ -5,8 +5,9 @@ sigmas, the photo rule and detector, a cache of rendered PNGs, the projection jo
 latents. Its methods take typed arguments (serve.py parses the queries) and refuse what they cannot do
 with `RefusedError` (bad input, gone, busy), which the HTTP side turns into statuses.
 
-Every request's work is bounded (`Limits`): images per grid, generated pixels per request, projection
-steps, upload bytes and pixels, projections queued, photos kept. All model work runs under one FIFO lock
+Every request's work is bounded (`Limits`): images per grid, generated pixels per pass (a grid of a
+1024-px model is drawn a pass at a time and shown as thumbnails), projection steps, upload bytes and
+pixels, projections queued, photos kept. All model work runs under one FIFO lock
 (`FairLock`), so concurrent requests queue instead of oversubscribing the CPU, and a projection yields
 the model between its steps, so the sliders stay responsive while it runs. Projections run one at a
 time on a worker thread, in order.
@@ -49,7 +50,8 @@ class Limits:
     """The most work one request may ask for (and, for the HTTP side, what one connection may hold)."""
 
     max_grid: int = 16                       # images per grid
-    max_pixels: int = 16 * 256 * 256         # generated pixels per request (16 images at 256 px, 1 at 1024)
+    max_pixels: int = 16 * 256 * 256         # generated pixels per pass (16 images at 256 px, 1 at 1024)
+    thumb: int = 256                         # grid tiles at most this many px wide (larger images shrink)
     max_steps: int = 300                     # projection steps per upload
     default_steps: int = 100                 # what the page proposes
     max_upload_bytes: int = 20 * 2**20       # upload size
@@ -62,7 +64,12 @@ class Limits:
     max_connections: int = 32                # connections served at once; more wait (then get a 503)
 
     def grid_cap(self, resolution: int) -> int:
-        """Images one grid may hold at this resolution."""
+        """Images one grid may hold at this resolution: max_grid at any resolution, since a grid is drawn
+        `grid_pass` images at a time and keeps only thumbnails (at most `thumb` px) of them."""
+        return max(1, self.max_grid)
+
+    def grid_pass(self, resolution: int) -> int:
+        """Images of this resolution one generator pass of a grid may draw (max_pixels; at least one)."""
         return max(1, min(self.max_grid, self.max_pixels // resolution**2))
 
 
@@ -176,7 +183,8 @@ class Explorer:
             "detector": self.detector is not None,
             "directions": [{"index": i, "name": d.name, "layers": list(d.layers)}
                            for i, d in enumerate(self.directions)],
-            "limits": {"grid": lim.grid_cap(self.G.img_resolution), "max_steps": lim.max_steps,
+            "limits": {"grid": lim.grid_cap(self.G.img_resolution), "thumb": lim.thumb,
+                       "max_steps": lim.max_steps,
                        "default_steps": min(lim.default_steps, lim.max_steps),
                        "max_upload_bytes": lim.max_upload_bytes, "max_upload_pixels": lim.max_upload_pixels,
                        "max_sigmas": lim.max_sigmas, "max_seed": MAX_SEED},
@@ -224,14 +232,22 @@ class Explorer:
 
     def grid(self, start: int, count: int, cols: int, psi: float = 1.0) -> bytes:
         """/api/grid: seeds start .. start + count - 1 at truncation psi, `cols` per row (count: at most
-        `limits.grid_cap` of this model's resolution)."""
+        `limits.grid_cap`), tiles shrunk to `limits.thumb` px; drawn `limits.grid_pass` images at a time."""
+        if not 1 <= count <= self.limits.grid_cap(self.G.img_resolution):
+            raise RefusedError("bad", f"count={count}: a grid holds 1 to "
+                               f"{self.limits.grid_cap(self.G.img_resolution)} images")
         key = ("grid", start, count, cols, psi)
         cached = self._cached(key)
         if cached is not None:
             return cached
-        with self.lock:
-            imgs = sampling.generate_images(self.G, list(range(start, start + count)), psi)
-        png = png_bytes(np.asarray(sampling.image_grid(imgs, cols)))
+        seeds = list(range(start, start + count))
+        per_pass = self.limits.grid_pass(self.G.img_resolution)
+        tiles = []
+        for i in range(0, count, per_pass):
+            with self.lock:   # one pass at a time: other requests queue between the passes
+                imgs = sampling.generate_images(self.G, seeds[i:i + per_pass], psi, per_pass)
+            tiles.append(sampling.shrink(imgs, self.limits.thumb))
+        png = png_bytes(np.asarray(sampling.image_grid(np.concatenate(tiles), cols)))
         self._store(key, png)
         return png
 

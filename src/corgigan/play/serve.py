@@ -21,7 +21,7 @@ then answers only requests addressed to a loopback name (a guard against DNS reb
 API (all GET unless marked):
     /api/info                                   model, limits, directions (with their index)
     /api/image?seed=S|latent=ID&psi=&mix=&cutoff=&d<i>=   one PNG; d<i>: move along direction i, in sigmas
-    /api/grid?start=&count=&cols=&psi=          a PNG grid of seeds start .. start+count-1
+    /api/grid?start=&count=&cols=&psi=          a PNG grid of seeds start .. start+count-1 (thumbnails)
     POST /api/project?steps=&space=  body: the photo's bytes; header X-Corgigan: 1 -> {"job", "latent"}
     /api/job?id=                                {"state": queued|running|done|error, "step", "steps", ...}
     /api/target?id=                             the cropped photo the projection aims at (PNG)
