@@ -144,3 +144,13 @@ def test_serve_grid_of_a_1024_px_model_is_thumbnails_drawn_within_the_budget() -
         srv.shutdown()
         srv.server_close()
 
+
+
+def test_the_budget_is_the_same_whatever_memory_is_free() -> None:
+    # A pass of another size rounds a few pixels differently: the budget must follow the machine, not the
+    # moment. Taking memory away between two reads must not change it.
+    before = sampling.memory_budget(torch.device("cpu"))
+    hog = bytearray(256 << 20)          # 256 MiB in use now
+    hog[::4096] = b"x" * len(hog[::4096])
+    assert sampling.memory_budget(torch.device("cpu")) == before
+    del hog

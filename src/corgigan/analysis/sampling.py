@@ -47,7 +47,7 @@ COSTS_FILE = Path(__file__).resolve().parents[1] / "costs.json"   # the measured
 COST_FIGURE = "gen_gb_per_image_1024_cpu"   # peak memory of one generated 1024-px image, paper1024's G
 # The measured G: paper1024's synthesis (channel_base 32768, channel_max 512) at 1024 px.
 COST_REFERENCE = channels_per_resolution(32768, 512, [2**i for i in range(2, 11)])
-# Share of the memory available now that one generator pass may take: the rest stays for the process's
+# Share of the device's total memory that one generator pass may take: the rest stays for the process's
 # other work (FID features, the detector, encoders) and for other processes.
 BUDGET_SHARE = 0.5
 
@@ -67,29 +67,30 @@ def bytes_per_image(G: torch.nn.Module) -> float:
     return gib_per_image_1024() * 2**30 * own / reference
 
 
-def available_memory() -> int:
-    """Bytes of memory the OS can give this process now: Linux's MemAvailable (free plus reclaimable
-    cache); elsewhere the free pages, or where even that is unknown the physical memory."""
+def total_memory() -> int:
+    """Bytes of physical memory of this machine (Linux's MemTotal; elsewhere the physical pages)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith("MemTotal:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    pages = os.sysconf("SC_AVPHYS_PAGES") if "SC_AVPHYS_PAGES" in os.sysconf_names else \
-        os.sysconf("SC_PHYS_PAGES")
-    return pages * os.sysconf("SC_PAGE_SIZE")
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def memory_budget(device: torch.device) -> int:
-    """Bytes one generator pass may take on `device`: BUDGET_SHARE of its free memory (CUDA: what the
-    driver reports free; CPU: the memory the OS says is available)."""
+    """Bytes one generator pass may take on `device`: BUDGET_SHARE of its total memory.
+
+    Total, not free: the pass size must not depend on what else happens to be running, because a pass of
+    another size rounds a few pixels differently (the style affines' matmul), and the same params must give
+    the same bytes on one machine from run to run.
+    """
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        total = torch.cuda.get_device_properties(device).total_memory
     else:
-        free = available_memory()
-    return int(free * BUDGET_SHARE)
+        total = total_memory()
+    return int(total * BUDGET_SHARE)
 
 
 def images_per_batch(G: torch.nn.Module, device: torch.device | None = None,
