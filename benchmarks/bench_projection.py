@@ -73,7 +73,7 @@ def interleaved_medians(fns: list[Callable[[], object]], repeats: int, warmup: i
 def networks(name: str, resolution: int) -> tuple[torch.nn.Module, torch.nn.Module]:
     """G and D of a preset, randomly initialised, eval and frozen, as projection uses them."""
     torch.manual_seed(0)
-    G, D = configs.build_networks(configs.make_config(name, resolution))
+    G, D = configs.build_networks(configs.network_spec(configs.make_config(name, resolution)))
     return G.eval().requires_grad_(False), D.eval().requires_grad_(False)
 
 

@@ -47,7 +47,7 @@ log = logging.getLogger("bench_train")
 
 def _setup(cfg: configs.TrainingConfig, p: float | None):
     torch.manual_seed(0)
-    G, D = configs.build_networks(cfg)
+    G, D = configs.build_networks(configs.network_spec(cfg))
     G.train().requires_grad_(False)
     D.train().requires_grad_(False)
     pipe = None
@@ -113,7 +113,7 @@ def _time(G, loss, phases, cfg: configs.TrainingConfig, repeats: int, clock) -> 
 def buffer_split(cfg: configs.TrainingConfig) -> tuple[int, int]:
     """Bytes of (w_avg-like moving buffers, all buffers) of G and D at cfg."""
     torch.manual_seed(0)
-    nets = configs.build_networks(cfg)
+    nets = configs.build_networks(configs.network_spec(cfg))
     moving = total = 0
     for net in nets:
         for name, b in net.named_buffers():
@@ -129,7 +129,7 @@ def _broadcast_worker(rank: int, port: int, cfg: configs.TrainingConfig, repeats
     distributed.init_from_env("cpu")
     try:
         torch.manual_seed(0)
-        G, D = configs.build_networks(cfg)
+        G, D = configs.build_networks(configs.network_spec(cfg))
         everything = [b for m in (G, D) for b in m.buffers()]
         moving = [b for m in (G, D) for n, b in m.named_buffers() if n.rsplit(".", 1)[-1] in MOVING_BUFFERS]
         result = {}

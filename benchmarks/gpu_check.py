@@ -266,7 +266,7 @@ def network_calls(name: str, resolution: int, device: torch.device) -> collectio
     the config's batch per GPU, and of G at the path-length regulariser's smaller batch."""
     cfg = configs.make_config(name, resolution)
     torch.manual_seed(0)
-    G, D = configs.build_networks(cfg)
+    G, D = configs.build_networks(configs.network_spec(cfg))
     G, D = G.to(device).train(), D.to(device).train()
     pipe = augment.bgc_pipe().to(device)
     pipe.p.fill_(1.0)

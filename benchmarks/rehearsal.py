@@ -206,7 +206,7 @@ def generation_probe(config: str, resolution: int, batch: int) -> None:
 
     torch.manual_seed(0)
     cfg = configs.make_config(config, resolution)
-    G, _ = configs.build_networks(cfg)
+    G, _ = configs.build_networks(configs.network_spec(cfg))
     G.eval().requires_grad_(False)
     with torch.no_grad():
         img = G(torch.randn(batch, G.z_dim), torch.zeros(batch, 0), noise_mode="const")   # [N, C, H, W]

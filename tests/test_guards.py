@@ -102,7 +102,7 @@ def server() -> Iterator[serve.Server]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    G, _ = configs.build_networks(tiny_config())
+    G, _ = configs.build_networks(configs.network_spec(tiny_config()))
     explorer = Explorer(G.eval().requires_grad_(False), None, {"path": "tiny.pt", "kimg": 0})
     srv = serve.start(explorer, "127.0.0.1", 0)
     yield srv

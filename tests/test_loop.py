@@ -69,7 +69,7 @@ def test_running_means_and_lazy_correction():
 def _nets(seed: int = 0):
     cfg = tiny_config()
     torch.manual_seed(seed)
-    G, D = configs.build_networks(cfg)
+    G, D = configs.build_networks(configs.network_spec(cfg))
     return cfg, G, D
 
 

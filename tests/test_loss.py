@@ -29,7 +29,7 @@ class ConvBackwardMasks(TorchDispatchMode):
 
 def _nets():
     torch.manual_seed(0)
-    G, D = configs.build_networks(tiny_config())
+    G, D = configs.build_networks(configs.network_spec(tiny_config()))
     return G.train().requires_grad_(True), D.train().requires_grad_(True)
 
 

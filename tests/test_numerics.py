@@ -62,7 +62,7 @@ def test_zero_styles_give_zero_not_nan(fused, up):
 
 def _generator():
     torch.manual_seed(0)
-    G, D = configs.build_networks(tiny_config())
+    G, D = configs.build_networks(configs.network_spec(tiny_config()))
     return G, D
 
 

@@ -572,7 +572,7 @@ def tiny_pickle(tmp_path: Path, kind: str, cfg: configs.TrainingConfig | None = 
     """A pickle of `cfg`'s networks (tiny_config by default) with random weights."""
     cfg = cfg or tiny_config()
     torch.manual_seed(11)
-    G, D = configs.build_networks(cfg)
+    G, D = configs.build_networks(configs.network_spec(cfg))
     G, D = pw.randomise(G, 12), pw.randomise(D, 13)
     syn = cfg.G_kwargs["synthesis_kwargs"]
     if kind == "pytorch":
@@ -606,7 +606,7 @@ def test_transfer_learning_from_a_pickle_with_freeze_d(tmp_path, data8, kind):
     assert not torch.equal(D_sd["epilogue.fc.weight"], D0_sd["epilogue.fc.weight"])   # the rest trains
     # G started from the pickle's weights: after two steps it is still next to them, far from a fresh G.
     G0_sd = G0.state_dict()
-    fresh = configs.build_networks(tiny_config())[0].state_dict()
+    fresh = configs.build_networks(configs.network_spec(tiny_config()))[0].state_dict()
     name = "synthesis.blocks.1.conv1.weight"
     assert (state["G"][name] - G0_sd[name]).abs().max() < 0.1 < (fresh[name] - G0_sd[name]).abs().max()
     # A snapshot converted from the pickle starts the same kind of run (no allow_other_data needed), and
@@ -643,7 +643,7 @@ def test_transfer_from_a_pickle_that_does_not_fit_says_why(tmp_path, data8):
 def test_transfer_from_a_pickle_without_training_g_starts_g_from_g_ema(tmp_path, caplog):
     cfg = tiny_config()
     torch.manual_seed(11)
-    G, D = configs.build_networks(cfg)
+    G, D = configs.build_networks(configs.network_spec(cfg))
     G_ema, D = pw.randomise(G, 12), pw.randomise(D, 13)
     G_ref, D_ref = config_reference_kwargs(cfg)
     path = pw.write(tmp_path / "no-g.pkl", {"G_ema": pw.reference_generator(G_ema, **G_ref),

@@ -96,6 +96,23 @@ def _set(section: str, key: str, value: object):
     return lambda state: state[section].__setitem__(key, value)
 
 
+def generate_from_damaged(tmp_path, caplog, damage) -> tuple[Path, str]:
+    """`corgigan generate` on a snapshot that `damage` edited: (its path, the one ERROR line); rc 2 and
+    no output folder."""
+    state = fake_state(tiny_config())
+    damage(state)
+    path = tmp_path / snapshot_name(8)
+    save_snapshot(path, state)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["generate", "--checkpoint", str(path), "--out", str(out), "--seeds", "0",
+                         "--device", "cpu"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert not out.exists()
+    return path, errors[0]
+
+
 @pytest.mark.parametrize("damage, message", [
     (_set("config", "name", "paper9000"), "unknown config 'paper9000'"),
     (_set("config", "resolution", 3), "resolution = 3 is outside 8..4096"),
@@ -107,18 +124,8 @@ def _set(section: str, key: str, value: object):
     (_set("dataset", "resolution", 16), "dataset.resolution = 16 disagrees with config.resolution = 8"),
 ])
 def test_a_stored_config_that_cannot_rebuild_the_networks_is_one_line(tmp_path, caplog, damage, message):
-    state = fake_state(tiny_config())
-    damage(state)
-    path = tmp_path / snapshot_name(8)
-    save_snapshot(path, state)
-    out = tmp_path / "out"
-    with caplog.at_level(logging.ERROR):
-        assert cli.main(["generate", "--checkpoint", str(path), "--out", str(out), "--seeds", "0",
-                         "--device", "cpu"]) == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "\n" not in errors[0], errors
-    assert errors[0].startswith(f"{path}: ") and message in errors[0], errors[0]
-    assert not out.exists()
+    path, error = generate_from_damaged(tmp_path, caplog, damage)
+    assert error.startswith(f"{path}: ") and message in error, error
     with pytest.raises(SnapshotError, match="stored networks cannot be rebuilt"):   # every reader, not one
         load_snapshot(path)
 
@@ -133,18 +140,8 @@ def test_a_stored_config_that_cannot_rebuild_the_networks_is_one_line(tmp_path, 
      "cannot be built (ValueError: DiscriminatorBlock: architecture must be resnet or orig, got 'zzz')"),
 ])
 def test_settings_our_networks_refuse_are_one_line_for_every_reader(tmp_path, caplog, damage, message):
-    state = fake_state(tiny_config())
-    damage(state)
-    path = tmp_path / snapshot_name(8)
-    save_snapshot(path, state)
-    out = tmp_path / "out"
-    with caplog.at_level(logging.ERROR):
-        assert cli.main(["generate", "--checkpoint", str(path), "--out", str(out), "--seeds", "0",
-                         "--device", "cpu"]) == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "\n" not in errors[0], errors
-    assert errors[0] == f"{path}: its stored network settings {message}", errors[0]
-    assert not out.exists()
+    path, error = generate_from_damaged(tmp_path, caplog, damage)
+    assert error == f"{path}: its stored network settings {message}", error
     for training_nets in (False, True):       # generate, serve and project; resume
         with pytest.raises(SnapshotError, match="its stored network settings cannot"):
             load_networks(path, training_nets=training_nets)

@@ -180,7 +180,7 @@ def test_path_length_penalty_weight_target_and_gain(gain, pl_mean):
 
 def test_lazy_phases_correct_adam_and_the_plain_ones_do_not():
     cfg = tiny_config(D_reg_interval=16, G_lr=0.002, D_lr=0.003, betas=(0.5, 0.99))
-    G, D = configs.build_networks(cfg)
+    G, D = configs.build_networks(configs.network_spec(cfg))
     got = {p.name: (p.interval, p.opt.param_groups[0]["lr"], p.opt.param_groups[0]["betas"])
            for p in make_phases(G, D, cfg)}
     assert got == {
@@ -198,7 +198,7 @@ def test_lazy_phases_correct_adam_and_the_plain_ones_do_not():
 
 
 def _g_param_names(cfg: configs.TrainingConfig) -> list[str]:
-    G, _ = configs.build_networks(cfg)
+    G, _ = configs.build_networks(configs.network_spec(cfg))
     return [name for name, _ in G.named_parameters()]
 
 
@@ -267,7 +267,7 @@ def _lrelu(x: np.ndarray) -> np.ndarray:
 
 def test_mapping_layers_use_the_learning_rate_multiplier():
     torch.manual_seed(0)
-    G, _ = configs.build_networks(tiny_config())
+    G, _ = configs.build_networks(configs.network_spec(tiny_config()))
     layers = G.mapping.layers
     assert len(layers) == 2
     # Stored parameters are N(0, 1) / lr_mul (std 100) and biases 0: effective weights start N(0, 1/fan_in).
@@ -296,7 +296,7 @@ def test_mapping_layers_use_the_learning_rate_multiplier():
 def test_synthesis_affine_layers_start_at_bias_one_and_unit_gain():
     # lr_mul 1 elsewhere: a style affine's effective bias starts at 1, its weight gain is 1/sqrt(w_dim).
     torch.manual_seed(0)
-    G, _ = configs.build_networks(tiny_config())
+    G, _ = configs.build_networks(configs.network_spec(tiny_config()))
     affine = G.synthesis.blocks[0].conv1.affine
     w = torch.randn(2, 16)
     want = w @ (affine.weight.detach() / 4).T + 1

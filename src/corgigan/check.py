@@ -171,7 +171,7 @@ def snapshot_gb(p: Params) -> float:
 
     cfg = configs.make_config(p.train.config, p.filter.resolution, batch=p.train.batch)
     with torch.device("meta"):   # shapes only: counting a 1024-px network costs no memory
-        G, D = configs.build_networks(cfg)
+        G, D = configs.build_networks(configs.network_spec(cfg))
     g, d = (sum(x.numel() for x in net.parameters()) for net in (G, D))
     return BYTES_PER_NUMBER * (2 * g + d + 2 * (g + d)) / 1e9
 

@@ -315,19 +315,17 @@ def network_spec(cfg: TrainingConfig, img_channels: int = 3, c_dim: int = 0) -> 
     return NetworkSpec(cfg.resolution, img_channels, c_dim, cfg.G_kwargs, cfg.D_kwargs)
 
 
-def build_networks(spec: NetworkSpec | TrainingConfig, with_D: bool = True,
+def build_networks(spec: NetworkSpec, with_D: bool = True,
                    keep_rng: bool = False) -> tuple[Generator, Discriminator | None]:
     """Construct (G, D) for `spec` on the current default device (the CPU unless a `torch.device` context
-    says otherwise); D is None when not asked for or when the spec has none. A TrainingConfig stands for
-    network_spec(cfg): 3 channels, no labels.
+    says otherwise); D is None when not asked for or when the spec has none (a training config's:
+    `network_spec(cfg)`).
 
     Initial values are drawn from torch's global generator, G first, then D: a training run's first
     weights, and so its snapshots' bytes, depend on that order. `keep_rng` draws them from a forked
     generator instead, leaving the process's where it was: for networks about to be overwritten with
     stored weights (loading, importing, converting), whose throwaway draws must not shift what follows.
     """
-    if isinstance(spec, TrainingConfig):
-        spec = network_spec(spec)
     common = {"c_dim": spec.c_dim, "img_resolution": spec.resolution, "img_channels": spec.img_channels}
     with torch.random.fork_rng(devices=[]) if keep_rng else contextlib.nullcontext():
         G = Generator(**common, **copy.deepcopy(spec.G_kwargs))
