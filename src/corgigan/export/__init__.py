@@ -1,0 +1,1 @@
+"""Sharing a trained model: the portable folder, its model card and ONNX."""
