@@ -115,13 +115,16 @@ def test_a_picture_beyond_the_memory_budget_is_refused_before_any_output(tmp_pat
     assert "120 images of 8x8 px" in _error(caplog)
     assert not out.exists()
     caplog.clear()
-    assert main(_generate(model, out, "--what", "edit-video", "--direction", "fluffy", "--seeds", "0-1",
-                          "--frames", "60")) == 2
-    assert "120 images of 8x8 px" in _error(caplog)
+    assert main(_generate(model, out, "--what", "mixing", "--seeds", "0-19")) == 2
+    assert "121 images of 8x8 px" in _error(caplog)
     assert not out.exists()
-    # One PNG per seed streams in batches: any number of seeds fits.
+    # PNGs and videos stream a generator pass at a time: any number of seeds or frames fits.
     assert main(_generate(model, out, "--seeds", "0-199")) == 0
     assert len(list(out.glob("seed*.png"))) == 200
+    assert main(_generate(model, out, "--what", "video", "--seeds", "0-1", "--frames", "150")) == 0
+    assert main(_generate(model, out, "--what", "edit-video", "--direction", "fluffy", "--seeds", "0-1",
+                          "--frames", "120")) == 0
+    assert {p.name for p in out.glob("*.mp4")} == {"interpolation.mp4", "edit-fluffy.mp4"}
 
 
 # ---- error lines are capped ---------------------------------------------------------------------------

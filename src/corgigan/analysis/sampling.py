@@ -353,12 +353,14 @@ def edit_frames(G: torch.nn.Module, w: torch.Tensor, vector: torch.Tensor, sigma
 
 
 def picture_images(what: str, num_seeds: int, frames: int, steps: int) -> int:
-    """How many generated images `generate --what` holds in memory at once for `num_seeds` seeds."""
+    """How many generated images `generate --what` holds in memory at once for `num_seeds` seeds. Pictures
+    are whole in memory; PNGs and videos stream, a generator pass at a time (`edit_frames` puts the seeds of
+    a frame side by side, so a pass holds at least one whole frame)."""
     half = max(1, num_seeds // 2)
     cols = max(num_seeds - half, 1)
     counts = {"images": min(num_seeds, BATCH), "truncation": num_seeds * len(TRUNCATION_PSIS),
-              "mixing": (half + 1) * (cols + 1), "video": frames, "edit": num_seeds * steps,
-              "edit-video": num_seeds * frames}
+              "mixing": (half + 1) * (cols + 1), "video": min(frames, BATCH), "edit": num_seeds * steps,
+              "edit-video": num_seeds * min(frames, max(1, BATCH // max(1, num_seeds)))}
     if what not in counts:
         raise ValueError(f"unknown picture kind {what!r}")
     return counts[what]
