@@ -190,6 +190,8 @@ def _outputs(work: Path, name: str) -> tuple[int, int, int]:
         case "explore":
             figures = _size(work / "reports" / "figures" / "explore")
             return 0, 0, figures + _size(work / "models" / "directions.json")
+        case "export":
+            return 0, 0, _size(work / "models" / "export")
     return 0, 0, 0
 
 
