@@ -220,3 +220,24 @@ def test_crop_chunk_answers_every_image_and_an_inconsistent_raw_set_stops(tmp_pa
     assert warned == [f"image {b} no longer decodes (too_large: 4096 pixels > 99)"]
     assert [(r["kept"], r["reason"], r["crop_side"]) for r in marked] == [(True, None, 32),
                                                                            (False, "decode_error", None)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The box a crop goes around: boxes_by_image's order (box_rank), one key at a time
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ((0, 0, 9, 9, 0.9), (0, 0, 9, 9, 0.8)),      # the most confident first, whatever the coordinates
+    ((1, 5, 5, 5, 0.5), (2, 0, 0, 0, 0.5)),      # confidence tied: the smaller x0
+    ((1, 1, 5, 5, 0.5), (1, 2, 0, 0, 0.5)),      # then y0
+    ((1, 1, 1, 5, 0.5), (1, 1, 2, 0, 0.5)),      # then x1
+    ((1, 1, 1, 1, 0.5), (1, 1, 1, 2, 0.5)),      # then y1
+])
+def test_boxes_by_image_ranks_by_confidence_then_each_coordinate(first, second):
+    # The detector's order is the reverse of the rank, and an unrelated image sits between them.
+    rows = [("i", *second), ("h", 3, 3, 4, 4, 0.1), ("i", *first)]
+    det = pd.DataFrame(rows, columns=["image_id", "x0", "y0", "x1", "y1", "confidence"])
+    got = filter_rules.boxes_by_image(det)
+    assert got == {"h": [(3.0, 3.0, 4.0, 4.0, 0.1)],
+                   "i": [tuple(float(v) for v in first), tuple(float(v) for v in second)]}
+    assert filter_rules.box_rank(*first[4:], *first[:4]) < filter_rules.box_rank(*second[4:], *second[:4])
