@@ -121,6 +121,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("train",),
     "evaluate": ("evaluate",),
     "explore": ("explore", "detect"),
+    # export also runs as `corgigan export CHECKPOINT --out DIR` (_add_export_command); scrape and filter
+    # describe the data in its model card
+    "export": ("export", "scrape", "filter"),
 }
 
 
@@ -177,7 +180,32 @@ def _parser() -> argparse.ArgumentParser:
                    "session, the detector's weights or boxes, GPUs for the devices asked for, the Inception "
                    "file, disk space. Exits 2 when something is missing, saying what to do.")
     _add_play_commands(sub)
+    _add_export_command(sub)
     return parser
+
+
+def _add_export_command(sub: argparse._SubParsersAction) -> None:
+    """`export`: a model as a portable folder (README "Sharing a model"); also the pipeline's export stage."""
+    what = "a model as a portable folder: safetensors + config, model card, samples, directions, ONNX"
+    e = sub.add_parser("export", help=f"export {what}",
+                       description=f"Export {what}. The folder loads wherever a checkpoint does (generate, "
+                       "serve, project, evaluate, explore, train.resume_from) and is laid out as the Hugging "
+                       "Face Hub expects. The card is written from the records given (and params.yaml's "
+                       "scrape and filter sections when they describe the model's data); what is not "
+                       "recorded is said to be unknown. Reads params.yaml sections: "
+                       f"{', '.join(SECTIONS['export'])}.")
+    e.add_argument("checkpoint", type=Path,
+                   help="snapshot file, checkpoint folder, export folder, or a StyleGAN2(-ADA) PyTorch or "
+                   "TensorFlow .pkl")
+    e.add_argument("--out", type=Path, required=True, help="export folder to write (replaced as a whole)")
+    e.add_argument("--directions", type=Path,
+                   help="directions file of the explore stage, shipped in the folder")
+    e.add_argument("--metrics", type=Path, help="evaluate's metrics.json: FID/KID for the card")
+    e.add_argument("--funnel", type=Path,
+                   help="the dataset stage's funnel.json: the data's counts for the card")
+    e.add_argument("--explore", type=Path, help="explore's explore.json: the directions' measured accuracy")
+    e.add_argument("--onnx", action="store_true",
+                   help="also write generator.onnx, checked with onnxruntime (params export.onnx does too)")
 
 
 def _add_play_commands(sub: argparse._SubParsersAction) -> None:
@@ -326,6 +354,8 @@ def stage_module(name: str) -> ModuleType:
             from corgigan.stages import evaluate as module
         case "explore":
             from corgigan.stages import explore as module
+        case "export":
+            from corgigan.stages import export as module
         case _:
             raise StageError(f"no stage {name!r}")
     return module
@@ -418,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = params_mod.load(args.params)
         sections = [getattr(cfg, s) for s in SECTIONS[args.command]]
+        if args.command == "export":
+            remove_stale_temps(args.out)
+            stage_module("export").run(*sections, checkpoint=args.checkpoint, out=args.out,
+                                       directions=args.directions, metrics=args.metrics, funnel=args.funnel,
+                                       explore=args.explore, onnx=args.onnx)
+            return 0
         paths = {a.lstrip("-"): getattr(args, a.lstrip("-")) for a, _ in STAGES[args.command][1]}
         # What a killed earlier run left among this stage's outputs (hidden temporary files) goes first:
         # nothing else ever removes it, and DVC would cache it with the outputs.

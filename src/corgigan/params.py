@@ -385,6 +385,20 @@ class ExploreParams:
 
 
 @section
+class ExportParams:
+    sample_seed: Annotated[Seed, knob("first seed of the export's sample grid (samples.png)")]
+    sample_count: Annotated[StrictInt, knob("pictures in the sample grid", gt=0, le=64)]
+    truncation_psi: Annotated[Psi, knob("truncation of the sample grid (1: none)")]
+    onnx: Annotated[StrictBool, knob("also write generator.onnx (z and psi in, image out), checked against "
+                                     "PyTorch with onnxruntime")]
+
+    @model_validator(mode="after")
+    def _seeds(self) -> ExportParams:
+        _seed_range(self.sample_seed, self.sample_count, "sample_seed + sample_count")
+        return self
+
+
+@section
 class Params:
     scrape: ScrapeParams
     images: ImagesParams
@@ -396,6 +410,7 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     explore: ExploreParams
+    export: ExportParams
 
 
 _ADAPTER = TypeAdapter(Params)

@@ -678,9 +678,10 @@ def _by_res(channels: dict[int, int]) -> str:
 
 
 def check_transfer(spec: NetworkSpec, config: dict[str, Any], data: dict[str, Any] | None,
-                   source: str) -> None:
+                   source: str, fresh_D: bool = False) -> None:
     """Raise SnapshotError unless networks `spec` can start a run of `config` on the dataset `data`
-    ({"resolution", "num_channels", "label_dim"}; None: check against the config only)."""
+    ({"resolution", "num_channels", "label_dim"}; None: check against the config only). `fresh_D`: a
+    generator-only `spec` (an export) is taken, its G checked alone, and the run's D starts fresh."""
     resolution = data["resolution"] if data else config["resolution"]
     problems = []
     if spec.resolution != resolution:
@@ -694,12 +695,13 @@ def check_transfer(spec: NetworkSpec, config: dict[str, Any], data: dict[str, An
         raise SnapshotError(f"resume_from {source}: cannot fine-tune it on this dataset: "
                             + "; ".join(problems) + " (build the dataset at the model's resolution and "
                             "channels, or start from another model)")
-    if spec.D_kwargs is None:
+    if spec.D_kwargs is None and not fresh_D:
         raise SnapshotError(f"resume_from {source}: the file holds only a generator; transfer learning needs "
                             "its discriminator too (a training pickle with G, D, G_ema or a TensorFlow "
                             "(G, D, Gs))")
     ours = NetworkSpec(config["resolution"], data["num_channels"] if data else spec.img_channels,
-                       data["label_dim"] if data else spec.c_dim, config["G_kwargs"], config["D_kwargs"])
+                       data["label_dim"] if data else spec.c_dim, config["G_kwargs"],
+                       None if spec.D_kwargs is None else config["D_kwargs"])
     diffs = differences(weight_layout(spec), weight_layout(ours), "")
     if diffs:
         raise SnapshotError(
@@ -708,7 +710,7 @@ def check_transfer(spec: NetworkSpec, config: dict[str, Any], data: dict[str, An
             + ". Choose the config the model was trained with (the reference's stylegan2, paper256, paper512 "
             "and paper1024 presets have 512-d latents and 8 mapping layers)")
     others = (differences(spec.G_kwargs, config["G_kwargs"], "G_kwargs.")
-              + differences(spec.D_kwargs, config["D_kwargs"], "D_kwargs."))
+              + (differences(spec.D_kwargs, config["D_kwargs"], "D_kwargs.") if spec.D_kwargs else []))
     if others:
         log.info("fine-tuning %s with config %s's settings where they differ (no weight changes shape): %s",
                  source, config.get("name"), "; ".join(d.replace("snapshot ", "model ") for d in others))

@@ -1,8 +1,9 @@
 """Any model file into networks: the one place that tells a reference pickle from our snapshot.
 
 `load_networks(path)` reads a snapshot file, the newest snapshot-*.pt of a folder, a snapshot that
-`corgigan convert` wrote, or a reference StyleGAN2(-ADA) pickle (PyTorch or TensorFlow, read without
-running any of its code), and returns the weights with what is needed to rebuild them: its network
+`corgigan convert` wrote, a reference StyleGAN2(-ADA) pickle (PyTorch or TensorFlow, read without
+running any of its code), or a portable export folder (config.json + model.safetensors, portable.py; G_ema
+only), and returns the weights with what is needed to rebuild them: its network
 settings, state dicts and the info that pictures and reports print. `build` turns one of its state dicts
 into an eval-mode, frozen network. Sampling, projection, serve and the training loop's resume all go
 through here, so a file is judged the same way whatever command reads it.
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from corgigan.stylegan2 import configs, importer
+from corgigan.stylegan2 import configs, importer, portable
 from corgigan.stylegan2.configs import NetworkSpec
 from corgigan.stylegan2.snapshot import SnapshotError, latest_snapshot, load_snapshot
 
@@ -27,8 +28,10 @@ NETS = ("G_ema", "G", "D")
 class Loaded:
     """One model file's networks, read but not yet built."""
 
-    path: Path                            # the file read (for a folder: its newest snapshot-*.pt)
+    path: Path                            # the file read (for a folder: its newest snapshot-*.pt; an
+                                          # export: the folder)
     source: str                           # snapshot | converted snapshot | pytorch pickle | tensorflow pickle
+                                          # | export
     spec: NetworkSpec                     # image format and network keywords, enough to rebuild them
     states: dict[str, dict[str, torch.Tensor]]  # "G_ema" always; "G", "D" when asked for and in the file
     info: dict[str, Any]                  # path, config, nimg, kimg, dataset_hash, resolution, num_channels,
@@ -43,9 +46,10 @@ class Loaded:
 
 
 def resolve(path: str | Path) -> Path:
-    """`path` itself, or for a folder its newest snapshot-*.pt; SnapshotError when the folder has none."""
+    """`path` itself (a file, or an export folder), or for a folder its newest snapshot-*.pt; SnapshotError
+    when the folder has none."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not portable.is_portable(path):
         latest = latest_snapshot(path)
         if latest is None:
             raise SnapshotError(f"{path}: no snapshot-*.pt in this folder (run the train stage first)")
@@ -59,6 +63,8 @@ def load_networks(path: str | Path, training_nets: bool = False) -> Loaded:
     wrong, among it stored settings that G, G_ema or D cannot be built from, or that describe networks
     larger than the file could hold weights for (importer.check_buildable, for both kinds of file)."""
     path = resolve(path)
+    if portable.is_portable(path):
+        return _load_export(path)
     if importer.is_pickle(path):
         imp = importer.import_pickle(path, with_training_nets=training_nets)
         kimg = imp.kimg if imp.kimg is not None else 0.0
@@ -82,6 +88,21 @@ def load_networks(path: str | Path, training_nets: bool = False) -> Loaded:
             "label_dim": data["label_dim"]}
     source = "converted snapshot" if importer.is_imported(state) else "snapshot"
     return Loaded(path, source, spec, states, info, state)
+
+
+def _load_export(folder: Path) -> Loaded:
+    """An export folder: G_ema and the record its config.json keeps (kimg, config name, dataset identity)."""
+    found = portable.read_config(folder)
+    # Judged like every other file: buildable settings, and no more network than the weights file could fill.
+    importer.check_buildable(found.spec, folder / portable.WEIGHTS, ("G_ema",))
+    state = portable.read_weights(found)
+    m, n = found.model, found.spec
+    kimg = float(m["kimg"]) if isinstance(m["kimg"], (int, float)) else 0.0
+    info = {"path": folder, "config": None, "nimg": round(kimg * 1000), "kimg": kimg,
+            "dataset_hash": m["dataset_hash"] if isinstance(m["dataset_hash"], str) else "",
+            "resolution": n.resolution, "num_channels": n.img_channels, "label_dim": n.c_dim,
+            "format": "export", "record": m}
+    return Loaded(folder, "export", n, {"G_ema": state}, info, None)
 
 
 def build(loaded: Loaded, net: str = "G_ema", device: str | torch.device = "cpu") -> torch.nn.Module | None:

@@ -22,7 +22,10 @@ Resume rules (decide_start):
     another architecture is refused always;
   * resume_from names a reference StyleGAN2(-ADA) .pkl, or a snapshot `corgigan convert` made of one ->
     transfer learning from a model trained elsewhere: its dataset is not compared, but its resolution,
-    channels and labels must be the dataset's and its weight shapes those of the config's networks.
+    channels and labels must be the dataset's and its weight shapes those of the config's networks;
+  * resume_from names an export folder (`corgigan export`: G_ema only) -> the same transfer, G and G_ema
+    from its G_ema, and D from this run's own initialisation (train.seed): an export has no D to give.
+    A pickle without D is still refused: its D was left out by choice, an export's by design.
 """
 
 from __future__ import annotations
@@ -390,15 +393,20 @@ def decide_start(run_dir: Path, config: dict[str, Any], run: dict[str, Any], dat
         if loaded.from_elsewhere:
             # Fine-tuning a model trained elsewhere is the point, so its dataset is not compared; its image
             # format and weight shapes must fit this run.
-            check_transfer(loaded.spec, config, data, str(loaded.path))
+            check_transfer(loaded.spec, config, data, str(loaded.path), fresh_D=loaded.source == "export")
             if loaded.snapshot is not None:
                 return Start("transfer", loaded.snapshot, f"weights of {loaded.path} (converted from "
                              f"{loaded.snapshot['run']['imported_from']}); {reason}", stale)
-            nets = loaded.states          # G_ema, D (check_transfer refuses a file without one), maybe G
+            nets = loaded.states          # G_ema; D, but for an export (check_transfer refuses others); G?
             if "G" not in nets:
                 log.warning("%s holds no training G: starting it from G_ema", path)
-            weights = {"G": nets.get("G", nets["G_ema"]), "D": nets["D"], "G_ema": nets["G_ema"]}
-            return Start("transfer", weights, f"weights of the reference pickle {path}; {reason}", stale)
+            if "D" not in nets:
+                log.warning("%s holds no discriminator (an export keeps G_ema only): D starts from this "
+                            "run's own initialisation (train.seed)", path)
+            weights = {"G": nets.get("G", nets["G_ema"]), **({"D": nets["D"]} if "D" in nets else {}),
+                       "G_ema": nets["G_ema"]}
+            what = "the export" if loaded.source == "export" else "the reference pickle"
+            return Start("transfer", weights, f"weights of {what} {path}; {reason}", stale)
         path, state = loaded.path, loaded.snapshot
         diffs = differences(architecture(state["config"]), architecture(config), "config.")
         if diffs:
@@ -483,9 +491,11 @@ class _Trainer:
                 "D": next(p.opt for p in self.phases if p.module is self.D)}
 
     def load(self, start: Start) -> None:
-        """Load a snapshot: everything for 'resume', the three networks' weights for 'transfer'."""
+        """Load a snapshot: everything for 'resume', the networks' weights for 'transfer' (all three, or G
+        and G_ema from an export, whose D stays as this run initialised it)."""
         assert start.state is not None
-        counters = restore_state(start.state, {"G": self.G, "D": self.D, "G_ema": self.G_ema},
+        nets = {k: m for k, m in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema)) if k in start.state}
+        counters = restore_state(start.state, nets,
                                  self._optimizers() if start.mode == "resume" else None)
         if counters is None:
             return

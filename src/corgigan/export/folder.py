@@ -1,0 +1,214 @@
+"""The export folder: a trained generator as the files a model hub expects, written all at once.
+
+    model.safetensors, config.json   the generator (stylegan2/portable.py), loadable by every command
+    README.md                        the model card (model_card.py), from the project's records
+    samples.png                      a grid of fixed seeds at a fixed psi (analysis/sampling.py)
+    directions.json                  the explore stage's directions, when given (copied byte for byte)
+    generator.onnx                   with onnx: the generator as ONNX, checked by onnxruntime (onnx_graph.py)
+
+The folder is written beside its target under a hidden temporary name, read back through the one loader
+(load.load_networks) and compared with what was exported, then renamed into place; an interrupted export
+leaves the old folder or none, and the next export sweeps the temporary one (`sweep`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from corgigan.analysis import directions as dirs
+from corgigan.analysis import sampling
+from corgigan.errors import StageError
+from corgigan.export import model_card
+from corgigan.stylegan2 import portable
+from corgigan.stylegan2.atomic import is_temp
+from corgigan.stylegan2.load import Loaded, build, load_networks
+from corgigan.stylegan2.snapshot import SnapshotError
+
+log = logging.getLogger(__name__)
+
+CARD = "README.md"
+SAMPLES = "samples.png"
+DIRECTIONS = "directions.json"
+ONNX = "generator.onnx"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the folder is made (params.yaml `export`, or the command line)."""
+
+    sample_seed: int
+    sample_count: int
+    truncation_psi: float
+    onnx: bool
+
+
+def facts_of(loaded: Loaded, G: torch.nn.Module) -> model_card.ModelFacts:
+    """What the model's own file records, for the card and config.json. A snapshot knows its training config,
+    run and dataset; a converted snapshot and a pickle none of them (their config is a guess, their kimg known
+    only from a network-snapshot-NNNNNN.pkl name); an export what its config.json kept."""
+    info, state = loaded.info, loaded.snapshot
+    kimg: float | None = float(info["kimg"])
+    config = run = dataset = None
+    name = None
+    if loaded.source == "snapshot" and state is not None:
+        config, run, dataset = state["config"], state["run"], state["dataset"]
+        name = config["name"]
+    elif loaded.source == "export":
+        record = info["record"]
+        name = record["config"] if isinstance(record["config"], str) else None
+        kimg = float(record["kimg"]) if isinstance(record["kimg"], (int, float)) else None
+        dataset = {"hash": record["dataset_hash"], "num_images": record["num_images"]}
+    elif kimg == 0:
+        kimg = None       # a pickle or converted snapshot without a network-snapshot-NNNNNN.pkl name
+    num_images = dataset.get("num_images") if dataset else None
+    return model_card.ModelFacts(
+        checkpoint=loaded.path.name, source=loaded.source, resolution=loaded.spec.resolution,
+        img_channels=loaded.spec.img_channels, c_dim=loaded.spec.c_dim, z_dim=G.z_dim, w_dim=G.w_dim,
+        num_ws=G.num_ws, parameters=sum(p.numel() for p in G.parameters()), kimg=kimg, config_name=name,
+        config=config, run=run, dataset_hash=(dataset or {}).get("hash") or None,
+        num_images=num_images if isinstance(num_images, int) else None)
+
+
+def sweep(out: Path) -> list[Path]:
+    """Remove what an interrupted export left beside `out` (its hidden temporary folders); return them."""
+    if not out.parent.is_dir():
+        return []
+    found = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and is_temp(p.name)]
+    for p in sorted(found):
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    if found:
+        log.warning("removed %d temporary folder(s) left by an interrupted export: %s", len(found),
+                    ", ".join(p.name for p in found))
+    return found
+
+
+def _check_directions(path: Path, G: torch.nn.Module, facts: model_card.ModelFacts,
+                      doc: dict) -> None:
+    """A StageError unless `path` is a directions file for this model (read_directions checks its vectors
+    against the model's W; its recorded checkpoint, when it has one, must be the exported one)."""
+    dirs.read_directions(path, G.w_dim, G.num_ws)
+    made_from = doc.get("checkpoint")
+    if made_from is not None and made_from != facts.checkpoint:
+        raise StageError(f"{path}: directions found in {made_from}, not in {facts.checkpoint}; re-run the "
+                         "explore stage on this checkpoint or leave --directions out")
+
+
+def _write_files(tmp: Path, loaded: Loaded, G: torch.nn.Module, facts: model_card.ModelFacts,
+                 records: model_card.Records, settings: Settings, directions: Path | None) -> list[str]:
+    """Everything but the card into `tmp`; return the names written, in the card's order."""
+    record = {"config": facts.config_name, "kimg": facts.kimg, "dataset_hash": facts.dataset_hash,
+              "num_images": facts.num_images, "source": facts.source}
+    portable.write(tmp, loaded.spec, loaded.states["G_ema"], record)
+    files = [portable.WEIGHTS, portable.CONFIG, CARD, SAMPLES]
+    seeds = list(range(settings.sample_seed, settings.sample_seed + settings.sample_count))
+    images = sampling.generate_images(G, seeds, settings.truncation_psi)
+    cols = int(np.ceil(np.sqrt(len(seeds))))
+    sampling.image_grid(images, cols).save(tmp / SAMPLES, format="PNG")
+    if directions is not None:
+        shutil.copyfile(directions, tmp / DIRECTIONS)
+        files.append(DIRECTIONS)
+    return files
+
+
+def _verify(tmp: Path, loaded: Loaded) -> None:
+    """Read the folder back through the one loader: the same tensors, bit for bit, or a bug."""
+    again = load_networks(tmp).states["G_ema"]
+    want = loaded.states["G_ema"]
+    if sorted(again) != sorted(want) or any(not torch.equal(again[k], want[k].float()) for k in want):
+        raise RuntimeError(f"{tmp}: the written weights read back differently")
+
+
+def _onnx(G: torch.nn.Module, tmp: Path, settings: Settings) -> model_card.OnnxFacts:
+    """generator.onnx through onnx_graph.write_onnx (imported here: onnx and onnxruntime load only when
+    asked)."""
+    from corgigan.export.onnx_graph import write_onnx
+
+    check = write_onnx(G, tmp / ONNX, seed=settings.sample_seed, psi=settings.truncation_psi)
+    log.info("export: %s, opset %d, max |onnxruntime - torch| %.3g over %d images", ONNX, check.opset,
+             check.max_error, check.checked)
+    return model_card.OnnxFacts(ONNX, check.opset, check.max_error, check.checked)
+
+
+def _fsync_all(folder: Path) -> None:
+    """Every file's data on disk before the folder is renamed into place (atomic.commit's rule, per file)."""
+    for p in sorted(folder.iterdir()):
+        os.chmod(p, 0o644)
+        with open(p, "rb+") as f:
+            os.fsync(f.fileno())
+
+
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Rename the finished `tmp` onto `out`; an older `out` is renamed aside first and then deleted, so `out`
+    is at every moment absent, the old folder or the new one."""
+    if out.exists() or out.is_symlink():
+        old = out.parent / f".{out.name}.old{secrets.token_hex(4)}.tmp"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+    else:
+        os.rename(tmp, out)
+
+
+def write_export(checkpoint: Path, out: Path, settings: Settings, records: model_card.Records,
+                 directions: Path | None = None, device: str | torch.device = "cpu") -> Path:
+    """Export the model at `checkpoint` (anything load_networks reads) as the folder `out`; return `out`."""
+    if not Path(checkpoint).exists():
+        raise StageError(f"{checkpoint}: no such snapshot, folder or pickle (train first, or `dvc pull` it)")
+    try:
+        loaded = load_networks(checkpoint)
+        G = build(loaded, "G_ema", device)
+    except SnapshotError as e:
+        raise StageError(str(e)) from e
+    assert G is not None
+    facts = facts_of(loaded, G)
+    if directions is not None:
+        doc = _read_directions_doc(directions)
+        _check_directions(directions, G, facts, doc)
+        records = model_card.Records(**{**vars(records), "directions": doc})
+    else:
+        records = model_card.Records(**{**vars(records), "directions": None})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        files = _write_files(tmp, loaded, G, facts, records, settings, directions)
+        onnx = _onnx(G, tmp, settings) if settings.onnx else None
+        if onnx is not None:
+            files.append(ONNX)
+        samples = model_card.Samples(SAMPLES, list(range(settings.sample_seed,
+                                                         settings.sample_seed + settings.sample_count)),
+                                     settings.truncation_psi)
+        (tmp / CARD).write_text(model_card.render(facts, records, samples, onnx, files), encoding="utf-8")
+        _verify(tmp, loaded)
+        _fsync_all(tmp)
+        os.chmod(tmp, 0o755)      # mkdtemp makes it 0700; an output is an ordinary readable folder
+        _put_in_place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    log.info("export: %s (%s, %d px, %s) -> %s: %s", loaded.path.name, loaded.source, facts.resolution,
+             "kimg unknown" if facts.kimg is None else f"{facts.kimg:g} kimg", out, ", ".join(files))
+    return out
+
+
+def _read_directions_doc(path: Path) -> dict:
+    """The directions file as JSON (its format is checked by read_directions)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StageError(f"{path}: directions file not found (the explore stage writes it)") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StageError(f"{path}: not a JSON directions file ({e})") from None
+    if not isinstance(doc, dict):
+        raise StageError(f"{path}: not a directions file")
+    return doc
