@@ -169,7 +169,7 @@ def _summary(facts: ModelFacts, records: Records, files: list[str]) -> str:
 def _source(scrape: ScrapeParams) -> str:
     if scrape.source == "synthetic":
         s = scrape.synthetic
-        return (f"synthetic: scenes drawn by corgigan (seed {s.seed}, {s.num_images} ordinary photos with "
+        return (f"synthetic: scenes drawn by corgigan (seed {s.seed}, {s.num_images} single-dog scenes with "
                 f"short sides {s.min_short_side}-{s.max_short_side} px, plus {s.planted_per_case} of each "
                 "planted case); drawings, not photographs")
     if scrape.source == "folder":
@@ -330,8 +330,8 @@ def _onnx(onnx: OnnxFacts | None) -> str:
 def _limitations(facts: ModelFacts, records: Records) -> str:
     lines = ["## Limitations", ""]
     if facts.kimg is not None and facts.kimg < 1000:
-        lines.append(f"- Trained for {_num(facts.kimg)} kimg only (the original corgi run took ~10,000 "
-                     "kimg): expect blurry colours and shapes, not dogs.")
+        lines.append(f"- Trained for {_num(facts.kimg)} kimg, far short of the ~10,000 kimg of the original "
+                     "corgi run: judge samples.png before using it.")
     if own_data(facts, records) and records.scrape is not None and records.scrape.source == "synthetic":
         lines.append("- Trained on drawn scenes, not photographs: it has never seen a real dog.")
     lines += ["- It reproduces its training images' biases (breeds, poses, backgrounds, photo styles); "
