@@ -1,9 +1,11 @@
 """The generator as ONNX (export/onnx_graph.py): the graph's contract, onnxruntime against PyTorch at the demo
-and paper256 sizes, dynamic batch, truncation, byte identity across processes, and its errors."""
+and paper256 sizes, dynamic batch, truncation, byte identity across processes, its errors, and
+`corgigan export --onnx` against `corgigan generate`."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -15,12 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from corgigan import cli
 from corgigan.analysis.latents import seed_latents
 from corgigan.export import onnx_graph
 from corgigan.export.onnx_graph import MAX_ERROR, OPSET, OnnxError, write_onnx
 from corgigan.stylegan2 import configs
-from tests.helpers import ROOT, tiny_config
+from corgigan.stylegan2.load import build, load_networks
+from corgigan.stylegan2.loop import training_loop
+from corgigan.stylegan2.snapshot import latest_snapshot
+from tests.helpers import LOOP_KW, ROOT, tiny_config, write_dataset
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -234,3 +241,49 @@ def test_error_above_the_tolerance_writes_nothing(tmp_path, monkeypatch):
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(OnnxError, match=message):
         write_onnx(make_generator(tiny_spec()), tmp_path / "g.onnx", **kwargs)
+
+
+# ---- through the CLI: `corgigan export --onnx` -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory) -> Path:
+    """A tiny trained run's snapshot folder (8 px)."""
+    root = tmp_path_factory.mktemp("run")
+    data = write_dataset(root / "corgis.zip", n=4)
+    training_loop(data, root / "run", tiny_config(), kimg=0.004, snapshot_kimg=0.004, **LOOP_KW)
+    return root / "run"
+
+
+def test_cli_export_onnx_reproduces_generate(snapshot, tmp_path):
+    out, pictures = tmp_path / "export", tmp_path / "pictures"
+    params = ["--params", str(ROOT / "params.yaml")]
+    assert cli.main([*params, "export", str(snapshot), "--out", str(out), "--onnx"]) == 0
+    assert cli.main([*params, "generate", "--checkpoint", str(snapshot), "--out", str(pictures),
+                     "--seeds", "0-3", "--psi", "0.7", "--device", "cpu"]) == 0
+    G = build(load_networks(snapshot))
+    image = ort_images(out / "generator.onnx", seed_latents([0, 1, 2, 3], G.z_dim), 0.7)   # [4, 3, 8, 8]
+    # generate's pixel is floor(clip(x * 127.5 + 128)); an x off by at most MAX_ERROR moves that within
+    # MAX_ERROR * 127.5 (0.13 of a level): the PNG's value must lie in the floors of that band.
+    scaled = image.transpose(0, 2, 3, 1).astype(np.float64) * 127.5 + 128
+    low = np.floor(np.clip(scaled - MAX_ERROR * 127.5, 0, 255))
+    high = np.floor(np.clip(scaled + MAX_ERROR * 127.5, 0, 255))
+    for i, seed in enumerate(range(4)):
+        png = np.asarray(Image.open(pictures / f"seed{seed:05d}.png"))
+        assert png.shape == (8, 8, 3)
+        assert ((low[i] <= png) & (png <= high[i])).all()
+    assert np.ptp(image) > 0.1   # pictures, not a constant any graph would give
+
+
+def test_cli_export_onnx_of_broken_weights_is_one_line(snapshot, tmp_path, caplog):
+    state = torch.load(latest_snapshot(snapshot), weights_only=True)
+    state["G_ema"]["synthesis.blocks.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    broken = tmp_path / "broken.pt"
+    torch.save(state, broken)
+    caplog.set_level(logging.ERROR)
+    out = tmp_path / "export"
+    assert cli.main(["--params", str(ROOT / "params.yaml"), "export", str(broken), "--out", str(out),
+                     "--onnx"]) == 2
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "not finite" in line and "\n" not in line
+    assert not out.exists()
