@@ -97,6 +97,10 @@ def test_export_folder_gives_the_snapshots_images(trained: dict[str, Path], tmp_
             assert cli.main(["generate", "--checkpoint", str(ckpt), "--out", str(tmp_path / f"{what}-{name}"),
                              "--what", what, "--seeds", "0-3", "--psi", "0.7", "--device", "cpu"]) == 0
         assert read_images(tmp_path / f"{what}-snap") == read_images(tmp_path / f"{what}-export")
+    # an export of the export holds the same weights and record
+    assert export(trained, tmp_path / "again", checkpoint=out) == 0
+    for name in ("model.safetensors", "config.json", "samples.png"):
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
 
 
 def test_config_json_alone_rebuilds_the_network_as_the_card_shows(trained: dict[str, Path],

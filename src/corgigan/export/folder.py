@@ -106,8 +106,10 @@ def _check_directions(path: Path, G: torch.nn.Module, facts: model_card.ModelFac
 def _write_files(tmp: Path, loaded: Loaded, G: torch.nn.Module, facts: model_card.ModelFacts,
                  records: model_card.Records, settings: Settings, directions: Path | None) -> list[str]:
     """Everything but the card into `tmp`; return the names written, in the card's order."""
+    # An export of an export keeps the first one's record of where the model came from.
+    source = loaded.info["record"]["source"] if loaded.source == "export" else facts.source
     record = {"config": facts.config_name, "kimg": facts.kimg, "dataset_hash": facts.dataset_hash,
-              "num_images": facts.num_images, "source": facts.source}
+              "num_images": facts.num_images, "source": source}
     portable.write(tmp, loaded.spec, loaded.states["G_ema"], record)
     files = [portable.WEIGHTS, portable.CONFIG, CARD, SAMPLES]
     seeds = list(range(settings.sample_seed, settings.sample_seed + settings.sample_count))
