@@ -73,13 +73,6 @@ def test_rows_of_a_cluster_exactly():
     ]
 
 
-def test_unsigned_crop_sides_still_prefer_the_larger_crop():
-    # Sizes often come as unsigned numpy integers; negating those for a descending sort would wrap around.
-    hashes = {"a": "0000000000000000", "b": "0000000000000000"}
-    table = crops([("a", 0.8, 500), ("b", 0.8, 700)]).astype({"crop_side": np.uint32})
-    assert [r["kept"] for r in dedup.choose(table, hashes, 0)] == [False, True]
-
-
 def test_extra_columns_and_any_index_do_not_matter():
     # A table reset twice carries both columns pandas' reset_index would write; choose reads only its three.
     hashes = {"a": "0000000000000000", "b": "0000000000000001"}

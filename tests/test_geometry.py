@@ -125,3 +125,20 @@ def test_properties_over_random_boxes():
         # the integer window is the exact window rounded: within half a pixel of the shifted centre
         assert abs(w.x0 + w.side / 2 - (cx + w.center_shift_x * width)) <= 0.5 + 1e-9
         assert abs(w.y0 + w.side / 2 - (cy + w.center_shift_y * height)) <= 0.5 + 1e-9
+
+
+def test_box_wholly_outside_collapses_to_the_border():
+    # Left of / above the image: both edges clip to 0, a zero-width (zero-height) box at the border.
+    assert clip_box((-10.0, 5.0, -5.0, 9.0), 100, 80) == (0.0, 5.0, 0.0, 9.0)
+    assert clip_box((5.0, -10.0, 9.0, -5.0), 100, 80) == (5.0, 0.0, 9.0, 0.0)
+    assert clip_box((0.25, 0.25, 0.75, 0.5), 100, 80) == (0.25, 0.25, 0.75, 0.5)   # under a pixel: kept
+
+
+def test_one_pixel_images_are_valid_and_bad_sizes_say_which():
+    assert crop_window(10, 1, (2.0, 0.0, 3.0, 1.0), 1) == CropWindow(
+        x0=2, y0=0, side=1, cover=1.0, center_shift_x=0.0, center_shift_y=0.0, partial=False)
+    assert crop_window(1, 10, (0.0, 2.0, 1.0, 3.0), 1).box == (0, 2, 1, 3)
+    with pytest.raises(ValueError, match=r"^image size must be positive, got 10x0$"):
+        crop_window(10, 0, (0, 0, 1, 1), 1)
+    with pytest.raises(ValueError, match=r"^min_crop must be >= 1, got 0$"):
+        crop_window(10, 10, (0, 0, 1, 1), 0)
