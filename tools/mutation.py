@@ -9,7 +9,9 @@ the tests that exercise them, e.g.
 
 Each run works in its own folder under mutants/ (git-ignored): pyproject.toml with the narrowed [tool.mutmut],
 and links to src/ and tests/, so runs over different modules keep their own results and a narrowed run
-never touches the repository's files. Re-running continues where mutmut left off (it caches results).
+never touches the repository's files. Re-running continues where mutmut left off (it caches results);
+`--fresh` starts over, which is what a score after new tests needs (mutmut re-tries a cached mutant only
+when its function or the test selection changed).
 
 The score is killed / (mutants checked), where timeouts and type-check catches count as killed. Survivors
 that were examined and found equivalent (no test can tell them apart from the original) are listed in
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -44,15 +47,38 @@ KILLED = {"killed", "timeout", "caught by type check"}
 # Surviving mutants examined by hand that no test can kill: the mutant behaves exactly as the original.
 # Key: the mutant's name as `mutmut show` takes it; value: why it is equivalent.
 _ZIP_STRICT = "zip's strict only matters for unequal lengths; both sides are fixed tuples of equal length"
+_SORT_KIND = ("sort_values over several columns sorts with a stable lexsort and never reads kind (and rows "
+              "equal on every key are equal in every column read)")
+_DEAD_EMPTY = ("the empty-result branch is dead: near_pairs gives _pairs_from only starts < len(h), so the "
+               "column loop runs at least once and `found` is never empty")
+_UNIQUE_IDS = "image_id is the filter table's unique key: with no equal keys every sort kind gives one order"
+_VERBOSE = ("imagededup's verbose drives only encode_images' and find_duplicates' progress bars; "
+            "encode_image never reads it")
+
+
+def _names(function: str, numbers: tuple[int, ...]) -> list[str]:
+    return [f"{function}__mutmut_{i}" for i in numbers]
+
+
 EQUIVALENT: dict[str, str] = {
-    "corgigan.data.filter_rules.x_decide__mutmut_52": _ZIP_STRICT,
-    "corgigan.data.filter_rules.x_decide__mutmut_55": _ZIP_STRICT,
-    "corgigan.data.filter_rules.x_decide__mutmut_57": _ZIP_STRICT,
-    "corgigan.data.filter_rules.x_decide__mutmut_85": _ZIP_STRICT,
-    "corgigan.data.filter_rules.x_decide__mutmut_88": _ZIP_STRICT,
-    "corgigan.data.filter_rules.x_decide__mutmut_89": _ZIP_STRICT,
+    **dict.fromkeys(_names("corgigan.data.filter_rules.x_decide", (52, 55, 57, 85, 88, 89)), _ZIP_STRICT),
     "corgigan.data.filter_rules.x_decide_all__mutmut_14": "DataFrame.to_dict lower-cases orient",
     "corgigan.data.filter_rules.x_plan_crops__mutmut_3": "the initial shard is read only once a chunk exists",
+    **dict.fromkeys(_names("corgigan.data.filter_rules.x_boxes_by_image", (26, 28, 36, 37)), _SORT_KIND),
+    **dict.fromkeys(_names("corgigan.data.dedup.x__pairs_from", (32, 34, 35, 36, 37, 38, 39)), _DEAD_EMPTY),
+    "corgigan.data.dedup.x_near_pairs__mutmut_46":
+        "sorting an empty (0, 3) table by an empty lexsort gives the same empty int64 table",
+    **dict.fromkeys(_names("corgigan.data.dedup.x_choose", (5, 7, 11)), _UNIQUE_IDS),
+    "corgigan.data.dedup.x_choose__mutmut_33":
+        "negating crop_side in its own integer type orders as in int64: exactly for signed types, and for "
+        "unsigned ones the wrap-around keeps the descending order of sides >= 1",
+    "corgigan.data.dedup.x_choose__mutmut_37":
+        "negating confidence in its own type (float32 from the table, float64, object of floats) orders as "
+        "in float64: the widening is exact and monotonic",
+    **dict.fromkeys(_names("corgigan.data.dedup.x_hash_image", (10, 11)), _VERBOSE),
+    "corgigan.data.funnel.x_warnings__mutmut_36":
+        "decodable == 0 only when every image failed to decode, so no_dog is 0 and both return []; only "
+        "counts that do not add up (which funnel_counts refuses to make) could tell them apart",
 }
 
 
@@ -116,6 +142,14 @@ def report(work: Path, diffs: bool = True) -> int:
     open_ = [n for n in survivors if n not in EQUIVALENT]
     print(f"\nmutation score: {killed}/{checked} killed = {100 * killed / max(checked, 1):.1f}%  "
           f"({', '.join(f'{s} {n}' for s, n in sorted(counts.items()))})")
+    by_module: dict[str, list[str]] = {}
+    for name, status in results.items():
+        by_module.setdefault(name.split(".x_")[0], []).append(status)
+    for module, statuses in sorted(by_module.items()):
+        n = sum(1 for st in statuses if st not in ("skipped", "not checked"))
+        k = sum(1 for st in statuses if st in KILLED)
+        eq = sum(1 for name in equivalent if name.startswith(module + ".x_"))
+        print(f"  {module}: {k}/{n} killed = {100 * k / max(n, 1):.1f}%, {eq} equivalent")
     if equivalent:
         print(f"without the {len(equivalent)} equivalent mutants: "
               f"{100 * killed / max(checked - len(equivalent), 1):.1f}%")
@@ -139,10 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-children", type=int, default=1,
                     help="mutants tested at once (default 1: the machine is shared)")
     ap.add_argument("--report-only", action="store_true", help="print the last run's report, run nothing")
+    ap.add_argument("--fresh", action="store_true",
+                    help="drop the run's cached results first: mutmut keeps a verdict until the function's "
+                         "code or the test selection changes, so new tests in the same files, or a new "
+                         "function, would not be tried against old mutants")
     ap.add_argument("--no-diffs", action="store_true", help="list survivors without their diffs")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = _workdir(args.only, args.tests)
+    if args.fresh and not args.report_only:
+        shutil.rmtree(work / "mutants", ignore_errors=True)
     if not args.report_only:
         t0 = time.perf_counter()
         env = dict(os.environ, PYTHONHASHSEED="0", YOLO_OFFLINE="1", YOLO_AUTOINSTALL="false",
