@@ -61,7 +61,7 @@ def records(trained: dict[str, Path], snapshot_name: str) -> dict[str, Path]:
                "snapshot": snapshot_name, "num_generated": 16, "num_real": N_IMAGES, "truncation_psi": 1.0,
                "same_dataset": True}
     explore = {"checkpoint": snapshot_name, "accuracy": {"dog_size": 0.875}, "rank_corr": {"dog_size": 0.5},
-               "explained_variance": {"sefa_0": 0.25}}
+               "explained_variance": {"sefa_0": 0.25}, "dogs_found": 0.25, "num_labelled": 64}
     paths = {}
     for name, doc in (("funnel", funnel), ("metrics", metrics), ("explore", explore)):
         paths[name] = root / f"{name}.json"
@@ -71,7 +71,7 @@ def records(trained: dict[str, Path], snapshot_name: str) -> dict[str, Path]:
     vec = torch.zeros(w_dim)
     vec[0] = 1
     dirs.write_directions(paths["directions"], {"checkpoint": snapshot_name}, {
-        "dog_size": {"method": "labelled", "layers": [0, num_ws], "vector": vec},
+        "dog_size": {"method": "labelled", "layers": [0, num_ws], "vector": vec, "chance": 0.625},
         "sefa_0": {"method": "sefa", "layers": [0, 2], "vector": vec.flip(0)}})
     return paths
 
@@ -153,8 +153,13 @@ def test_card_tells_what_the_records_say(trained: dict[str, Path], tmp_path: Pat
     # tiny_config's knobs differ from the demo preset's: the card names them
     assert "Settings that differ from demo's defaults" in card and "r1_gamma: default" in card
     assert "| fid_pixels | 123.456 |" in card and "NOT comparable to published FIDs" in card
-    assert "| dog_size | labelled | 0-4 | held-out accuracy 0.875, rank correlation 0.5 |" in card
+    # every ws reads "all", a part --layers' FIRST-STOP; an accuracy stands beside its chance level
+    assert ("| dog_size | labelled | all | held-out accuracy 0.875 (chance 0.625), rank correlation 0.5 |"
+            in card)
     assert "| sefa_0 | sefa | 0-2 | explained variance 0.25 |" in card
+    # what it was trained on, and what the detector found in what it draws
+    assert "trained on square crops of one dog each" in card
+    assert "found a dog in 25% of 64 generated images" in card
     assert "seeds 0-3, truncation psi 0.7" in card
 
 
@@ -164,7 +169,7 @@ def test_card_says_unknown_for_what_is_not_this_models(trained: dict[str, Path],
     assert export(trained, out, "--metrics", str(paths["metrics"]), "--explore", str(paths["explore"])) == 0
     card = (out / "README.md").read_text()
     assert "FID / KID: unknown (not recorded) (reports/metrics.json scores `snapshot-000000999.pt`" in card
-    assert "123.456" not in card and "Directions\n\nNone shipped." in card
+    assert "123.456" not in card and "Directions\n\nNone shipped." in card and "found a dog" not in card
     # a reference pickle holding only Gs: no data, config, kimg or scores are known, and none is invented
     G, _ = configs.build_networks(configs.network_spec(tiny_config()))
     G_static = {"resolution": 8, "num_channels": 3, "label_size": 0, "fmap_base": 32, "fmap_max": 16,
@@ -175,7 +180,7 @@ def test_card_says_unknown_for_what_is_not_this_models(trained: dict[str, Path],
     card = (tmp_path / "pkl" / "README.md").read_text()
     assert "Training data: unknown (not recorded); the model was not trained by this pipeline." in card
     assert "Config: unknown" in card and "Length: unknown" in card and "| overall |" not in card
-    assert "synthetic" not in card
+    assert "synthetic" not in card and "trained on images that are not recorded here" in card
 
 
 def test_directions_of_another_checkpoint_are_refused(trained: dict[str, Path], tmp_path: Path,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -273,6 +274,13 @@ def test_cli_export_onnx_reproduces_generate(snapshot, tmp_path):
         assert png.shape == (8, 8, 3)
         assert ((low[i] <= png) & (png <= high[i])).all()
     assert np.ptp(image) > 0.1   # pictures, not a constant any graph would give
+    # The card's own snippets, as a user runs them: PyTorch's images, then onnxruntime's from the same z.
+    blocks = re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), re.S)
+    assert len(blocks) == 2
+    scope: dict = {}
+    for code in blocks:
+        exec(code.replace("MODEL_DIR", str(out)), scope)
+    assert np.abs(scope["onnx_images"] - scope["images"].numpy()).max() <= MAX_ERROR
 
 
 def test_cli_export_onnx_of_broken_weights_is_one_line(snapshot, tmp_path, caplog):

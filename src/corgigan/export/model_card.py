@@ -140,9 +140,10 @@ def _num(value: float) -> str:
 
 
 def _summary(facts: ModelFacts, records: Records, files: list[str]) -> str:
+    # What it was trained on, not what it draws: a short run's pictures need not show a dog at all (the
+    # metrics section gives the detector's measure when the explore stage ran on this checkpoint).
     what = ("square crops of one dog each, cut from the source below by the pipeline's filter"
-            if own_data(facts, records)
-            else "pictures like those it was trained on, which are not recorded here")
+            if own_data(facts, records) else "images that are not recorded here")
     kimg = UNKNOWN if facts.kimg is None else f"{_num(facts.kimg)} kimg"
     cond = f", conditioned on {facts.c_dim} label dimensions" if facts.c_dim else ""
     lines = [
@@ -151,7 +152,7 @@ def _summary(facts: ModelFacts, records: Records, files: list[str]) -> str:
         f"A StyleGAN2-ADA generator (the moving average G_ema) that draws "
         f"{facts.resolution}x{facts.resolution} "
         f"{'RGB' if facts.img_channels == 3 else f'{facts.img_channels}-channel'} images from a "
-        f"{facts.z_dim}-d latent z{cond}: {what}. Exported by corgigan from `{facts.checkpoint}` "
+        f"{facts.z_dim}-d latent z{cond}, trained on {what}. Exported by corgigan from `{facts.checkpoint}` "
         f"({facts.source}).",
         "",
         "| | |",
@@ -259,7 +260,7 @@ def _metrics(facts: ModelFacts, records: Records) -> str:
     if not own_scores(facts, m, "snapshot"):
         other = f" (reports/metrics.json scores `{m.get('snapshot')}`, another checkpoint)" if m else ""
         lines.append(f"FID / KID: {UNKNOWN}{other}.")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines + _dogs_found(facts, records)) + "\n"
     assert m is not None
     features = m.get("features")
     lines += ["| metric | value |", "| --- | --- |"]
@@ -279,7 +280,17 @@ def _metrics(facts: ModelFacts, records: Records) -> str:
     if m.get("same_dataset") is False:
         lines.append("The scores were measured against another dataset than the one the model was trained "
                      "on.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _dogs_found(facts, records)) + "\n"
+
+
+def _dogs_found(facts: ModelFacts, records: Records) -> list[str]:
+    """The explore stage's measure of what the model draws: the share of its pictures in which the
+    pipeline's own dog detector found a dog (none when explore.json is another checkpoint's)."""
+    e = records.explore
+    if not own_scores(facts, e, "checkpoint") or not isinstance(e.get("dogs_found"), (int, float)):
+        return []
+    return ["", f"Dogs drawn: the pipeline's dog detector found a dog in {e['dogs_found']:.0%} of "
+            f"{e.get('num_labelled')} generated images (reports/explore.json)."]
 
 
 def _directions(facts: ModelFacts, records: Records) -> str:
@@ -290,17 +301,20 @@ def _directions(facts: ModelFacts, records: Records) -> str:
     lines = ["## Directions", "",
              "`directions.json` (corgigan-directions/1) holds unit directions in W; `corgigan generate "
              "--what edit --direction NAME` and `corgigan serve` move latents along them.", "",
-             "| name | method | ws | measured |", "| --- | --- | --- | --- |"]
+             "| name | method | ws (FIRST-STOP, as `--layers`) | measured |", "| --- | --- | --- | --- |"]
     for name, entry in d.get("directions", {}).items():
         measured = []
         if explore and name in explore.get("accuracy", {}):
-            measured.append(f"held-out accuracy {explore['accuracy'][name]}")
+            # An accuracy means little without the share a constant guess gets on the same held-out set.
+            chance = f" (chance {entry['chance']})" if isinstance(entry.get("chance"), (int, float)) else ""
+            measured.append(f"held-out accuracy {explore['accuracy'][name]}{chance}")
             if name in explore.get("rank_corr", {}):
                 measured.append(f"rank correlation {explore['rank_corr'][name]}")
         elif explore and name in explore.get("explained_variance", {}):
             measured.append(f"explained variance {explore['explained_variance'][name]}")
         layers = entry.get("layers", [])
-        ws = f"{layers[0]}-{layers[1]}" if isinstance(layers, list) and len(layers) == 2 else "all"
+        ranged = isinstance(layers, list) and len(layers) == 2 and layers != [0, facts.num_ws]
+        ws = f"{layers[0]}-{layers[1]}" if ranged else "all"
         method = entry.get("method", "unknown")
         lines.append(f"| {name} | {method} | {ws} | {', '.join(measured) or UNKNOWN} |")
     if explore is None:
@@ -367,12 +381,25 @@ def _usage(facts: ModelFacts, samples: Samples, onnx: bool) -> str:
         c_line,
         f'images = G(z, c, truncation_psi={_num(samples.psi)}, noise_mode="const")',
         "# images: [4, C, H, W] float32, about [-1, 1]",
-        "```", "",
-        "Fine-tune it with `train.resume_from: MODEL_DIR` (G and G_ema start from these weights; the "
+        "```",
+    ]
+    if onnx:
+        # onnxruntime takes numpy arrays only: psi a 0-d float32 array (it refuses a numpy scalar).
+        c_feed = ', "c": c.numpy()' if facts.c_dim else ""
+        lines += ["", "With onnxruntime (`z` as above, or any float32 numpy array [N, z_dim]; onnx_images "
+                  "equal images within the error stated in the ONNX section):", "",
+                  "```python",
+                  "import numpy",
+                  "import onnxruntime",
+                  "",
+                  'session = onnxruntime.InferenceSession("MODEL_DIR/generator.onnx", '
+                  'providers=["CPUExecutionProvider"])',
+                  f"psi = numpy.array({_num(samples.psi)}, dtype=numpy.float32)",
+                  f'(onnx_images,) = session.run(["image"], {{"z": z.numpy(), "psi": psi{c_feed}}})',
+                  "```"]
+    lines += [
+        "", "Fine-tune it with `train.resume_from: MODEL_DIR` (G and G_ema start from these weights; the "
         "discriminator, which an export does not hold, starts from scratch).", "",
         "Publish the folder as it is: `huggingface-cli upload USER/REPO MODEL_DIR .`",
     ]
-    if onnx:
-        lines += ["", "ONNX: `onnxruntime.InferenceSession(\"MODEL_DIR/generator.onnx\").run(None, "
-                  "{\"z\": z, \"psi\": numpy.float32(0.7)})`."]
     return "\n".join(lines) + "\n"
