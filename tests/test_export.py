@@ -41,7 +41,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     training_loop(data, root / "run", tiny_config(), kimg=0.004, snapshot_kimg=0.004, **LOOP_KW)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["filter"]["resolution"] = 8
-    raw["export"].update(sample_count=4, truncation_psi=0.7)
+    # ONNX off (tests/test_onnx.py covers it): the demo's params.yaml turns it on, and each export would
+    # then spend seconds on it
+    raw["export"].update(sample_count=4, truncation_psi=0.7, onnx=False)
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return {"root": root, "run": root / "run", "data": data, "params": root / "params.yaml"}
 
