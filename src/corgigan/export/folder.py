@@ -6,19 +6,17 @@
     directions.json                  the explore stage's directions, when given (copied byte for byte)
     generator.onnx                   with onnx: the generator as ONNX, checked by onnxruntime (onnx_graph.py)
 
-The folder is written beside its target under a hidden temporary name, read back through the one loader
-(load.load_networks) and compared with what was exported, then renamed into place; an interrupted export
-leaves the old folder or none, and the next export sweeps the temporary one (`sweep`).
+The folder is written beside its target under a hidden temporary name (atomic.atomic_folder), read back
+through the one loader (load.load_networks) and compared with what was exported, then renamed into place;
+an interrupted export leaves the old folder or none, and the next export's sweep (the CLI's
+remove_stale_temps, as for every stage) removes the temporary one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from corgigan.analysis import sampling
 from corgigan.errors import StageError
 from corgigan.export import model_card
 from corgigan.stylegan2 import portable
-from corgigan.stylegan2.atomic import is_temp
+from corgigan.stylegan2.atomic import atomic_folder
 from corgigan.stylegan2.load import Loaded, build, load_networks
 from corgigan.stylegan2.snapshot import SnapshotError
 
@@ -77,19 +75,6 @@ def facts_of(loaded: Loaded, G: torch.nn.Module) -> model_card.ModelFacts:
         num_ws=G.num_ws, parameters=sum(p.numel() for p in G.parameters()), kimg=kimg, config_name=name,
         config=config, run=run, dataset_hash=(dataset or {}).get("hash") or None,
         num_images=num_images if isinstance(num_images, int) else None)
-
-
-def sweep(out: Path) -> list[Path]:
-    """Remove what an interrupted export left beside `out` (its hidden temporary folders); return them."""
-    if not out.parent.is_dir():
-        return []
-    found = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and is_temp(p.name)]
-    for p in sorted(found):
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-    if found:
-        log.warning("removed %d temporary folder(s) left by an interrupted export: %s", len(found),
-                    ", ".join(p.name for p in found))
-    return found
 
 
 def _check_directions(path: Path, G: torch.nn.Module, facts: model_card.ModelFacts,
@@ -141,26 +126,6 @@ def _onnx(G: torch.nn.Module, tmp: Path, settings: Settings) -> model_card.OnnxF
     return model_card.OnnxFacts(ONNX, check.opset, check.max_error, check.checked)
 
 
-def _fsync_all(folder: Path) -> None:
-    """Every file's data on disk before the folder is renamed into place (atomic.commit's rule, per file)."""
-    for p in sorted(folder.iterdir()):
-        os.chmod(p, 0o644)
-        with open(p, "rb+") as f:
-            os.fsync(f.fileno())
-
-
-def _put_in_place(tmp: Path, out: Path) -> None:
-    """Rename the finished `tmp` onto `out`; an older `out` is renamed aside first and then deleted, so `out`
-    is at every moment absent, the old folder or the new one."""
-    if out.exists() or out.is_symlink():
-        old = out.parent / f".{out.name}.old{secrets.token_hex(4)}.tmp"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
-    else:
-        os.rename(tmp, out)
-
-
 def write_export(checkpoint: Path, out: Path, settings: Settings, records: model_card.Records,
                  directions: Path | None = None, device: str | torch.device = "cpu") -> Path:
     """Export the model at `checkpoint` (anything load_networks reads) as the folder `out`; return `out`."""
@@ -179,10 +144,7 @@ def write_export(checkpoint: Path, out: Path, settings: Settings, records: model
         records = model_card.Records(**{**vars(records), "directions": doc})
     else:
         records = model_card.Records(**{**vars(records), "directions": None})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sweep(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         files = _write_files(tmp, loaded, G, facts, records, settings, directions)
         onnx = _onnx(G, tmp, settings) if settings.onnx else None
         if onnx is not None:
@@ -192,12 +154,6 @@ def write_export(checkpoint: Path, out: Path, settings: Settings, records: model
                                      settings.truncation_psi)
         (tmp / CARD).write_text(model_card.render(facts, records, samples, onnx, files), encoding="utf-8")
         _verify(tmp, loaded)
-        _fsync_all(tmp)
-        os.chmod(tmp, 0o755)      # mkdtemp makes it 0700; an output is an ordinary readable folder
-        _put_in_place(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log.info("export: %s (%s, %d px, %s) -> %s: %s", loaded.path.name, loaded.source, facts.resolution,
              "kimg unknown" if facts.kimg is None else f"{facts.kimg:g} kimg", out, ", ".join(files))
     return out

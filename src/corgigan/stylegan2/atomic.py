@@ -16,9 +16,10 @@ Policy, the same for every output (tables, image shards, snapshots, grids, figur
   file, still whole;
 - when the block fails the temporary file is removed. A SIGKILL skips that, so every stage sweeps its
   outputs with `remove_stale_temps` before it writes: a folder output loses every temporary file or
-  folder inside it (the stage owns the folder), a file output only the temporary files named for it (its
-  folder may hold other stages' outputs). `is_temp` recognises the names, including two older forms
-  (``.<name>.tmp`` and ``.<name>.<random>.tmp``), and .dvcignore keeps them out of DVC's hashes.
+  folder inside it (the stage owns the folder) and those made for it beside it (`atomic_folder`), a file
+  output only the temporary files named for it (its folder may hold other stages' outputs). `is_temp`
+  recognises the names, including two older forms (``.<name>.tmp`` and ``.<name>.<random>.tmp``), and
+  .dvcignore keeps them out of DVC's hashes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import contextlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -76,6 +78,39 @@ def commit(tmp: str | Path, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside the folder `path` (named as `make_temp` names a file's); if the
+    block succeeds, commit every file in it (0644, fsync), make it 0755 and put it in place of `path`.
+
+    An older `path` is renamed aside first (a temporary name) and deleted after, so `path` is at every
+    moment absent, the old folder or the complete new one; a failed block leaves the old one untouched.
+    For a folder written as a whole (an export); a stage that fills its output folder file by file uses
+    `atomic_path` per file instead.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, 0o644)
+                with open(f, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        os.chmod(tmp, 0o755)        # mkdtemp makes it 0700; an output is an ordinary readable folder
+        if path.exists() or path.is_symlink():
+            old = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"   # swept like tmp if killed
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        else:
+            os.rename(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def is_temp(name: str) -> bool:
     """True for the name of a temporary file `make_temp` makes (one a killed write may leave behind)."""
     return _TEMP.match(name) is not None
@@ -88,17 +123,17 @@ def _temps_of(target: Path) -> re.Pattern[str]:
 
 
 def _find_temps(output: Path) -> list[Path]:
-    """Temporary files and folders inside the folder `output`, or made for the file `output`."""
+    """Temporary files and folders inside the folder `output`, and those made for `output` beside it (a
+    file's `make_temp`, a folder's `atomic_folder`)."""
+    found = []
     if output.is_dir() and not output.is_symlink():
-        found = []
         for root, dirs, files in os.walk(output):
             found += [Path(root, n) for n in files + dirs if is_temp(n)]
             dirs[:] = [d for d in dirs if not is_temp(d)]   # a temporary folder goes as a whole
-        return found
     if not output.parent.is_dir():
-        return []
+        return found
     pattern = _temps_of(output)
-    return [p for p in output.parent.iterdir() if pattern.match(p.name)]
+    return found + [p for p in output.parent.iterdir() if pattern.match(p.name)]
 
 
 def remove_stale_temps(*outputs: str | Path, min_age_s: float = 0.0) -> list[Path]:
