@@ -36,6 +36,7 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -348,6 +349,10 @@ def _env() -> dict[str, str]:
 def run(out: Path, smoke: bool, costs: Path | None) -> dict[str, Any]:
     """Rehearse every stage into `out`; return the report (also written as rehearsal.json / .txt)."""
     work = out / "project"
+    # A rehearsal measures a run from nothing: an earlier one's outputs would let train resume a finished
+    # snapshot in seconds and evaluate reuse cached features.
+    for old in (work, out / "logs", out / "cache"):
+        shutil.rmtree(old, ignore_errors=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     (work / "data" / "external" / "photos").mkdir(parents=True, exist_ok=True)

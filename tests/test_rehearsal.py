@@ -26,6 +26,10 @@ CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("rehearsal")
+    # An earlier rehearsal's leftovers must not be measured again (train would resume this snapshot).
+    stale = out / "project" / "models" / "stylegan2"
+    stale.mkdir(parents=True)
+    (stale / "snapshot-000999.pt").write_bytes(b"an earlier rehearsal's snapshot")
     return out, rehearsal.run(out, smoke=True, costs=None)
 
 
