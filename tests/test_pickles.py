@@ -631,13 +631,54 @@ def test_transfer_from_a_pickle_that_does_not_fit_says_why(tmp_path, data8):
     with pytest.raises(SnapshotError, match="z_dim: model 32, now 16"):
         training_loop(data8, tmp_path / "b", tiny_config(), kimg=0.004, snapshot_kimg=0.004,
                       resume_from=str(pkl_wide), **KW)
-    G_static = {"resolution": 8, "num_channels": 3, "label_size": 0, "fmap_base": 32, "fmap_max": 16,
-                "latent_size": 16, "dlatent_size": 16, "mapping_layers": 2}
-    _, G0, _ = tiny_pickle(tmp_path, "pytorch")
-    gs = pw.tf_pickle(tmp_path / "gs.pkl", G0, None, G0, G_static)
-    with pytest.raises(SnapshotError, match="holds only a generator"):
-        training_loop(data8, tmp_path / "c", tiny_config(), kimg=0.004, snapshot_kimg=0.004,
-                      resume_from=str(gs), **KW)
+
+
+def gs_only_pickle(tmp_path: Path, kind: str,
+                   cfg: configs.TrainingConfig | None = None) -> tuple[Path, Generator]:
+    """A pickle holding a generator and no discriminator: a TensorFlow (G, None, Gs) or a PyTorch
+    {"G_ema"} (as published models often are)."""
+    cfg = cfg or tiny_config()
+    torch.manual_seed(11)
+    G = pw.randomise(configs.build_networks(configs.network_spec(cfg), with_D=False)[0], 12)
+    if kind == "pytorch":
+        G_ref, _ = config_reference_kwargs(cfg)
+        return pw.write(tmp_path / "gs.pkl", {"G_ema": pw.reference_generator(G, **G_ref)}), G
+    G_static = {"resolution": cfg.resolution, "num_channels": 3, "label_size": 0,
+                "fmap_base": cfg.G_kwargs["synthesis_kwargs"]["channel_base"] // 2,
+                "fmap_max": cfg.G_kwargs["synthesis_kwargs"]["channel_max"],
+                "latent_size": cfg.G_kwargs["z_dim"], "dlatent_size": cfg.G_kwargs["w_dim"],
+                "mapping_layers": cfg.G_kwargs["mapping_kwargs"]["num_layers"]}
+    return pw.tf_pickle(tmp_path / "gs.pkl", G, None, G, G_static), G
+
+
+@pytest.mark.parametrize("kind", ["pytorch", "tensorflow"])
+def test_transfer_from_a_generator_only_pickle_starts_d_fresh_as_from_an_export(tmp_path, data8, kind,
+                                                                               caplog):
+    # The reference's resume copies whatever networks the pickle holds and leaves the rest as initialised;
+    # an export (G_ema only) transfers the same way, with the same warning.
+    pkl, G0 = gs_only_pickle(tmp_path, kind)
+    with caplog.at_level(logging.WARNING):
+        start = decide_start(tmp_path / "run", configs.config_to_dict(tiny_config()), {"seed": 0}, "a" * 64,
+                             str(pkl), False, data={"resolution": 8, "num_channels": 3, "label_dim": 0})
+    assert start.mode == "transfer" and list(start.state) == ["G", "G_ema"]
+    assert_same_state(start.state["G_ema"], G0.state_dict())
+    assert_same_state(start.state["G"], G0.state_dict())
+    assert (f"{pkl} holds no discriminator: D starts from this run's own initialisation (train.seed)"
+            in caplog.text)
+    last = training_loop(data8, tmp_path / "run", tiny_config(), kimg=0.004, snapshot_kimg=0.004,
+                         resume_from=str(pkl), **KW)
+    assert load_snapshot(last)["progress"]["nimg"] == 4
+    # What cannot fit is still refused: another image format, or weights of other shapes.
+    with pytest.raises(SnapshotError, match="its networks make 8-px images, the dataset has 16-px images"):
+        training_loop(write_dataset(tmp_path / "d16.zip", n=6, res=16), tmp_path / "a",
+                      dataclasses.replace(tiny_config(), resolution=16), kimg=0.004, snapshot_kimg=0.004,
+                      resume_from=str(pkl), **KW)
+    wide = dataclasses.replace(tiny_config(), G_kwargs={**tiny_config().G_kwargs, "z_dim": 32})
+    (tmp_path / "wide").mkdir()
+    pkl_wide, _ = gs_only_pickle(tmp_path / "wide", kind, wide)
+    with pytest.raises(SnapshotError, match="z_dim: model 32, now 16"):
+        training_loop(data8, tmp_path / "b", tiny_config(), kimg=0.004, snapshot_kimg=0.004,
+                      resume_from=str(pkl_wide), **KW)
 
 
 def test_transfer_from_a_pickle_without_training_g_starts_g_from_g_ema(tmp_path, caplog):

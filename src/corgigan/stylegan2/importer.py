@@ -678,10 +678,11 @@ def _by_res(channels: dict[int, int]) -> str:
 
 
 def check_transfer(spec: NetworkSpec, config: dict[str, Any], data: dict[str, Any] | None,
-                   source: str, fresh_D: bool = False) -> None:
+                   source: str) -> None:
     """Raise SnapshotError unless networks `spec` can start a run of `config` on the dataset `data`
-    ({"resolution", "num_channels", "label_dim"}; None: check against the config only). `fresh_D`: a
-    generator-only `spec` (an export) is taken, its G checked alone, and the run's D starts fresh."""
+    ({"resolution", "num_channels", "label_dim"}; None: check against the config only). A generator-only
+    `spec` (D_kwargs None: a Gs-only pickle, an export) is checked for its G alone: the run's D starts
+    from its own initialisation, as the reference's resume leaves every network the file lacks."""
     resolution = data["resolution"] if data else config["resolution"]
     problems = []
     if spec.resolution != resolution:
@@ -695,10 +696,6 @@ def check_transfer(spec: NetworkSpec, config: dict[str, Any], data: dict[str, An
         raise SnapshotError(f"resume_from {source}: cannot fine-tune it on this dataset: "
                             + "; ".join(problems) + " (build the dataset at the model's resolution and "
                             "channels, or start from another model)")
-    if spec.D_kwargs is None and not fresh_D:
-        raise SnapshotError(f"resume_from {source}: the file holds only a generator; transfer learning needs "
-                            "its discriminator too (a training pickle with G, D, G_ema or a TensorFlow "
-                            "(G, D, Gs))")
     ours = NetworkSpec(config["resolution"], data["num_channels"] if data else spec.img_channels,
                        data["label_dim"] if data else spec.c_dim, config["G_kwargs"],
                        None if spec.D_kwargs is None else config["D_kwargs"])
@@ -770,7 +767,8 @@ def snapshot_state(imp: Imported, config_name: str | None = None) -> dict[str, A
     """
     if imp.D is None:
         raise SnapshotError(f"convert {imp.path}: the file holds only a generator (Gs); a corgigan snapshot "
-                            "needs the discriminator too. Generate from the .pkl directly instead")
+                            "needs the discriminator too. Generate from the .pkl directly, or fine-tune it "
+                            "with train.resume_from (its D then starts fresh)")
     cfg = _config_for(imp, config_name)
     cfg_dict = configs.config_to_dict(cfg)
     nets = imp.spec

@@ -23,9 +23,10 @@ Resume rules (decide_start):
   * resume_from names a reference StyleGAN2(-ADA) .pkl, or a snapshot `corgigan convert` made of one ->
     transfer learning from a model trained elsewhere: its dataset is not compared, but its resolution,
     channels and labels must be the dataset's and its weight shapes those of the config's networks;
-  * resume_from names an export folder (`corgigan export`: G_ema only) -> the same transfer, G and G_ema
-    from its G_ema, and D from this run's own initialisation (train.seed): an export has no D to give.
-    A pickle without D is still refused: its D was left out by choice, an export's by design.
+  * resume_from names an export folder (`corgigan export`: G_ema only) -> the same transfer.
+  One rule for what such a file lacks, the reference's: every network it holds is copied, the others keep
+  this run's own initialisation (train.seed), each with a warning. A file without D (an export, a Gs-only
+  pickle) gives G and G_ema, and D starts fresh; one without a training G starts G from its G_ema.
 """
 
 from __future__ import annotations
@@ -393,16 +394,16 @@ def decide_start(run_dir: Path, config: dict[str, Any], run: dict[str, Any], dat
         if loaded.from_elsewhere:
             # Fine-tuning a model trained elsewhere is the point, so its dataset is not compared; its image
             # format and weight shapes must fit this run.
-            check_transfer(loaded.spec, config, data, str(loaded.path), fresh_D=loaded.source == "export")
+            check_transfer(loaded.spec, config, data, str(loaded.path))
             if loaded.snapshot is not None:
                 return Start("transfer", loaded.snapshot, f"weights of {loaded.path} (converted from "
                              f"{loaded.snapshot['run']['imported_from']}); {reason}", stale)
-            nets = loaded.states          # G_ema; D, but for an export (check_transfer refuses others); G?
+            nets = loaded.states          # G_ema always; G and D when the file holds them
             if "G" not in nets:
                 log.warning("%s holds no training G: starting it from G_ema", path)
             if "D" not in nets:
-                log.warning("%s holds no discriminator (an export keeps G_ema only): D starts from this "
-                            "run's own initialisation (train.seed)", path)
+                log.warning("%s holds no discriminator: D starts from this run's own initialisation "
+                            "(train.seed), as the reference's resume leaves a network the file lacks", path)
             weights = {"G": nets.get("G", nets["G_ema"]), **({"D": nets["D"]} if "D" in nets else {}),
                        "G_ema": nets["G_ema"]}
             what = "the export" if loaded.source == "export" else "the reference pickle"
