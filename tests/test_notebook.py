@@ -10,15 +10,17 @@ from pathlib import Path
 
 import imageio.v2 as iio
 import nbformat
+import numpy as np
 import pytest
+import yaml
 from nbclient import NotebookClient
 from PIL import Image
 
+from corgigan import cli
 from corgigan.analysis import sampling
 from corgigan.stylegan2.snapshot import save_snapshot, snapshot_name
-from tests.helpers import fake_state, tiny_config, write_directions
+from tests.helpers import ROOT, fake_state, tiny_config, write_directions
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "play.ipynb"
 RES = 16                                  # the tiny model's resolution
 W_DIM = 16                                # tiny_config's w_dim
@@ -130,6 +132,39 @@ def test_the_notebook_projects_a_photo_without_directions(tmp_path, jupyter_dirs
         assert target.size == (RES, RES) and target.getpixel((8, 8)) == (200, 120, 40)   # the photo's crop
     labelled_size(out / "projection-edit.png", cols=len(STRENGTHS), rows=1)            # along SeFa's first
     assert size(out / "samples.png") == (2 * RES, RES)
+
+
+def test_the_notebook_plays_with_an_export_folder(tmp_path, jupyter_dirs):
+    # What `corgigan export` wrote: G_ema only, so the notebook builds no D and projects on pixels alone.
+    snap = tmp_path / "models" / "stylegan2" / snapshot_name(8)
+    snap.parent.mkdir(parents=True)
+    save_snapshot(snap, fake_state(tiny_config(resolution=RES)))
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["export"].update(sample_seed=0, sample_count=4, truncation_psi=0.7, onnx=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    found = write_directions(tmp_path / "directions.json", W_DIM, {
+        "fluffy": {"vector": [1.0] * W_DIM, "layers": [0, 2]}})
+    export = tmp_path / "models" / "export"
+    assert cli.main(["--params", str(tmp_path / "params.yaml"), "export", str(snap.parent), "--out",
+                     str(export), "--directions", str(found)]) == 0
+    out = tmp_path / "out"
+    nb = execute(parameters(MODEL=str(export), PHOTO=None, DIRECTIONS=str(export / "directions.json"),
+                            SEEDS=[0, 1, 2, 3], PSI=0.7, STRENGTHS=STRENGTHS, FRAMES=4, STEPS=2, OUT=str(out),
+                            DEVICE="cpu"), cwd=tmp_path)
+
+    text, _ = outputs(nb, "model")
+    assert text.startswith("export: ") and f"{RES} px" in text and "kimg 0.008" in text
+    assert "discriminator: no" in text
+    # the export's own sample grid (seeds 0-3, psi 0.7, 2 a row) holds the notebook's pictures
+    with Image.open(export / "samples.png") as grid:
+        tiles = np.asarray(grid)
+    tiles = tiles.reshape(2, RES, 2, RES, 3).transpose(0, 2, 1, 3, 4).reshape(4, RES, RES, 3)
+    with Image.open(out / "samples.png") as row:
+        assert np.array_equal(np.asarray(row), np.concatenate(list(tiles), axis=1))
+    labelled_size(out / "directions.png", cols=len(STRENGTHS), rows=1)
+    report = json.loads((out / "projection" / "errors.json").read_text())
+    assert report["steps"] == 2 and "d_features" not in report and "mse" in report
+    labelled_size(out / "projection-edit.png", cols=len(STRENGTHS), rows=1)
 
 
 # Paths of one machine or user: home folders, this checkout, temporary folders, Windows drives.
