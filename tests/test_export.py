@@ -152,6 +152,9 @@ def test_card_tells_what_the_records_say(trained: dict[str, Path], tmp_path: Pat
     assert "| overall | 7 | 4 | duplicate: 1, no_dog: 2 |" in card
     assert "synthetic: scenes drawn by corgigan" in card and "cover >= 0.15" in card
     assert "Config: demo." in card and "4 images shown" in card and "GPU hours: unknown" in card
+    # a 4-image run's G_ema half-life is the ramp's, not ema_kimg's (tiny_config: 0.01 kimg, ramp 0.05)
+    assert ("G_ema half-life 0.01 kimg (ramped up over the first images: at most 0.05 of the images shown, "
+            "so 0.0002 kimg at the end of this run)") in card
     # tiny_config's knobs differ from the demo preset's: the card names them
     assert "Settings that differ from demo's defaults" in card and "r1_gamma: default" in card
     assert "| fid_pixels | 123.456 |" in card and "NOT comparable to published FIDs" in card

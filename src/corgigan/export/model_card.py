@@ -223,6 +223,19 @@ def _knob_changes(facts: ModelFacts) -> list[str]:
             for d in differences(default, facts.config)]
 
 
+def _ema_rampup(config: dict[str, Any], kimg: float | None) -> str:
+    """The ramp-up that shortens G_ema's half-life early in training (loop.ema_beta), with the half-life it
+    had at the end when the run stopped inside the ramp: a short run's G_ema averages far fewer images than
+    ema_kimg says."""
+    rampup, ema_kimg = config.get("ema_rampup"), config.get("ema_kimg")
+    if not isinstance(rampup, (int, float)) or not isinstance(ema_kimg, (int, float)):
+        return ""
+    text = f" (ramped up over the first images: at most {_num(rampup)} of the images shown"
+    if kimg is not None and kimg * rampup < ema_kimg:
+        text += f", so {kimg * rampup:.3g} kimg at the end of this run"
+    return text + ")"
+
+
 def _training(facts: ModelFacts) -> str:
     lines = ["## Training", ""]
     kimg = (UNKNOWN if facts.kimg is None
@@ -244,7 +257,7 @@ def _training(facts: ModelFacts) -> str:
         c = facts.config
         lines.append(f"- Batch {c.get('batch')}, R1 gamma {_num(c.get('r1_gamma', 0))}, learning rates "
                      f"G {c.get('G_lr')} / D {c.get('D_lr')}, G_ema half-life "
-                     f"{_num(c.get('ema_kimg', 0))} kimg.")
+                     f"{_num(c.get('ema_kimg', 0))} kimg{_ema_rampup(c, facts.kimg)}.")
     if facts.run:
         shown = {k: facts.run[k] for k in RUN_KEYS if k in facts.run and facts.run[k] not in ("", None)}
         if "resume_from" in shown:   # a path on the training machine: its name says enough
