@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from corgigan.data.funnel import check_not_empty, funnel_counts, warnings
+from corgigan.data.funnel import FILTER_REASONS, check_not_empty, funnel_counts, warnings
 from corgigan.errors import StageError
 
 ADVICE = ("the detector found almost nothing; see models/detector/meta.json (mAP50, warnings) and loosen "
@@ -30,6 +30,19 @@ def stage_error(fn: Any, *args: Any) -> str:
     with pytest.raises(StageError) as e:
         fn(*args)
     return str(e.value)
+
+
+def test_counts_of_each_step_and_overall():
+    # 6 entered: 1 too small, 2 no dog, 3 kept by the filter; dedup drops 1 of those 3.
+    filt, dd = tables([("too_small", False), ("no_dog", False), (None, True), ("no_dog", False), (None, True),
+                       (None, True)], [True, False, True])
+    zero = dict.fromkeys(FILTER_REASONS, 0)
+    assert funnel_counts(filt, dd) == {
+        "entered": 6, "kept": 2, "rejected": {**zero, "too_small": 1, "no_dog": 2, "duplicate": 1},
+        "filter": {"entered": 6, "kept": 3, "rejected": {**zero, "too_small": 1, "no_dog": 2}},
+        "dedup": {"entered": 3, "kept": 2, "rejected": {"duplicate": 1}},
+        "warnings": [],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
