@@ -51,12 +51,13 @@ gpu-check:
 	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/gpu_check.py --out $(OUT)
 
 # Mutation testing of the core modules ([tool.mutmut] in pyproject.toml): prints the score and each
-# surviving mutant. Slow (see README), so not part of `make test`; one core unless MUTATION_JOBS=N.
+# surviving mutant. Slow (see README), so not part of `make test`; one core unless MUTATION_JOBS=N;
+# MUTATION_FRESH=1 forgets mutmut's cached results (needed after adding tests to an already selected file).
 # A subset, e.g. the filter's rules:
 #   make mutation MUTATE=src/corgigan/data/filter_rules.py MUTATION_TESTS="tests/test_filter.py tests/test_filter_edges.py"
 mutation: $(STAMP)
 	python tools/mutation.py $(if $(MUTATE),--only $(MUTATE)) $(if $(MUTATION_TESTS),--tests $(MUTATION_TESTS)) \
-		$(if $(MUTATION_JOBS),--max-children $(MUTATION_JOBS))
+		$(if $(MUTATION_JOBS),--max-children $(MUTATION_JOBS)) $(if $(MUTATION_FRESH),--fresh)
 
 clean-venv:
 	rm -rf $(VENV)
