@@ -194,6 +194,10 @@ def mark_failures(table: pa.Table, failures: dict[str, CropResult]) -> pa.Table:
         # scrape decoded these bytes; they fail now only if images.max_pixels changed in between.
         log.warning("image %s no longer decodes (%s: %s)", image_id, status, detail)
     failed = df["image_id"].isin(failures.keys())
-    df.loc[failed, [*_GEOMETRY_COLS, *_BOX_COLS, "confidence", "num_dogs"]] = None
+    cleared = [*_GEOMETRY_COLS, *_BOX_COLS, "confidence", "num_dogs"]
+    # Object columns take None as it is: a bool or int column without nulls would have to be upcast,
+    # which pandas deprecates (FutureWarning, an error to come). The schema gives the types back.
+    df[cleared] = df[cleared].astype(object)
+    df.loc[failed, cleared] = None
     df.loc[failed, ["kept", "reason"]] = [False, "decode_error"]
     return tables.to_arrow("filter", df)
