@@ -37,27 +37,33 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class LinearCritic(nn.Module):
-    """D(x, c) = <v, x> + b per image: dD/dx = v whatever x is."""
+    """D(x, c) = <v, x> + b + sum(c) per image: dD/dx = v whatever x is; c must be the labels' tensor."""
 
     def __init__(self, shape: tuple[int, int, int]) -> None:
         super().__init__()
         self.v = nn.Parameter(torch.randn(shape, dtype=torch.float64))
         self.b = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+        self.seen: list[bool] = []          # per call: whether the input asked for its own gradient
 
     def forward(self, img: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return (img * self.v).sum(dim=[1, 2, 3])[:, None] + self.b        # [N, 1]
+        self.seen.append(img.requires_grad)
+        return (img * self.v).sum(dim=[1, 2, 3])[:, None] + self.b + c.sum(dim=1, keepdim=True)   # [N, 1]
 
 
 class Broadcast(nn.Module):
-    """A mapping that copies z * s into every w (s = 1, a parameter: ws is differentiable; no noise)."""
+    """A mapping that copies z * s + sum(c) into every w (s = 1, a parameter: ws is differentiable; no
+    noise), recording each call's (z, c, update_emas)."""
 
     def __init__(self, num_ws: int) -> None:
         super().__init__()
         self.num_ws = num_ws
         self.s = nn.Parameter(torch.ones([], dtype=torch.float64))
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
 
     def forward(self, z: torch.Tensor, c: torch.Tensor, update_emas: bool = False) -> torch.Tensor:
-        return (z * self.s)[:, None, :].repeat(1, self.num_ws, 1)           # [N, num_ws, z_dim]
+        self.calls.append((z.detach(), c, update_emas))
+        w = z * self.s + c.sum(dim=1, keepdim=True)
+        return w[:, None, :].repeat(1, self.num_ws, 1)                      # [N, num_ws, z_dim]
 
 
 class LinearGenerator(nn.Module):
@@ -301,3 +307,216 @@ def test_synthesis_affine_layers_start_at_bias_one_and_unit_gain():
     w = torch.randn(2, 16)
     want = w @ (affine.weight.detach() / 4).T + 1
     assert torch.allclose(affine(w), want, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loss's plumbing: phases, stats, labels, update_emas, augmentation, style mixing, the path-length noise
+
+
+def test_the_published_defaults():
+    # StyleGAN2-ADA's loss (config f): gamma 10, mixing 0.9, path length weight 2 on half the batch, decay
+    # 0.01, its running mean starting at 0; no augmentation unless given one.
+    G, D = LinearGenerator(4, SHAPE), LinearCritic(SHAPE)
+    loss = StyleGAN2Loss(G, D)
+    got = (loss.augment_pipe, loss.r1_gamma, loss.style_mixing_prob, loss.pl_weight, loss.pl_batch_shrink,
+           loss.pl_decay, loss.pl_mean)
+    assert got == (None, 10.0, 0.9, 2.0, 2, 0.01, 0.0)
+
+
+STAT_KEYS = {
+    "Gmain": {"Loss/scores/fake", "Loss/G/loss"},
+    "Greg": {"Loss/pl", "Loss/G/reg", "Loss/pl_length"},
+    "Dmain": {"Loss/scores/fake", "Loss/scores/real", "Loss/signs/real", "Loss/D/loss"},
+    "Dreg": {"Loss/r1", "Loss/D/reg"},
+}
+STAT_KEYS["Gboth"] = STAT_KEYS["Gmain"] | STAT_KEYS["Greg"]
+STAT_KEYS["Dboth"] = STAT_KEYS["Dmain"] | STAT_KEYS["Dreg"]
+
+
+@pytest.mark.parametrize("phase", sorted(STAT_KEYS))
+def test_each_phase_reports_its_stats_per_sample(phase):
+    # (G's phases also reach D's parameters: the loop lets only the phase's network require gradients.)
+    G, D, loss, reals, z, c = _setup(r1_gamma=0.5, pl_weight=0.5)
+    stats = _run(loss, phase, reals, z, c, 1.0)
+    assert set(stats) == STAT_KEYS[phase]
+    n = {"Loss/pl": 2, "Loss/G/reg": 2, "Loss/pl_length": 2}                # half the batch
+    assert {k: tuple(v.shape) for k, v in stats.items()} == {k: (n.get(k, 4),) for k in stats}
+    assert (G.M.grad is not None) == (phase[0] == "G")
+    assert D.v.grad is not None or phase == "Greg"
+
+
+def test_a_regulariser_of_weight_zero_does_nothing_and_an_unknown_phase_is_refused():
+    _, _, loss, reals, z, c = _setup(r1_gamma=0.0, pl_weight=0.0)
+    assert _run(loss, "Greg", reals, z, c, 4.0) == {}
+    assert _run(loss, "Dreg", reals, z, c, 16.0) == {}
+    assert set(_run(loss, "Gboth", reals, z, c, 1.0)) == STAT_KEYS["Gmain"]
+    assert set(_run(loss, "Dboth", reals, z, c, 1.0)) == STAT_KEYS["Dmain"]
+    with pytest.raises(ValueError, match=r"^unknown phase 'Dboth ' \(one of \('Gmain', 'Greg', 'Gboth', "
+                                         r"'Dmain', 'Dreg', 'Dboth'\)\)$"):
+        _run(loss, "Dboth ", reals, z, c, 1.0)
+
+
+def test_labels_go_with_their_images():
+    # Conditional: fakes are generated and judged with gen_c, reals judged with real_c.
+    G, D, loss, reals, z, _ = _setup()
+    real_c = torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, 0]], dtype=torch.float64)
+    gen_c = torch.tensor([[0.5, 0], [0, 0], [2, 0], [0, 3]], dtype=torch.float64)
+    stats = loss.accumulate_gradients("Dmain", reals, real_c, z, gen_c, gain=1.0)
+    v, b = D.v.detach(), D.b.detach()
+    fakes = ((z + gen_c.sum(1, keepdim=True)) @ G.M.detach()).view(4, *SHAPE)
+    assert torch.allclose(stats["Loss/scores/fake"], (fakes * v).sum(dim=[1, 2, 3]) + b + gen_c.sum(1))
+    assert torch.allclose(stats["Loss/scores/real"], (reals * v).sum(dim=[1, 2, 3]) + b + real_c.sum(1))
+    assert all(torch.equal(call_c, gen_c) for _, call_c, _ in G.mapping.calls)
+
+
+@pytest.mark.parametrize("mixing", [0.0, 1.0])
+def test_update_emas_reaches_only_the_fakes_d_learns_from(mixing):
+    # The w average moves with the latents of D's fakes (main phase, when the loop asks) and never with the
+    # second latent of style mixing, G's own phases or the regulariser's samples.
+    G, _, loss, reals, z, c = _setup(r1_gamma=1.0)
+    loss.style_mixing_prob = mixing
+    want = {"Gmain": [False], "Greg": [False], "Dmain": [True], "Dreg": []}
+    for phase, flags in want.items():
+        G.mapping.calls.clear()
+        loss.accumulate_gradients(phase, reals, c, z, c, gain=1.0, update_emas=True)
+        second = [False] * len(flags) if mixing else []               # the mixing latent's mapping call
+        assert [u for _, _, u in G.mapping.calls] == flags + second, phase
+
+
+def test_only_the_r1_pass_differentiates_the_reals():
+    # Dmain scores fakes (made without a graph) and reals without asking for dD/dx; R1 asks for it.
+    _, D, loss, reals, z, c = _setup(r1_gamma=1.0)
+    _run(loss, "Dmain", reals, z, c, 1.0)
+    assert D.seen == [False, False]
+    D.seen.clear()
+    _run(loss, "Dreg", reals, z, c, 1.0)
+    assert D.seen == [True]
+
+
+class Doubling(nn.Module):
+    """A deterministic stand-in for the augment pipe: x -> 2x, counting the images it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += len(x)
+        return 2 * x
+
+
+def test_the_augment_pipe_sits_in_front_of_every_d_call_and_r1_differentiates_through_it():
+    G, D, loss, reals, z, c = _setup(r1_gamma=10.0)
+    loss.augment_pipe = pipe = Doubling()
+    v, b, M = D.v.detach(), D.b.detach(), G.M.detach()
+    fakes = (z @ M).view(4, *SHAPE)
+
+    stats = _run(loss, "Gmain", reals, z, c, 1.0)
+    s = (2 * fakes * v).sum(dim=[1, 2, 3]) + b
+    assert torch.allclose(stats["Loss/scores/fake"], s)
+    want = (-torch.sigmoid(-s)[:, None, None] * z[:, :, None] * 2 * v.flatten()[None, None, :]).mean(0)
+    assert torch.allclose(G.M.grad, want)
+    assert pipe.images == 4
+
+    stats = _run(loss, "Dmain", reals, z, c, 1.0)
+    assert torch.allclose(stats["Loss/scores/fake"], s)
+    assert torch.allclose(stats["Loss/scores/real"], (2 * reals * v).sum(dim=[1, 2, 3]) + b)
+    assert pipe.images == 12
+
+    # R1 is taken w.r.t. the images before augmentation: dD(2x)/dx = 2v, |2v|^2 = 4|v|^2.
+    stats = _run(loss, "Dreg", reals, z, c, 3.0)
+    sq = v.square().sum()
+    assert torch.allclose(stats["Loss/r1"], (4 * sq).expand(4))
+    assert torch.allclose(stats["Loss/D/reg"], (5 * 4 * sq).expand(4))
+    assert torch.allclose(D.v.grad, 3.0 * 10.0 * 4 * v)
+    assert pipe.images == 16
+
+    _run(loss, "Greg", reals, z, c, 1.0)                             # no D, no augmentation
+    assert pipe.images == 16
+
+
+@pytest.mark.parametrize("prob", [0.75, 1.0])
+def test_style_mixing_swaps_a_uniform_tail_of_the_ws_with_probability_p(prob):
+    # With probability p a sample takes a second latent's w from a crossover layer drawn uniformly from
+    # 1..num_ws-1 on; otherwise every layer gets its own w.
+    torch.manual_seed(0)
+    n, num_ws = 4000, 4
+    G = LinearGenerator(4, SHAPE, num_ws=num_ws)
+    loss = StyleGAN2Loss(G, LinearCritic(SHAPE), style_mixing_prob=prob)
+    z, c = torch.randn(n, 4, dtype=torch.float64), torch.zeros(n, 0, dtype=torch.float64)
+    img, ws = loss.generate(z, c)
+    (z1, _, _), (z2, _, _) = G.mapping.calls
+    assert torch.equal(z1, z)
+    own, other = (ws == z[:, None, :]).all(dim=2), (ws == z2[:, None, :]).all(dim=2)   # [n, num_ws]
+    assert bool((own ^ other).all())                                  # each layer one w or the other
+    cut = own.sum(dim=1)                                              # the crossover layer
+    assert torch.equal(own, torch.arange(num_ws)[None, :] < cut[:, None])   # own w on the first layers
+    mixed = cut < num_ws
+    assert float(mixed.double().mean()) == pytest.approx(prob, abs=0.02)
+    share = torch.bincount(cut[mixed], minlength=num_ws).double() / int(mixed.sum())
+    assert float(share[0]) == 0
+    assert share[1:].tolist() == pytest.approx([1 / 3] * 3, abs=0.03)
+    assert torch.allclose(img, (ws.mean(dim=1) @ G.M).view(n, *SHAPE))
+
+
+def test_without_style_mixing_one_latent_and_no_random_draws():
+    G, _, loss, _, z, c = _setup()
+    state = torch.get_rng_state()
+    _, ws = loss.generate(z, c)
+    assert len(G.mapping.calls) == 1
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(ws, z[:, None, :].expand(4, 3, 4))
+
+
+def test_style_mixing_draws_on_the_latents_device():
+    # On the meta device every tensor must be made there: one made on the CPU cannot meet them.
+    G = LinearGenerator(4, SHAPE, num_ws=4).to("meta")
+    loss = StyleGAN2Loss(G, LinearCritic(SHAPE), style_mixing_prob=0.5)
+    img, ws = loss.generate(torch.zeros(3, 4, device="meta"), torch.zeros(3, 0, device="meta"))
+    assert (img.device.type, ws.device.type, tuple(ws.shape)) == ("meta", "meta", (3, 4, 4))
+
+
+class WeightedGenerator(LinearGenerator):
+    """img = (sum_i a_i ws_i) @ M: d(img . y)/d ws_i = a_i M y, so |J^T y| = sqrt(mean_i a_i^2) |M y|."""
+
+    A = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+
+    def synthesis(self, ws: torch.Tensor) -> torch.Tensor:
+        return (torch.einsum("i,niz->nz", self.A, ws) @ self.M).view(-1, *self.shape)
+
+
+@pytest.mark.parametrize(("batch", "shrink", "n"), [(4, 2, 2), (4, 4, 1), (3, 2, 1), (1, 2, 1)])
+def test_path_length_noise_is_scaled_by_the_image_area(batch, shrink, n):
+    # Non-square multi-pixel images: y = N(0, 1) / sqrt(H * W), drawn as the first random numbers of the
+    # phase (no style mixing), on batch // shrink samples (at least one).
+    shape = (2, 2, 3)
+    torch.manual_seed(1)
+    G, D = WeightedGenerator(4, shape), LinearCritic(shape)
+    loss = StyleGAN2Loss(G, D, style_mixing_prob=0.0, pl_weight=0.5, pl_batch_shrink=shrink, pl_decay=0.1)
+    loss.pl_mean = 0.4
+    z, c = torch.randn(batch, 4, dtype=torch.float64), torch.zeros(batch, 0, dtype=torch.float64)
+    torch.manual_seed(7)
+    stats = loss.accumulate_gradients("Greg", z, c, z, c, gain=3.0)
+    torch.manual_seed(7)
+    y = torch.randn(n, math.prod(shape), dtype=torch.float64) / math.sqrt(2 * 3)
+    M = G.M.detach()
+    My = y @ M.T                                                      # [n, z_dim]
+    k = math.sqrt((1 + 4 + 9) / 3)
+    lengths = k * My.norm(dim=1)
+    assert torch.allclose(stats["Loss/pl_length"], lengths)
+    target = 0.4 + 0.1 * (lengths.mean() - 0.4)
+    assert torch.allclose(stats["Loss/G/reg"], 0.5 * (lengths - target).square())
+    # dL/dM = k (M y) y^T / |M y|; the penalty's gradient: gain * weight * mean_n 2 (L_n - t) dL_n/dM.
+    dL = k * My[:, :, None] * y[:, None, :] / My.norm(dim=1)[:, None, None]
+    want = 3.0 * 0.5 * (2 * (lengths - target)[:, None, None] * dL).mean(0)
+    assert torch.allclose(G.M.grad, want)
+    assert torch.equal(_grad(G.mapping.s), torch.zeros([], dtype=torch.float64))   # lengths ignore ws
+
+
+def test_the_path_length_mean_moves_by_decay_toward_the_step_mean():
+    _, _, loss, *_ = _setup(pl_decay=0.25)
+    loss.pl_mean = 1.0
+    loss.update_pl_mean(3.0)
+    assert loss.pl_mean == 1.5
+    loss.update_pl_mean(torch.tensor(0.5, dtype=torch.float64))
+    assert float(loss.pl_mean) == 1.25
