@@ -128,6 +128,12 @@ def _show(work: Path, name: str) -> str:
     return proc.stdout.strip() or proc.stderr.strip()
 
 
+def _module(name: str) -> str:
+    """The module of a mutant: mutmut names a function's mutants module.x_f__mutmut_N and a method's
+    module.xǁClassǁf__mutmut_N."""
+    return re.split(r"\.x[_ǁ]", name, maxsplit=1)[0]
+
+
 def report(work: Path, diffs: bool = True) -> int:
     """Print the score and the survivors of the run in `work`; return the number of unexplained survivors."""
     results = _results(work)
@@ -144,11 +150,11 @@ def report(work: Path, diffs: bool = True) -> int:
           f"({', '.join(f'{s} {n}' for s, n in sorted(counts.items()))})")
     by_module: dict[str, list[str]] = {}
     for name, status in results.items():
-        by_module.setdefault(name.split(".x_")[0], []).append(status)
+        by_module.setdefault(_module(name), []).append(status)
     for module, statuses in sorted(by_module.items()):
         n = sum(1 for st in statuses if st not in ("skipped", "not checked"))
         k = sum(1 for st in statuses if st in KILLED)
-        eq = sum(1 for name in equivalent if name.startswith(module + ".x_"))
+        eq = sum(1 for name in equivalent if _module(name) == module)
         print(f"  {module}: {k}/{n} killed = {100 * k / max(n, 1):.1f}%, {eq} equivalent")
     if equivalent:
         print(f"without the {len(equivalent)} equivalent mutants: "
