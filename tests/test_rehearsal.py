@@ -114,3 +114,16 @@ def test_write_costs_rewrites_only_the_measured_figures(tmp_path: Path) -> None:
         {k: v for k, v in before.items() if k not in changed}
     entry = json.loads(path.read_text())["figures"]["crop_mb_1024_drawn"]
     assert entry["source"] == f"rehearsal (a machine): {rehearsal.SOURCES['crop_mb_1024_drawn']}"
+
+
+def test_a_stage_done_within_the_start_noise_leaves_its_figure_unmeasured() -> None:
+    # filter at 1024 px kept a few crops of 64 photos: its wall time was below a bare process start.
+    stages = {name: rehearsal.Stage(name, 0, 10.0, 10.0, 1.0, images=64, out_mb=10.0, mb_per_image=0.5,
+                                    s_per_image=0.05)
+              for name in ("scrape", "filter", "dataset", "train", "detect")}
+    stages["filter"].s_per_image = 0.0
+    figures = rehearsal.measured_figures(stages, {"gb_per_image": 0.5},
+                                         {"raw_mb_1080x1350": 0.15, "crop_mb": 1.6}, 1024)
+    assert "filter_s_per_image_cpu" not in figures
+    assert figures["detect_s_per_image_cpu"] == 0.05
+    assert set(figures) == set(rehearsal.SOURCES) - {"filter_s_per_image_cpu"}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from corgigan.analysis import sampling
 from corgigan.analysis.fid import INCEPTION_FILE
 from corgigan.errors import StageError
 from corgigan.params import Params
@@ -206,22 +207,31 @@ def memory_checks(p: Params) -> list[Check]:
     scale = (p.filter.resolution / 1024) ** 2
     cfg = configs.make_config(p.train.config, p.filter.resolution, batch=p.train.batch)
     out = []
-    for key, device, need, knob in (
-            ("train memory", p.train.device, None, "train.batch_gpu"),
-            ("evaluate memory", p.evaluate.device, p.evaluate.batch * c["gen_gb_per_image_1024_cpu"] * scale,
-             "evaluate.batch")):
+    for key, device, knob in (("train memory", p.train.device, "train.batch_gpu"),
+                              ("evaluate memory", p.evaluate.device, "evaluate.batch")):
         try:
             dev = resolve_device(device)
         except DeviceError:
             continue   # the device check already says what is missing
         if dev.type == "cuda":
             have = torch.cuda.get_device_properties(dev).total_memory / 2**30
-            need = c["train_gb_1024_gpu"] * scale if need is None else need
+            train_need = c["train_gb_1024_gpu"] * scale
         else:
             have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-            need = c["train_gb_per_image_1024_cpu"] * scale * cfg.batch_gpu if need is None else need
-        out.append(Check(key, need <= have, f"~{need:.1f} GB needed on {dev}, {have:.1f} GB there",
-                         f"lower {knob}, or run on a device with more memory"))
+            train_need = c["train_gb_per_image_1024_cpu"] * scale * cfg.batch_gpu
+        if key == "train memory":
+            out.append(Check(key, train_need <= have, f"~{train_need:.1f} GB needed on {dev}, {have:.1f} GB "
+                             "there", f"lower {knob}, or run on a device with more memory"))
+            continue
+        # Generation passes take as many of evaluate.batch's images as the memory budget holds (sampling's
+        # rule), so a large batch costs passes, not memory; only one image beyond the budget cannot fit.
+        per_image = c["gen_gb_per_image_1024_cpu"] * scale
+        budget = sampling.memory_budget(dev) / 2**30
+        per_pass = max(1, min(p.evaluate.batch, int(budget // per_image)))
+        need = per_pass * per_image
+        out.append(Check(key, need <= have, f"~{need:.1f} GB needed on {dev} (passes of {per_pass} of "
+                         f"evaluate.batch's {p.evaluate.batch} images within the {budget:.1f} GB budget), "
+                         f"{have:.1f} GB there", "run on a device with more memory"))
     return out
 
 
