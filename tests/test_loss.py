@@ -12,7 +12,8 @@ from corgigan.stylegan2 import configs
 from corgigan.stylegan2.loss import path_lengths, r1_penalty, sample_latents, seeded
 from tests.helpers import tiny_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# A deprecated autograd argument (only_inputs=False) warns on every pass, and a future torch refuses it.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("error::FutureWarning")]
 
 
 class ConvBackwardMasks(TorchDispatchMode):

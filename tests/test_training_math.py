@@ -381,6 +381,9 @@ def test_update_emas_reaches_only_the_fakes_d_learns_from(mixing):
         loss.accumulate_gradients(phase, reals, c, z, c, gain=1.0, update_emas=True)
         second = [False] * len(flags) if mixing else []               # the mixing latent's mapping call
         assert [u for _, _, u in G.mapping.calls] == flags + second, phase
+    G.mapping.calls.clear()
+    loss.accumulate_gradients("Dmain", reals, c, z, c, gain=1.0)     # not asked: no update
+    assert not any(u for _, _, u in G.mapping.calls)
 
 
 def test_only_the_r1_pass_differentiates_the_reals():

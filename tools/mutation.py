@@ -79,6 +79,26 @@ EQUIVALENT: dict[str, str] = {
     "corgigan.data.funnel.x_warnings__mutmut_36":
         "decodable == 0 only when every image failed to decode, so no_dog is 0 and both return []; only "
         "counts that do not add up (which funnel_counts refuses to make) could tell them apart",
+    **dict.fromkeys(["corgigan.stylegan2.loss.x_r1_penalty__mutmut_9",
+                     "corgigan.stylegan2.loss.x_path_lengths__mutmut_9"],
+                    "dropping only_inputs=True leaves torch.autograd.grad's default, True (ignored anyway)"),
+    **dict.fromkeys(_names("corgigan.stylegan2.loss.xǁStyleGAN2Lossǁ_d_real", (11, 13)),
+                    "total starts as a 0-d zero on the CPU instead of logits' device: a 0-d CPU tensor adds "
+                    "to a tensor on any device as a scalar, and total is always added to (a loss or R1) "
+                    "before backward, so it ends on logits' device with the same value"),
+    "corgigan.stylegan2.loss.x_seeded__mutmut_8":
+        "SeedSequence.generate_state computes each word independently of how many are asked for: the first "
+        "of two 64-bit words is the one word asked for",
+    "corgigan.stylegan2.loss.xǁStyleGAN2Lossǁ_path_length_reg__mutmut_40":
+        "subtracting instead of adding img * 0 adds -0 to the loss and -0 * gain to each synthesis gradient: "
+        "the same values (the term exists only to keep every parameter in the graph)",
+    "corgigan.stylegan2.loss.xǁStyleGAN2Lossǁgenerate__mutmut_33":
+        "rand < p vs rand <= p: torch.rand gives multiples of 2**-24 in [0, 1), so they differ only on a "
+        "draw exactly equal to p (at most 2**-24 a sample); p = 0 never reaches the line, p = 1 mixes "
+        "either way",
+    "corgigan.stylegan2.loss.xǁStyleGAN2Lossǁgenerate__mutmut_51":
+        "dropping update_emas=False on the mixing latent's mapping call leaves MappingNetwork.forward's "
+        "default, False",
 }
 
 
