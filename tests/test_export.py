@@ -152,6 +152,11 @@ def test_card_tells_what_the_records_say(trained: dict[str, Path], tmp_path: Pat
     assert "| overall | 7 | 4 | duplicate: 1, no_dog: 2 |" in card
     assert "synthetic: scenes drawn by corgigan" in card and "cover >= 0.15" in card
     assert "Config: demo." in card and "4 images shown" in card and "GPU hours: unknown" in card
+    # The run's augment_p is where ADA started; the card also gives where it stood at the snapshot.
+    p = float(load_networks(trained["run"] / snapshot).snapshot["augment_p"])
+    shown = str(int(p)) if p.is_integer() else f"{p:.4g}"
+    assert "augment_p 0.2 (at the start)" in card
+    assert f"- Augmentation probability at this snapshot: {shown}." in card
     # a 4-image run's G_ema half-life is the ramp's, not ema_kimg's (tiny_config: 0.01 kimg, ramp 0.05)
     assert ("G_ema half-life 0.01 kimg (ramped up over the first images: at most 0.05 of the images shown, "
             "so 0.0002 kimg at the end of this run)") in card

@@ -56,11 +56,12 @@ def facts_of(loaded: Loaded, G: torch.nn.Module) -> model_card.ModelFacts:
     only from a network-snapshot-NNNNNN.pkl name); an export what its config.json kept."""
     info, state = loaded.info, loaded.snapshot
     kimg: float | None = float(info["kimg"])
-    config = run = dataset = None
+    config = run = dataset = ada_p = None
     name = None
     if loaded.source == "snapshot" and state is not None:
         config, run, dataset = state["config"], state["run"], state["dataset"]
         name = config["name"]
+        ada_p = float(state["augment_p"])
     elif loaded.source == "export":
         record = info["record"]
         name = record["config"] if isinstance(record["config"], str) else None
@@ -74,7 +75,7 @@ def facts_of(loaded: Loaded, G: torch.nn.Module) -> model_card.ModelFacts:
         img_channels=loaded.spec.img_channels, c_dim=loaded.spec.c_dim, z_dim=G.z_dim, w_dim=G.w_dim,
         num_ws=G.num_ws, parameters=sum(p.numel() for p in G.parameters()), kimg=kimg, config_name=name,
         config=config, run=run, dataset_hash=(dataset or {}).get("hash") or None,
-        num_images=num_images if isinstance(num_images, int) else None)
+        num_images=num_images if isinstance(num_images, int) else None, ada_p=ada_p)
 
 
 def _check_directions(path: Path, G: torch.nn.Module, facts: model_card.ModelFacts,

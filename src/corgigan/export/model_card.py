@@ -52,6 +52,7 @@ class ModelFacts:
     run: dict[str, Any] | None       # the snapshot's run settings
     dataset_hash: str | None         # identity of the zip it was trained on
     num_images: int | None           # images it was trained on
+    ada_p: float | None = None       # the augmentation probability reached at this snapshot; None: unknown
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,11 @@ def _training(facts: ModelFacts) -> str:
         shown = {k: facts.run[k] for k in RUN_KEYS if k in facts.run and facts.run[k] not in ("", None)}
         if "resume_from" in shown:   # a path on the training machine: its name says enough
             shown["resume_from"] = Path(str(shown["resume_from"])).name
+        if "augment_p" in shown:     # the run's setting is where p started; ADA moves it from there
+            shown["augment_p"] = f"{shown['augment_p']} (at the start)"
         lines.append("- Run: " + ", ".join(f"{k} {v}" for k, v in shown.items()) + ".")
+    if facts.ada_p is not None:
+        lines.append(f"- Augmentation probability at this snapshot: {_num(facts.ada_p)}.")
     lines.append(f"- GPU hours: {UNKNOWN}.")
     return "\n".join(lines) + "\n"
 
