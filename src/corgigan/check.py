@@ -227,7 +227,7 @@ def memory_checks(p: Params) -> list[Check]:
         # rule), so a large batch costs passes, not memory; only one image beyond the budget cannot fit.
         per_image = c["gen_gb_per_image_1024_cpu"] * scale
         budget = sampling.memory_budget(dev) / 2**30
-        per_pass = max(1, min(p.evaluate.batch, int(budget // per_image)))
+        per_pass = sampling.images_per_pass(budget, per_image, p.evaluate.batch)
         need = per_pass * per_image
         out.append(Check(key, need <= have, f"~{need:.1f} GB needed on {dev} (passes of {per_pass} of "
                          f"evaluate.batch's {p.evaluate.batch} images within the {budget:.1f} GB budget), "

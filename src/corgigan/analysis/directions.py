@@ -238,6 +238,12 @@ class Direction:
 
 def read_directions(path: str | Path, w_dim: int, num_ws: int) -> list[Direction]:
     """Read a directions file (format in the module docstring); StageError says what is wrong."""
+    return directions_of(read_document(path), path, w_dim, num_ws)
+
+
+def read_document(path: str | Path) -> dict[str, Any]:
+    """A directions file as its JSON document, its format checked (its vectors are checked against a model
+    by `directions_of`); StageError says what is wrong."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -249,6 +255,12 @@ def read_directions(path: str | Path, w_dim: int, num_ws: int) -> list[Direction
             doc.get("directions"), dict):
         raise StageError(f"{path}: not a directions file ({{'format': '{FORMAT}', "
                          f"'directions': {{name: {{'vector': [...], 'layers': [first, stop]}}}}}})")
+    return doc
+
+
+def directions_of(doc: dict[str, Any], path: str | Path, w_dim: int, num_ws: int) -> list[Direction]:
+    """The directions of a document `read_document` returned (read from `path`), each checked against a
+    model with `w_dim` and `num_ws`; StageError says what is wrong."""
     out = []
     for name, entry in doc["directions"].items():
         where = f"{path}: direction {name!r}"

@@ -29,7 +29,7 @@ from corgigan.analysis.latents import map_seeds
 from corgigan.errors import StageError, quote
 from corgigan.stylegan2.devices import resolve_device
 from corgigan.stylegan2.grid import tile
-from corgigan.stylegan2.load import build, load_networks, resolve
+from corgigan.stylegan2.load import Loaded, build, load_networks, resolve
 from corgigan.stylegan2.networks import channels_per_resolution
 from corgigan.stylegan2.snapshot import SnapshotError
 from corgigan.stylegan2.ws_ranges import layer_range
@@ -99,7 +99,14 @@ def images_per_batch(G: torch.nn.Module, device: torch.device | None = None,
     never below 1."""
     if budget_bytes is None:
         budget_bytes = memory_budget(device or next(G.parameters()).device)
-    return max(1, int(budget_bytes // bytes_per_image(G)))
+    return images_per_pass(budget_bytes, bytes_per_image(G))
+
+
+def images_per_pass(budget_bytes: float, per_image_bytes: float, batch: int | None = None) -> int:
+    """Images one generator pass takes: as many as `budget_bytes` holds at `per_image_bytes` each, at most
+    `batch`, never below 1 (`corgigan check` applies the same rule to the measured per-image figure)."""
+    fit = int(budget_bytes // per_image_bytes)
+    return max(1, fit if batch is None else min(batch, fit))
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
@@ -266,31 +273,33 @@ def find_checkpoint(checkpoints: Path) -> Path:
     raise StageError(f"no snapshot in {checkpoints}: run the train stage first (`dvc repro train`)")
 
 
-def load(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """G_ema and its info from a snapshot file or folder, or from a reference StyleGAN2(-ADA) pickle (.pkl,
-    read without running any of its code); a bad file is a StageError."""
-    if not checkpoint.exists():
-        raise StageError(f"{checkpoint}: no such snapshot or folder (train first, or `dvc pull` it)")
+def load_model(checkpoint: Path, device: str | torch.device, with_D: bool = False
+               ) -> tuple[Loaded, torch.nn.Module, torch.nn.Module | None]:
+    """The model file at `checkpoint` read once (a snapshot file or folder, a reference StyleGAN2(-ADA)
+    pickle read without running any of its code, or an export folder), G_ema built on `device`, and D with
+    `with_D` (None when the file holds none); a missing or bad file is a StageError."""
+    if not Path(checkpoint).exists():
+        raise StageError(f"{checkpoint}: no such snapshot, folder or pickle (train first, or `dvc pull` it)")
     try:
-        loaded = load_networks(checkpoint)
+        loaded = load_networks(checkpoint, training_nets=with_D)
         G = build(loaded, "G_ema", device)
+        D = build(loaded, "D", device) if with_D else None
     except SnapshotError as e:
         raise StageError(str(e)) from e
     assert G is not None
+    return loaded, G, D
+
+
+def load(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """G_ema and its info (`load_model`)."""
+    loaded, G, _ = load_model(checkpoint, device)
     return G, loaded.info
 
 
 def load_with_discriminator(checkpoint: Path, device: torch.device
                             ) -> tuple[torch.nn.Module, torch.nn.Module | None, dict]:
     """`load`, plus D from the same read of the file (None when it holds no D: a generator-only pickle)."""
-    if not checkpoint.exists():
-        raise StageError(f"{checkpoint}: no such snapshot or folder (train first, or `dvc pull` it)")
-    try:
-        loaded = load_networks(checkpoint, training_nets=True)
-        G, D = build(loaded, "G_ema", device), build(loaded, "D", device)
-    except SnapshotError as e:
-        raise StageError(str(e)) from e
-    assert G is not None
+    loaded, G, D = load_model(checkpoint, device, with_D=True)
     return G, D, loaded.info
 
 

@@ -14,7 +14,6 @@ remove_stale_temps, as for every stage) removes the temporary one.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -29,8 +28,7 @@ from corgigan.errors import StageError
 from corgigan.export import model_card
 from corgigan.stylegan2 import portable
 from corgigan.stylegan2.atomic import atomic_folder
-from corgigan.stylegan2.load import Loaded, build, load_networks
-from corgigan.stylegan2.snapshot import SnapshotError
+from corgigan.stylegan2.load import Loaded, load_networks
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +80,7 @@ def _check_directions(path: Path, G: torch.nn.Module, facts: model_card.ModelFac
                       doc: dict) -> None:
     """A StageError unless `path` is a directions file for this model (read_directions checks its vectors
     against the model's W; its recorded checkpoint, when it has one, must be the exported one)."""
-    dirs.read_directions(path, G.w_dim, G.num_ws)
+    dirs.directions_of(doc, path, G.w_dim, G.num_ws)
     made_from = doc.get("checkpoint")
     if made_from is not None and made_from != facts.checkpoint:
         raise StageError(f"{path}: directions found in {made_from}, not in {facts.checkpoint}; re-run the "
@@ -130,17 +128,10 @@ def _onnx(G: torch.nn.Module, tmp: Path, settings: Settings) -> model_card.OnnxF
 def write_export(checkpoint: Path, out: Path, settings: Settings, records: model_card.Records,
                  directions: Path | None = None, device: str | torch.device = "cpu") -> Path:
     """Export the model at `checkpoint` (anything load_networks reads) as the folder `out`; return `out`."""
-    if not Path(checkpoint).exists():
-        raise StageError(f"{checkpoint}: no such snapshot, folder or pickle (train first, or `dvc pull` it)")
-    try:
-        loaded = load_networks(checkpoint)
-        G = build(loaded, "G_ema", device)
-    except SnapshotError as e:
-        raise StageError(str(e)) from e
-    assert G is not None
+    loaded, G, _ = sampling.load_model(checkpoint, device)
     facts = facts_of(loaded, G)
     if directions is not None:
-        doc = _read_directions_doc(directions)
+        doc = dirs.read_document(directions)
         _check_directions(directions, G, facts, doc)
         records = model_card.Records(**{**vars(records), "directions": doc})
     else:
@@ -158,16 +149,3 @@ def write_export(checkpoint: Path, out: Path, settings: Settings, records: model
     log.info("export: %s (%s, %d px, %s) -> %s: %s", loaded.path.name, loaded.source, facts.resolution,
              "kimg unknown" if facts.kimg is None else f"{facts.kimg:g} kimg", out, ", ".join(files))
     return out
-
-
-def _read_directions_doc(path: Path) -> dict:
-    """The directions file as JSON (its format is checked by read_directions)."""
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise StageError(f"{path}: directions file not found (the explore stage writes it)") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StageError(f"{path}: not a JSON directions file ({e})") from None
-    if not isinstance(doc, dict):
-        raise StageError(f"{path}: not a directions file")
-    return doc
