@@ -460,6 +460,89 @@ def test_forged_object_states_and_views_are_refused(tmp_path):
         pickles.read_pickle(tmp_path / "cut.pkl")
 
 
+def test_a_persistent_id_is_refused_with_what_it_names(tmp_path):
+    class WithIds(pickle.Pickler):   # what torch.save's zip format does; the network pickles never do
+        def persistent_id(self, obj):
+            return ("storage", "k" * 80) if isinstance(obj, bytes) else None
+
+    path = tmp_path / "ids.pkl"
+    with open(path, "wb") as f:
+        WithIds(f, protocol=3).dump({"G_ema": b"weights"})
+    with pytest.raises(pickles.UnsafePickleError) as e:
+        pickles.read_pickle(path)
+    shown = "('storage', '" + "k" * 47   # the id's first 60 characters
+    assert str(e.value) == (f"{path}: refused: the pickle uses a persistent id ({shown!r}), "
+                            "which the network pickle formats never do")
+
+
+def _tf_network(tmp_path: Path, name: str, edit=None, variables=None) -> Path:
+    """A single TensorFlow Network pickle as dnnlib writes it, its state changed by `edit` (in place)."""
+    net = pw.Network("G", {"resolution": 8}, variables or [("w", np.float32([1, 2]))],
+                     {"mapping": pw.Network("G_mapping", {}, [("b", np.float32(0.5))])})
+    if edit is not None:
+        net.state = edit(net.state)
+    return pw.write(tmp_path / f"{name}.pkl", net)
+
+
+def test_tensorflow_network_states_dnnlib_never_writes_are_refused(tmp_path):
+    def without(*keys):
+        return lambda state: {k: v for k, v in state.items() if k not in keys}
+
+    def setting(key, value):
+        return lambda state: {**state, key: value}
+
+    refused = {
+        "no state (no BUILD)": (lambda state: None, "a TensorFlow network without its state"),
+        "state not a dict": (lambda state: list(state.items()), "state is a list, not a dict"),
+        "no variables": (without("variables"), "lacks variables: not a network dnnlib wrote"),
+        "no name, no kwargs": (without("name", "static_kwargs"), "lacks name, static_kwargs:"),
+        "name": (setting("name", 3), "state's name is a int, not a str"),
+        "static_kwargs": (setting("static_kwargs", [("resolution", 8)]),
+                          "state's static_kwargs is a list, not a dict"),
+        "components": (setting("components", [pw.Network("G_mapping", {}, [])]),
+                       "state's components is a list, not a dict"),
+        "variables": (setting("variables", (("w", np.float32([1])),)),
+                      "state's variables is a tuple, not a list"),
+    }
+    for case, (edit, message) in refused.items():
+        path = _tf_network(tmp_path, case.replace(" ", "_"), edit)
+        with pytest.raises(pickles.PickleError) as e:
+            pickles.load_reference_pickle(path)
+        assert str(e.value).startswith(f"{path}: ") and message in str(e.value), (case, str(e.value))
+
+    # dnnlib reads "components" with a default, so a network without it is read (as having none) ...
+    net = pickles.load_reference_pickle(_tf_network(tmp_path, "flat", without("components"))).G_ema
+    assert (net.name, net.static_kwargs, net.components) == ("G", {"resolution": 8}, {})
+    assert list(net.collect()) == ["w"]
+    # ... and the full state gives every variable, named by its component path, 0-d scalars as 0-d arrays.
+    net = pickles.load_reference_pickle(_tf_network(tmp_path, "full")).G_ema
+    values = net.collect("G/")
+    assert list(values) == ["G/w", "G/mapping/b"]
+    assert values["G/mapping/b"].shape == () and values["G/mapping/b"].dtype == np.float32
+    np.testing.assert_array_equal(values["G/w"], np.float32([1, 2]))
+
+
+@pytest.mark.parametrize("entry", [
+    ["w", np.float32([1])],                    # a list, not a (name, value) tuple
+    ("w", np.float32([1]), "extra"),           # three fields
+    ("w",),                                    # one field
+    (3, np.float32([1])),                      # a name that is not a string
+    ("w", 1.5),                                # a Python float, not what tf.Session.run returns
+    ("w", [1.0, 2.0]),                         # a list of numbers
+])
+def test_tensorflow_variables_not_name_and_numpy_value_are_refused(tmp_path, entry):
+    net = pickles.load_reference_pickle(_tf_network(tmp_path, "bad", variables=[entry])).G_ema
+    with pytest.raises(pickles.PickleError, match=r"network 'G': a variable entry is not \(name, numpy"):
+        net.collect()
+
+
+def test_a_tensorflow_component_that_is_not_a_network_is_refused(tmp_path):
+    net = pickles.load_reference_pickle(_tf_network(tmp_path, "comp", lambda state: {
+        **state, "components": {"mapping": {"b": np.float32(1)}}})).G_ema
+    with pytest.raises(pickles.PickleError, match="'G': component 'mapping' is a dict, not a network"):
+        net.collect()
+
+
 def test_module_source_in_the_pickle_is_never_run(tmp_path, monkeypatch):
     marker = tmp_path / "ran"
     code = f"open({str(marker)!r}, 'w').close()\n"

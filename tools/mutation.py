@@ -13,6 +13,11 @@ never touches the repository's files. Re-running continues where mutmut left off
 `--fresh` starts over, which is what a score after new tests needs (mutmut re-tries a cached mutant only
 when its function or the test selection changed).
 
+In the larger modules only the functions that carry the module's job are mutated (CORE_FUNCTIONS: serve's
+Host check and request bounds, the explorer's limits, the loop's phases, EMA and lazy regularisation, the
+importer's guards); the rest of those modules is wiring, logging and messages. `--all-functions` mutates
+every function.
+
 The score is killed / (mutants checked), where timeouts and type-check catches count as killed. Survivors
 that were examined and found equivalent (no test can tell them apart from the original) are listed in
 EQUIVALENT with the reason; the score is printed with and without them.
@@ -100,6 +105,50 @@ EQUIVALENT: dict[str, str] = {
         "dropping update_emas=False on the mixing latent's mapping call leaves MappingNetwork.forward's "
         "default, False",
 }
+
+
+# The functions mutated in modules where only part of the module is core (module -> "function" or
+# "Class.method"); a module not named here is mutated whole.
+CORE_FUNCTIONS: dict[str, list[str]] = {
+    # The Host check, the body and length limits, and the parameter bounds of every request.
+    "src/corgigan/play/serve.py": [
+        "_host_ok", "_is_loopback", "_read_length", "_has_body", "_read_body", "_int", "_float", "_one",
+        "image_request", "grid_request", "project_request"],
+    # The model side's limits: picture budget, one projection at a time, upload checks, id lookups.
+    "src/corgigan/play/explorer.py": ["Limits.grid_cap", "Limits.grid_pass", "FairLock.__init__",
+                                      "FairLock.__enter__", "FairLock.__exit__", "Explorer._check_pixels",
+                                      "Explorer._check_busy", "Explorer.submit", "Explorer.job",
+                                      "Explorer.latent"],
+    # The layers' arithmetic: modulation and demodulation, equalized learning rate with its multipliers,
+    # the mapping's normalisation, truncation and running mean, noise, minibatch std, resampling, fp16 use.
+    # The constructors' channel plumbing is pinned by the reference layout's parameter counts.
+    "src/corgigan/stylegan2/networks.py": [
+        "modulated_conv2d", "demodulation_coefficients", "normalize_2nd_moment", "mbstd_group", "check_shape",
+        "FullyConnected.__init__", "FullyConnected.forward", "Conv2dLayer.forward", "MappingNetwork.forward",
+        "SynthesisLayer.forward", "ToRGBLayer.forward", "MinibatchStdLayer.forward", "conv2d_up2",
+        "conv2d_down2", "fp16_resolution", "use_fp16_now", "channels_per_resolution"],
+    # The phases and their gains, the optimizers, EMA, the step with its lazy regularisation, the tick's
+    # statistics, the finite-loss guard, and what may differ on resume.
+    "src/corgigan/stylegan2/loop.py": [
+        "TickStats.add", "TickStats.reduce", "make_optimizer", "make_phases", "frozen_d_parameters",
+        "ema_beta",
+        "_Trainer.step", "_Trainer.after_step", "_Trainer.check_finite", "resume_differences", "_without",
+        "_group_of", "_group_follows_batch_gpu", "_batch_follows_gpus"],
+}
+
+
+def mutant_patterns(modules: list[str]) -> list[str]:
+    """mutmut name patterns for the core functions of `modules` (every function where none are named)."""
+    patterns = []
+    for module in modules:
+        dotted = ".".join(Path(module).with_suffix("").parts[1:])   # src/corgigan/x/y.py -> corgigan.x.y
+        if module not in CORE_FUNCTIONS:
+            patterns.append(f"{dotted}.x*")          # functions (x_f) and methods (xǁClassǁf) alike
+            continue
+        for name in CORE_FUNCTIONS[module]:
+            cls, _, func = name.rpartition(".")
+            patterns.append(f"{dotted}.xǁ{cls}ǁ{func}__mutmut_*" if cls else f"{dotted}.x_{func}__mutmut_*")
+    return patterns
 
 
 def _section(text: str, name: str) -> tuple[int, int]:
@@ -203,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="drop the run's cached results first: mutmut keeps a verdict until the function's "
                          "code or the test selection changes, so new tests in the same files, or a new "
                          "function, would not be tried against old mutants")
+    ap.add_argument("--all-functions", action="store_true",
+                    help="mutate every function, not only CORE_FUNCTIONS of the larger modules")
     ap.add_argument("--no-diffs", action="store_true", help="list survivors without their diffs")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -216,8 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         # On as many cores as mutants at once: the data stages size their process pools by the cores they
         # may use, so with one core they run inline, where mutmut sees which functions the tests reach.
         cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:args.max_children])
+        configured = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
+        modules = args.only or configured
+        names = [] if args.all_functions else mutant_patterns(modules)
         cmd = ["taskset", "-c", cores, sys.executable, "-m", "mutmut", "run", "--max-children",
-               str(args.max_children)]
+               str(args.max_children), *names]
         proc = subprocess.run(cmd, cwd=work, env=env)
         log.info("mutmut ran %.0f s in %s (exit %d)", time.perf_counter() - t0, work, proc.returncode)
     return 1 if report(work, diffs=not args.no_diffs) else 0

@@ -137,26 +137,29 @@ class PersistentObject(_Refuses):
 
 
 class TFNetwork:
-    """Stand-in for ``dnnlib.tflib.network.Network``: keeps the state its ``__setstate__`` receives."""
+    """Stand-in for ``dnnlib.tflib.network.Network``: keeps the parts of its pickled state that describe the
+    network (name, static_kwargs, components, variables)."""
 
-    def __init__(self) -> None:
-        self.version = 0
-        self.name = ""
-        self.static_kwargs: dict[str, Any] = {}
-        self.components: dict[str, TFNetwork] = {}
-        self.build_func_name = ""
-        self.variables: list[tuple[str, Any]] = []
+    name: str
+    static_kwargs: dict[str, Any]
+    components: dict[str, TFNetwork]
+    variables: list[tuple[str, Any]]
 
     def __setstate__(self, state: Any) -> None:
+        # The fields dnnlib's own __setstate__ reads without a default; "components" is optional there too.
         if not isinstance(state, dict):
             raise PickleError(f"TensorFlow network state is a {type(state).__name__}, not a dict")
-        self.__init__()
-        self.version = state.get("version", 0)
-        self.name = state.get("name", "")
-        self.static_kwargs = state.get("static_kwargs") or {}
-        self.components = state.get("components") or {}
-        self.build_func_name = state.get("build_func_name", "")
-        self.variables = state.get("variables") or []
+        missing = [key for key in ("name", "static_kwargs", "variables") if key not in state]
+        if missing:
+            raise PickleError(f"TensorFlow network state lacks {', '.join(missing)}: "
+                              "not a network dnnlib wrote")
+        fields = {"name": (state["name"], str), "static_kwargs": (state["static_kwargs"], dict),
+                  "components": (state.get("components", {}), dict), "variables": (state["variables"], list)}
+        for key, (value, kind) in fields.items():
+            if not isinstance(value, kind):
+                raise PickleError(f"TensorFlow network state's {key} is a {type(value).__name__}, "
+                                  f"not a {kind.__name__}")
+            setattr(self, key, value)
         # state["build_module_src"] is the network's TensorFlow code: dropped unread, never executed.
 
     def collect(self, prefix: str = "") -> dict[str, np.ndarray]:
@@ -458,8 +461,12 @@ def _numpy_scalar(dtype: Any, data: Any = b"") -> np.generic:
     return np.frombuffer(bytes(data), dtype=dt)[0]
 
 
-def _numpy_reconstruct(reading: _Reading, subtype: Any, shape: Any = (0,), dtype_code: Any = b"b") -> _Array:
-    """numpy.core.multiarray._reconstruct: an empty array record that the following BUILD fills."""
+def _numpy_reconstruct(reading: _Reading, subtype: Any, shape: Any, dtype_code: Any) -> _Array:
+    """numpy.core.multiarray._reconstruct: an empty array record that the following BUILD fills.
+
+    ndarray.__reduce__ always passes the placeholders (0,) and b"b"; the BUILD state has the real shape
+    and dtype.
+    """
     if subtype is not _NDARRAY:
         raise UnsafePickleError("numpy array of a subclass: only plain numpy.ndarray is read")
     return _Array(reading)
@@ -555,6 +562,8 @@ def _unwrap(obj: Any, seen: dict[int, Any]) -> Any:
         obj.state = _unwrap(obj.state, seen)
         return obj
     if isinstance(obj, TFNetwork):
+        if not hasattr(obj, "variables"):    # dnnlib pickles every Network with its state
+            raise PickleError("a TensorFlow network without its state: not a network dnnlib wrote")
         seen[key] = obj
         obj.static_kwargs = _unwrap(obj.static_kwargs, seen)
         obj.components = _unwrap(obj.components, seen)
