@@ -92,7 +92,6 @@ class PersistentObject(_Refuses):
     """One ``torch_utils.persistence`` object: its class name, init arguments and state, no code."""
 
     class_name: str
-    version: int
     state: dict[str, Any]
 
     @property
@@ -304,8 +303,7 @@ def _reconstruct_persistent_obj(meta: Any) -> PersistentObject:
     if not (isinstance(meta, dict) and meta.get("type") == "class" and isinstance(meta.get("class_name"), str)
             and isinstance(meta.get("state"), dict)):
         raise PickleError("a persistent object's meta is not {type: 'class', class_name, state, ...}")
-    return PersistentObject(class_name=meta["class_name"], version=int(meta.get("version") or 0),
-                            state=dict(meta["state"]))
+    return PersistentObject(class_name=meta["class_name"], state=dict(meta["state"]))
 
 
 # The storage classes a legacy payload names, as their element sizes in bytes.

@@ -1,0 +1,147 @@
+"""Forged pieces of the network pickle formats: each refused with its own line, each legal variant read right.
+
+Every file is written the way the formats' writers write them (numpy's and torch's own reductions,
+torch_utils.persistence's meta dict, plain pickle) with one piece changed; the messages are the lines a user
+reads, so they are compared whole.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from corgigan.stylegan2 import pickles
+from tests import pickle_writer as pw
+
+
+class Reduced:
+    """Pickles as `function(*args)`, then a BUILD of `state` when one is given (as numpy and torch do)."""
+
+    def __init__(self, function: Any, args: tuple, state: Any = None) -> None:
+        self.function, self.args, self.state = function, args, state
+
+    def __reduce__(self) -> tuple:
+        return (self.function, self.args) if self.state is None else (self.function, self.args, self.state)
+
+
+_RECONSTRUCT, _PLACEHOLDER, _STATE = np.zeros(2, np.float32).__reduce__()   # numpy's own reduction
+_DATA = _STATE[4]   # two float32 zeros, as raw bytes
+
+
+def _array(state: tuple) -> Reduced:
+    return Reduced(_RECONSTRUCT, _PLACEHOLDER, state)
+
+
+def _meta(**changes: Any) -> dict:
+    """torch_utils.persistence's meta for one object, changed by `changes`."""
+    return {"type": "class", "version": 6, "module_src": pw.MODULE_SRC, "class_name": "Layer", "state": {},
+            **changes}
+
+
+def _persistent(state: dict | None = None, **changes: Any) -> Reduced:
+    return Reduced(pw._reconstruct_persistent_obj, (_meta(state=state or {}, **changes),))
+
+
+def _read(tmp_path: Path, obj: Any) -> Any:
+    return pickles.read_pickle(pw.write(tmp_path / "forged.pkl", {"G_ema": obj}))["G_ema"]
+
+
+_META = "a persistent object's meta is not {type: 'class', class_name, state, ...}"
+_HOOKS = (torch.arange(3.0), True)
+
+REFUSED = {
+    # numpy arrays: the BUILD state (version, shape, dtype, fortran, data), one field wrong at a time.
+    "array state of four fields": (_array(_STATE[:4]), pickles.UnsafePickleError,
+                                   "numpy array state is not (version, shape, dtype, fortran, data)"),
+    "array state as a list": (_array(list(_STATE)), pickles.UnsafePickleError,
+                              "numpy array state is not (version, shape, dtype, fortran, data)"),
+    "array dtype as a string": (_array((1, (2,), "<f4", False, _DATA)), pickles.UnsafePickleError,
+                                "numpy array state without a numpy dtype"),
+    "array shape of strings": (_array((1, ("2",), _STATE[2], False, _DATA)), pickles.UnsafePickleError,
+                               "numpy array shape is not a tuple of non-negative integers: ('2',)"),
+    "array data as a list": (_array((1, (2,), _STATE[2], False, [0, 0])), pickles.UnsafePickleError,
+                             "numpy array data is a list, not raw bytes (object arrays are refused)"),
+    "array data one byte short": (_array((1, (2,), _STATE[2], False, _DATA[:7])), pickles.PickleError,
+                                  "numpy array of shape [2] and dtype float32 holds 7 bytes"),
+    # torch_utils.persistence objects: the meta dict, one condition failing at a time.
+    "meta of a function": (_persistent(type="function"), pickles.PickleError, _META),
+    "meta with a numeric class name": (_persistent(class_name=3), pickles.PickleError, _META),
+    "meta with a list state": (Reduced(pw._reconstruct_persistent_obj, (_meta(state=[1]),)),
+                               pickles.PickleError, _META),
+    "meta as a list": (Reduced(pw._reconstruct_persistent_obj, ([1],)), pickles.PickleError, _META),
+    "state BUILT onto a persistent object": (
+        Reduced(pw._reconstruct_persistent_obj, (_meta(),), {"weight": 1}), pickles.UnsafePickleError,
+        "unexpected object state for PersistentObject (BUILD opcode): not a file the reference wrote"),
+    # torch parameters: the tensor they wrap and their backward hooks (always an empty OrderedDict).
+    "parameter with a hook": (Reduced(torch._utils._rebuild_parameter, (*_HOOKS, OrderedDict(a=1))),
+                              pickles.UnsafePickleError, "a parameter carries backward hooks"),
+    "parameter hooks as a list": (Reduced(torch._utils._rebuild_parameter, (*_HOOKS, [])),
+                                  pickles.UnsafePickleError, "a parameter carries backward hooks"),
+    "parameter of a number": (Reduced(torch._utils._rebuild_parameter, (3, True, OrderedDict())),
+                              pickles.UnsafePickleError, "a parameter wraps a int, not a tensor"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_each_forged_piece_is_refused_with_its_own_line(tmp_path, case):
+    obj, error, message = REFUSED[case]
+    path = pw.write(tmp_path / "forged.pkl", {"G_ema": obj})
+    with pytest.raises(error) as e:
+        pickles.read_pickle(path)
+    assert type(e.value) is error and str(e.value) == f"{path}: {message}"
+
+
+def test_parameters_without_hooks_and_fortran_arrays_are_read_as_written(tmp_path):
+    t = torch.arange(3.0)
+    for hooks in (None, OrderedDict()):   # the absent and the empty hooks the writers emit
+        assert torch.equal(_read(tmp_path, Reduced(torch._utils._rebuild_parameter, (t, True, hooks))), t)
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    fortran = np.asfortranarray(values)
+    assert fortran.__reduce__()[2][3] is True   # numpy stores it column-major
+    np.testing.assert_array_equal(_read(tmp_path, fortran), values)
+    np.testing.assert_array_equal(_read(tmp_path, values), values)
+
+
+def test_one_arrays_bytes_built_past_the_files_limit_is_refused_naming_the_array(tmp_path):
+    data = bytes(1 << 20)    # one MiB, shared by every array: the file holds it once
+    count = pickles.alloc_limit(2 * len(data)) // len(data)   # arrays enough to pass the limit
+    arrays = [_array((1, (len(data) // 4,), _STATE[2], False, data)) for _ in range(count)]
+    path = pw.write(tmp_path / "reused.pkl", arrays)
+    assert path.stat().st_size < 2 * len(data)
+    with pytest.raises(pickles.PickleError) as e:
+        pickles.read_pickle(path)
+    assert str(e.value).startswith(f"{path}: refused: a numpy array of shape [262144] would take the tensors "
+                                   "and arrays read so far to ")
+
+
+def _tensors(tmp_path: Path, state: dict) -> dict[str, torch.Tensor]:
+    return pickles.load_reference_pickle(pw.write(tmp_path / "tree.pkl", {"G_ema": _persistent(state)})
+                                         ).G_ema.tensors()
+
+
+def test_a_module_trees_tensors_skip_empty_entries_and_keep_the_rest(tmp_path):
+    w, b, buf = torch.ones(2), torch.zeros(2), torch.full((1,), 3.0)
+    child = _persistent({"_parameters": {"bias": None, "weight": torch.nn.Parameter(w)}})
+    tree = {"_parameters": {"none": None, "b": torch.nn.Parameter(b)}, "_buffers": {"buf": buf},
+            "_modules": {"empty": None, "fc": child}}
+    out = _tensors(tmp_path, tree)
+    assert list(out) == ["b", "buf", "fc.weight"]
+    assert torch.equal(out["b"], b) and torch.equal(out["buf"], buf) and torch.equal(out["fc.weight"], w)
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"_parameters": [1]}, "Layer: _parameters is a list, not a dict"),
+    ({"_buffers": {"x": 1.5}}, "Layer: x is a float, not a tensor"),
+    ({"_modules": {"fc": _persistent({"_parameters": {"w": "s"}})}}, "Layer: fc.w is a str, not a tensor"),
+    ({"_modules": (1,)}, "Layer: _modules is a tuple, not a dict"),
+    ({"_modules": {"fc": 3}}, "Layer: sub-module fc is a int, not a persistent network object"),
+])
+def test_a_module_tree_of_the_wrong_kinds_is_refused_by_name(tmp_path, state, message):
+    with pytest.raises(pickles.PickleError) as e:
+        _tensors(tmp_path, state)
+    assert str(e.value) == message
