@@ -128,7 +128,9 @@ ACCEPTED = ["127.0.0.1", "127.0.0.1:8765", "127.5.6.7:80", "localhost", "localho
             "Localhost:8765", "[::1]", "[::1]:8765"]
 REFUSED = [None, "", "evil-localhost", "evil-localhost:8765", "localhost.evil.com", "localhost.evil.com:8765",
            "xlocalhost", "localhostx", "evil.com", "evil.com:8765", "127.0.0.1.evil.com", "0.0.0.0:8765",
-           "192.168.1.10:8765", "[::2]:8765", "local host", ":8765"]
+           "192.168.1.10:8765", "[::2]:8765", "local host", ":8765",
+           # The port is what follows the last colon only; brackets are stripped, nothing else.
+           "localhost:80:8765", "127.0.0.1X:8765", "X127.0.0.1", "[X::1]"]
 
 
 @pytest.mark.parametrize("host", ACCEPTED)
