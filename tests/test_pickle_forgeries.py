@@ -68,6 +68,9 @@ REFUSED = {
                              "numpy array data is a list, not raw bytes (object arrays are refused)"),
     "array data one byte short": (_array((1, (2,), _STATE[2], False, _DATA[:7])), pickles.PickleError,
                                   "numpy array of shape [2] and dtype float32 holds 7 bytes"),
+    "array of another type": (Reduced(_RECONSTRUCT, (3, *_PLACEHOLDER[1:]), _STATE),
+                              pickles.UnsafePickleError,
+                              "numpy array of a subclass: only plain numpy.ndarray is read"),
     # torch_utils.persistence objects: the meta dict, one condition failing at a time.
     "meta of a function": (_persistent(type="function"), pickles.PickleError, _META),
     "meta with a numeric class name": (_persistent(class_name=3), pickles.PickleError, _META),

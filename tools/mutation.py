@@ -91,6 +91,8 @@ EQUIVALENT: dict[str, str] = {
                     "total starts as a 0-d zero on the CPU instead of logits' device: a 0-d CPU tensor adds "
                     "to a tensor on any device as a scalar, and total is always added to (a loss or R1) "
                     "before backward, so it ends on logits' device with the same value"),
+    **dict.fromkeys(_names("corgigan.stylegan2.pickles.xǁ_Arrayǁ__setstate__", (49, 51)),
+                    "numpy reads a reshape order case-insensitively: 'f' is 'F' and 'c' is 'C'"),
     "corgigan.stylegan2.loss.x_seeded__mutmut_8":
         "SeedSequence.generate_state computes each word independently of how many are asked for: the first "
         "of two 64-bit words is the one word asked for",
