@@ -10,6 +10,7 @@ way, a grid holds at most max_grid images, and an upload is at most max_upload_b
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import logging
 import re
@@ -18,8 +19,10 @@ import threading
 import time
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from corgigan.analysis.directions import read_directions
 from corgigan.play import serve
@@ -202,8 +205,9 @@ def answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
     return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(body) if body else {}
 
 
-def closed(sock: socket.socket, wait: float = 3.0) -> bool:
-    """Whether the server hangs up within `wait` s (sending nothing more)."""
+def closed(sock: socket.socket, wait: float = 0.5) -> bool:
+    """Whether the server hangs up within `wait` s (sending nothing more); shorter than the server's
+    timeout, after which it would hang up on any idle connection."""
     sock.settimeout(wait)
     try:
         return sock.recv(1) == b""
@@ -273,6 +277,10 @@ def test_an_upload_keeps_the_connection(srv: serve.Server) -> None:
         assert status == 202 and "connection" not in headers and set(body) == {"job", "latent"}
         sock.sendall(f"GET /api/job?id={body['job']} HTTP/1.1\r\n{HOST}\r\n".encode())
         assert answer(sock)[0] == 200
+    # Let its one-step projection end here, not in a daemon thread at interpreter exit.
+    end = time.monotonic() + 30
+    while srv.explorer.job(body["job"])["state"] not in ("done", "error") and time.monotonic() < end:
+        time.sleep(0.05)
 
 
 def test_a_large_upload_is_refused_unread_with_its_size(srv: serve.Server) -> None:
@@ -438,3 +446,17 @@ def test_the_upload_pixel_cap_applies(gen: torch.nn.Module, monkeypatch: pytest.
     with pytest.raises(RefusedError) as e:
         explorer.submit(photo_bytes(41, 30), steps=1, space="w")
     assert e.value.kind == "bad" and str(e.value).startswith("the image is too large"), str(e.value)
+
+
+def test_a_grayscale_models_target_is_gray_rgb(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The photo is cropped to the model's channels (one: gray), and the target shown is an RGB PNG.
+    torch.manual_seed(0)
+    gray, _ = configs.build_networks(configs.network_spec(tiny_config(), img_channels=1))
+    explorer = make(gray.eval().requires_grad_(False))
+    monkeypatch.setattr(explorer._queue, "put", lambda item: None)      # nothing runs
+    job = explorer.submit(photo_bytes(40, 30), steps=1, space="w")["job"]
+    target = Image.open(io.BytesIO(explorer.latent(job).target_png))
+    pixels = np.asarray(target)
+    assert target.mode == "RGB" and pixels.shape == (RES, RES, 3)
+    assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2])
+    assert pixels.std() > 0
