@@ -708,3 +708,21 @@ def test_pipe_messages():
     with pytest.raises(ValueError) as err:
         _pipe(1.0, brightness=1)(_images(2, c=2))
     assert str(err.value) == "colour augmentation needs 1 or 3 channels, got 2"
+
+
+@pytest.mark.parametrize("name", ["scale", "rotate", "aniso", "xfrac"])
+def test_resampling_marks_only_its_own_images(name):
+    """Images that are only flipped stay exact gathers beside images this augmentation warps."""
+    x = _images()
+    torch.manual_seed(47)
+    y = _pipe(0.5, xflip=1, **{name: 1})(x)
+    kinds = []
+    for xi, yi in zip(x, y):
+        if torch.equal(yi, xi):
+            kinds.append("same")
+        elif torch.equal(yi, xi.flip(2)):
+            kinds.append("flipped")
+        else:
+            assert not torch.allclose(yi, xi.flip(2), atol=1e-3), "a flip went through the warp"
+            kinds.append("warped")
+    assert {"same", "flipped", "warped"} <= set(kinds), kinds
