@@ -410,7 +410,7 @@ class Handler(BaseHTTPRequestHandler):
                     left -= len(chunk)
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"the photo is {length / 2**20:.1f} MB; this server takes at most "
-                               f"{limit / 2**20:.0f} MB")
+                               f"{limit / 2**20:.3g} MB")
         data = self.rfile.read(length)
         if len(data) != length:
             self.close_connection = True
