@@ -209,7 +209,10 @@ def test_conv2d_up2_and_down2_take_a_separable_filter():
                                rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize(("k", "taps"), [(3, FIR), (1, FIR), (2, FIR), (1, [1])])
+EIGHT_TAPS = [1, 2, 3, 4, 4, 3, 2, 1]   # pad 8: a trailing pad of 3 instead of 4 changes the output size
+
+
+@pytest.mark.parametrize(("k", "taps"), [(3, FIR), (1, FIR), (2, FIR), (1, [1]), (3, EIGHT_TAPS)])
 def test_conv2d_down2_by_hand(k, taps):
     rng = np.random.default_rng(10 + k)
     x, w = rng.normal(size=(2, 3, 6, 8)), rng.normal(size=(4, 3, k, k))
@@ -308,6 +311,12 @@ def test_float16_unfused_conv_keeps_the_smallest_activations():
     x[0, :, 0, 0] = 2.0**-24
     y = nw.modulated_conv2d(x, torch.ones(1, 4, 1, 1), torch.ones(1, 4), fused=False)
     assert y[0, 0, 0, 0].item() > 0
+    # One activation of 2^-21 in one channel under a 3x3 kernel of 36 equal taps: scaled to 1/sqrt(fan_in)
+    # of their max, each tap keeps 2^-21 / 6 (about 1.3 x 2^-24); scaled by the L2 norm it is 2^-21 / 36 -> 0.
+    x = torch.zeros(1, 4, 4, 4, dtype=torch.float16)
+    x[0, 0, 1, 1] = 2.0**-21
+    y = nw.modulated_conv2d(x, torch.ones(1, 4, 3, 3), torch.ones(1, 4), fused=False)
+    assert (y[0, 0, :3, :3] > 0).all()
 
 
 def test_fused_default_folds_styles_into_float32_weights():
@@ -573,6 +582,22 @@ def test_torgb_layer_by_hand(clamp, fused):
         assert (np.abs(want) == clamp).any()
     y = layer(t64(x).float(), t64(w).float(), fused=fused)
     np.testing.assert_allclose(y.detach().numpy(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_torgb_layer_float16_paths_stay_finite():
+    # toRGB does not demodulate, so nothing rescales: the fused path folds styles into the float32 weights
+    # (large x and styles, small weights fit), the unfused one scales x first (large weights and styles fit).
+    layer = nw.ToRGBLayer(4, 1, 2)
+    with torch.no_grad():
+        layer.affine.weight.zero_()
+        layer.affine.bias.fill_(2e3)                       # styles = 2e3 / sqrt(4) = 1e3 for every w
+    for fused, x_value, weight in ((True, 100.0, 1e-3), (False, 1e-3, 1e3)):
+        with torch.no_grad():
+            layer.weight.fill_(weight)
+        x = torch.full((1, 4, 2, 2), x_value, dtype=torch.float16)
+        y = layer(x, torch.zeros(1, 2), fused=fused)       # 4 channels * x * 1e3 * weight
+        torch.testing.assert_close(y.float(), torch.full((1, 1, 2, 2), 4 * x_value * 1e3 * weight), rtol=2e-3,
+                                   atol=0)
 
 
 # ----------------------------------------------------------------------------------------------------
