@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 
 from corgigan.analysis.directions import read_directions
-from corgigan.play import serve
+from corgigan.detector import detection
+from corgigan.play import photos, serve
 from corgigan.play.explorer import Explorer, FairLock, Limits, RefusedError
 from corgigan.play.projection import ProjectConfig
 from corgigan.stylegan2 import configs
@@ -460,3 +461,20 @@ def test_a_grayscale_models_target_is_gray_rgb(monkeypatch: pytest.MonkeyPatch) 
     assert target.mode == "RGB" and pixels.shape == (RES, RES, 3)
     assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2])
     assert pixels.std() > 0
+
+
+class OneBox:
+    """Stands in for detection.DogDetector: one dog box in every photo."""
+
+    def predict(self, images: list[Image.Image]) -> list[list[detection.Detection]]:
+        return [[detection.Detection(20.0, 5.0, 36.0, 25.0, 0.9, 0)] for _ in images]
+
+
+def test_an_upload_is_cropped_around_the_dog_the_detector_finds(gen: torch.nn.Module,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    explorer = Explorer(gen, None, {"path": "tiny.pt", "kimg": 0}, limits=Limits(max_jobs=2),
+                        rule=photos.CropRule(min_crop=RES), detector=OneBox(),
+                        project_cfg=ProjectConfig(w_avg_samples=16))
+    monkeypatch.setattr(explorer._queue, "put", lambda item: None)
+    crop = explorer.job(explorer.submit(photo_bytes(40, 30), steps=3, space="w")["job"])["crop"]
+    assert (crop["mode"], crop["box"]) == ("dog", [20.0, 5.0, 36.0, 25.0])
