@@ -20,7 +20,8 @@ every function.
 
 The score is killed / (mutants checked), where timeouts and type-check catches count as killed. Survivors
 that were examined and found equivalent (no test can tell them apart from the original) are listed in
-EQUIVALENT with the reason; the score is printed with and without them.
+EQUIVALENT with the reason; the score is printed with and without them. Survivors that a test could tell apart
+only by pinning float rounding are listed in EXPLAINED, and count as survivors.
 """
 
 from __future__ import annotations
@@ -93,6 +94,26 @@ EQUIVALENT: dict[str, str] = {
                     "before backward, so it ends on logits' device with the same value"),
     **dict.fromkeys(_names("corgigan.stylegan2.pickles.xǁ_Arrayǁ__setstate__", (49, 51)),
                     "numpy reads a reshape order case-insensitively: 'f' is 'F' and 'c' is 'C'"),
+    **dict.fromkeys(["corgigan.stylegan2.networks.x_conv2d_down2__mutmut_3",
+                     "corgigan.stylegan2.networks.xǁConv2dLayerǁforward__mutmut_23"],
+                    "every kernel reaching it is square (Conv2dLayer takes one kernel_size), so "
+                    "w.shape[-2] == w.shape[-1]"),
+    **dict.fromkeys(_names("corgigan.stylegan2.networks.x_modulated_conv2d", (51, 71)),
+                    "float() parses 'INF' case-insensitively: float('INF') == float('inf')"),
+    **dict.fromkeys(_names("corgigan.stylegan2.networks.xǁFullyConnectedǁforward", (11, 12)),
+                    "bias_act(F.linear(x, w), b, act='linear') is x @ w.T + b, as F.linear(x, w, b) computes "
+                    "it (bit-identical on CPU in 200 random float32 cases)"),
+    **dict.fromkeys(["corgigan.stylegan2.networks.xǁConv2dLayerǁforward__mutmut_29",
+                     "corgigan.stylegan2.networks.xǁSynthesisLayerǁforward__mutmut_64",
+                     "corgigan.stylegan2.networks.xǁToRGBLayerǁforward__mutmut_22"],
+                    "Tensor.to(None) changes nothing, and bias_act casts b to x's dtype itself"),
+    "corgigan.stylegan2.networks.xǁMappingNetworkǁforward__mutmut_32":
+        "torch.cat of a one-element list equals that element",
+    "corgigan.stylegan2.networks.xǁToRGBLayerǁforward__mutmut_8":
+        "demodulate=None is falsy in both places modulated_conv2d reads the flag",
+    "corgigan.stylegan2.networks.xǁMinibatchStdLayerǁforward__mutmut_65":
+        "y is built from x by mean, sqrt, reshape and repeat, so it has x's dtype and .to(None) changes "
+        "nothing",
     "corgigan.stylegan2.loss.x_seeded__mutmut_8":
         "SeedSequence.generate_state computes each word independently of how many are asked for: the first "
         "of two 64-bit words is the one word asked for",
@@ -151,6 +172,14 @@ def mutant_patterns(modules: list[str]) -> list[str]:
             cls, _, func = name.rpartition(".")
             patterns.append(f"{dotted}.xǁ{cls}ǁ{func}__mutmut_*" if cls else f"{dotted}.x_{func}__mutmut_*")
     return patterns
+
+
+# Survivors that differ from the original only in float rounding: no test pins those bits, on purpose.
+EXPLAINED: dict[str, str] = {
+    **dict.fromkeys(_names("corgigan.stylegan2.networks.xǁSynthesisLayerǁforward", (47, 54)),
+                    "the fused and the unfused modulated convolution are the same linear map (both match the "
+                    "by-hand float64 reference to 1e-10); which one runs changes only float rounding"),
+}
 
 
 def _section(text: str, name: str) -> tuple[int, int]:
@@ -216,7 +245,8 @@ def report(work: Path, diffs: bool = True) -> int:
     killed = sum(counts[s] for s in KILLED)
     survivors = sorted(n for n, s in results.items() if s not in KILLED | {"skipped", "not checked"})
     equivalent = [n for n in survivors if n in EQUIVALENT]
-    open_ = [n for n in survivors if n not in EQUIVALENT]
+    explained = [n for n in survivors if n in EXPLAINED]
+    open_ = [n for n in survivors if n not in EQUIVALENT and n not in EXPLAINED]
     print(f"\nmutation score: {killed}/{checked} killed = {100 * killed / max(checked, 1):.1f}%  "
           f"({', '.join(f'{s} {n}' for s, n in sorted(counts.items()))})")
     by_module: dict[str, list[str]] = {}
@@ -230,11 +260,13 @@ def report(work: Path, diffs: bool = True) -> int:
     if equivalent:
         print(f"without the {len(equivalent)} equivalent mutants: "
               f"{100 * killed / max(checked - len(equivalent), 1):.1f}%")
-    stale = sorted(n for n in set(EQUIVALENT) - set(survivors) if n in results)
+    stale = sorted(n for n in (set(EQUIVALENT) | set(EXPLAINED)) - set(survivors) if n in results)
     for name in stale:
-        print(f"note: {name} is listed as equivalent but is no longer a survivor of this run")
+        print(f"note: {name} is listed (equivalent or explained) but is no longer a survivor of this run")
     for name in equivalent:
         print(f"\nequivalent: {name}: {EQUIVALENT[name]}")
+    for name in explained:
+        print(f"\nexplained (a survivor): {name}: {EXPLAINED[name]}")
     for name in open_:
         print(f"\nSURVIVOR ({results[name]}): {name}")
         if diffs:
