@@ -726,3 +726,20 @@ def test_resampling_marks_only_its_own_images(name):
             assert not torch.allclose(yi, xi.flip(2), atol=1e-3), "a flip went through the warp"
             kinds.append("warped")
     assert {"same", "flipped", "warped"} <= set(kinds), kinds
+
+
+@pytest.mark.parametrize("theta", [-0.3, 0.3])
+@pytest.mark.parametrize("shift", [(6.0, 0.0), (-6.0, 0.0), (0.0, 6.0), (0.0, -6.0)])
+def test_warp_pads_enough_for_turned_and_shifted_maps(theta, shift):
+    """A constant image stays constant: the reflect padding covers every pixel the warp reads."""
+    const = torch.full((1, 2, 16, 16), 0.7, dtype=F64)
+    c, s = math.cos(theta), math.sin(theta)
+    inv = _mat([[[c, -s, shift[0]], [s, c, shift[1]], [0, 0, 1]]])
+    torch.testing.assert_close(warp(const, inv), const, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("shift", [(8.0, 0.0), (-8.0, 0.0), (0.0, 8.0), (0.0, -8.0)])
+def test_warp_uses_padding_up_to_one_less_than_the_image(shift):
+    """Half an image of shift needs a pad of exactly size - 1 (3 + 8 read, + 4 filter support)."""
+    const = torch.full((1, 1, 16, 16), 0.7, dtype=F64)
+    torch.testing.assert_close(warp(const, translate2d(*shift)[None]), const, rtol=0, atol=2e-6)
