@@ -7,6 +7,8 @@ reads, so they are compared whole.
 
 from __future__ import annotations
 
+import io
+import pickle
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -148,3 +150,120 @@ def test_a_module_tree_of_the_wrong_kinds_is_refused_by_name(tmp_path, state, me
     with pytest.raises(pickles.PickleError) as e:
         _tensors(tmp_path, state)
     assert str(e.value) == message
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tensors: torch's _rebuild_tensor_v2 over a storage read from its nested legacy torch.save payload.
+
+
+def _payload(values: torch.Tensor) -> bytes:
+    """A storage's payload exactly as torch pickles it (legacy torch.save of the typed storage)."""
+    buf = io.BytesIO()
+    torch.save(values._typed_storage(), buf, _use_new_zipfile_serialization=False)
+    return buf.getvalue()
+
+
+_REAL = _payload(torch.arange(4.0))
+
+
+def _header() -> bytes:
+    """The payload's first three pickles (magic number, protocol, system info), as torch writes them."""
+    f = io.BytesIO(_REAL)
+    for _ in range(3):
+        pickle.load(f)
+    return _REAL[:f.tell()]
+
+
+class _Id:
+    def __init__(self, pid: Any) -> None:
+        self.pid = pid
+
+
+class _IdPickler(pickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        return obj.pid if isinstance(obj, _Id) else None
+
+
+def _declaring(*pids: Any, tail: bytes = b"") -> bytes:
+    """A legacy payload whose storage pickle carries the persistent ids `pids` (torch writes one, a
+    ("storage", storage class, key, location, numel, view) tuple), then `tail` as its data."""
+    buf = io.BytesIO()
+    _IdPickler(buf, protocol=2).dump([_Id(pid) for pid in pids])
+    return _header() + buf.getvalue() + tail
+
+
+def _storage(payload: bytes) -> Reduced:
+    return Reduced(torch.storage._load_from_bytes, (payload,))
+
+
+def _tensor(storage: Any, offset: Any, size: Any, stride: Any, hooks: Any = None, *metadata: Any) -> Reduced:
+    hooks = OrderedDict() if hooks is None else hooks   # what torch writes: an empty OrderedDict
+    return Reduced(torch._utils._rebuild_tensor_v2, (storage, offset, size, stride, False, hooks, *metadata))
+
+
+_S = _storage(_REAL)
+_NO_SIZE = "a storage payload declares a storage without a known type and size"
+_NOT_STORAGE = "a storage payload has a persistent id {!r}, not a storage"
+
+TENSORS_REFUSED = {
+    "id as a list": (_storage(_declaring(["storage", 4, "0", "cpu", 2, None])), pickles.PickleError,
+                     _NOT_STORAGE.format("['storage', 4, '0', 'cpu', 2, None]")),
+    "id of five fields": (_storage(_declaring(("storage", 4, "0", "cpu", 2))), pickles.PickleError,
+                          _NOT_STORAGE.format("('storage', 4, '0', 'cpu', 2)")),
+    "id of a module, shown to 60 characters": (
+        _storage(_declaring(("module", 4, "k" * 80, "cpu", 2, None))), pickles.PickleError,
+        _NOT_STORAGE.format("('module', 4, '" + "k" * 45)),
+    "storage class unknown": (_storage(_declaring(("storage", "FloatStorage", "0", "cpu", 2, None))),
+                              pickles.PickleError, _NO_SIZE),
+    "size a float": (_storage(_declaring(("storage", 4, "0", "cpu", 2.0, None))), pickles.PickleError,
+                     _NO_SIZE),
+    "size negative": (_storage(_declaring(("storage", 4, "0", "cpu", -1, None))), pickles.PickleError,
+                      _NO_SIZE),
+    "tensor on a number": (_tensor(3, 0, (2,), (1,)), pickles.UnsafePickleError,
+                           "a tensor is built on a int, not a storage"),
+    "size of strings": (_tensor(_S, 0, ("2",), (1,)), pickles.UnsafePickleError,
+                        "tensor size is not a tuple of non-negative integers: ('2',)"),
+    "negative stride": (_tensor(_S, 0, (2,), (-1,)), pickles.UnsafePickleError,
+                        "tensor stride is not a tuple of non-negative integers: (-1,)"),
+    "negative offset": (_tensor(_S, -1, (2,), (1,)), pickles.UnsafePickleError,
+                        "tensor offset -1, size (2,), stride (1,) are invalid"),
+    "offset a string": (_tensor(_S, "0", (2,), (1,)), pickles.UnsafePickleError,
+                        "tensor offset '0', size (2,), stride (1,) are invalid"),
+    "size and stride of different lengths": (_tensor(_S, 0, (2,), (1, 1)), pickles.UnsafePickleError,
+                                             "tensor offset 0, size (2,), stride (1, 1) are invalid"),
+    "tensor with a hook": (_tensor(_S, 0, (2,), (1,), OrderedDict(a=1)), pickles.UnsafePickleError,
+                           "a tensor carries backward hooks"),
+    "tensor with metadata": (_tensor(_S, 0, (2,), (1,), None, {"x": 1}), pickles.UnsafePickleError,
+                             "a tensor carries python metadata"),
+    "one element past the end": (_tensor(_S, 4, (1,), (1,)), pickles.PickleError,
+                                 "a tensor of size [1] reaches past the end of its storage"),
+}
+
+
+@pytest.mark.parametrize("case", TENSORS_REFUSED)
+def test_each_forged_tensor_piece_is_refused_with_its_own_line(tmp_path, case):
+    obj, error, message = TENSORS_REFUSED[case]
+    path = pw.write(tmp_path / "forged.pkl", {"G_ema": obj})
+    with pytest.raises(error) as e:
+        pickles.read_pickle(path)
+    assert type(e.value) is error and str(e.value) == f"{path}: {message}"
+
+
+def test_storages_declared_under_two_keys_count_both_against_the_payload(tmp_path):
+    # Each declaration alone fits in the payload; torch allocates both keys, which do not.
+    numel = 40
+    payload = _declaring(("storage", 4, "0", "cpu", numel, None), ("storage", 4, "1", "cpu", numel, None),
+                         tail=bytes(40))
+    assert 4 * numel <= len(payload) < 2 * 4 * numel
+    path = pw.write(tmp_path / "two.pkl", {"G_ema": _storage(payload)})
+    with pytest.raises(pickles.PickleError) as e:
+        pickles.read_pickle(path)
+    assert str(e.value) == (f"{path}: refused: a tensor storage declares {2 * 4 * numel} bytes, its stored "
+                            f"payload holds {len(payload)} (nothing was allocated for it)")
+
+
+def test_empty_and_last_element_views_are_read(tmp_path):
+    assert _read(tmp_path, _tensor(_storage(_payload(torch.zeros(0))), 0, (0,), (1,))).numel() == 0
+    assert _read(tmp_path, _tensor(_S, 5, (0,), (1,))).numel() == 0   # an empty view reads nothing
+    assert torch.equal(_read(tmp_path, _tensor(_S, 3, (1,), (1,))), torch.tensor([3.0]))
+    assert torch.equal(_read(tmp_path, _tensor(_S, 0, (4,), (1,))), torch.arange(4.0))

@@ -399,8 +399,7 @@ def _load_from_bytes(reading: _Reading, payload: Any) -> _Storage:
 
 
 def _rebuild_tensor_v2(reading: _Reading, storage: Any, storage_offset: Any, size: Any, stride: Any,
-                       requires_grad: Any = False, backward_hooks: Any = None,
-                       metadata: Any = None) -> _Tensor:
+                       requires_grad: Any, backward_hooks: Any, metadata: Any = None) -> _Tensor:
     """torch._utils._rebuild_tensor_v2, with the bounds checks torch's own rebuild leaves out."""
     if not isinstance(storage, _Storage):
         raise UnsafePickleError(f"a tensor is built on a {type(storage).__name__}, not a storage")
@@ -433,7 +432,7 @@ def _contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None) -> _Tensor:
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> _Tensor:
     """torch._utils._rebuild_parameter: a parameter is read as its tensor."""
     if not isinstance(data, _Tensor):
         raise UnsafePickleError(f"a parameter wraps a {type(data).__name__}, not a tensor")
