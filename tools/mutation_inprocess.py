@@ -1,0 +1,52 @@
+"""pytest plugin for `tools/mutation.py --in-process`: one test session tries many mutants.
+
+mutmut forks a fresh pytest run per mutant, which costs seconds of collection and fixture set-up each; here
+the tests are collected once and every mutant named in $MUTATION_LIST is switched on in turn (mutmut's
+trampolines read MUTANT_UNDER_TEST at each call) and run against the collected tests until the first
+failure. Each test is torn down completely after it runs (nextitem=None), so no fixture made under one
+mutant serves the next. Results go to $MUTATION_OUT, one `name status seconds` line per mutant, where status
+is killed, survived or timeout ($MUTATION_TIMEOUT seconds a mutant, default 60).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from _pytest.runner import runtestprotocol
+
+
+class _TimeoutError(Exception):
+    pass
+
+
+def _alarm(*_: Any) -> None:
+    raise _TimeoutError
+
+
+def pytest_runtestloop(session: Any) -> bool:
+    with open(os.environ["MUTATION_LIST"]) as f:
+        names = [line.strip() for line in f if line.strip()]
+    limit = int(os.environ.get("MUTATION_TIMEOUT", "60"))
+    signal.signal(signal.SIGALRM, _alarm)
+    with open(os.environ["MUTATION_OUT"], "a") as out:
+        for name in names:
+            os.environ["MUTANT_UNDER_TEST"] = name
+            status, t0 = "survived", time.perf_counter()
+            signal.alarm(limit)
+            try:
+                for item in session.items:
+                    reports = runtestprotocol(item, nextitem=None, log=False)
+                    if any(r.failed for r in reports):
+                        status = "killed"
+                        break
+            except _TimeoutError:
+                status = "timeout"
+            finally:
+                signal.alarm(0)
+            out.write(f"{name} {status} {time.perf_counter() - t0:.2f}\n")
+            out.flush()
+    os.environ["MUTANT_UNDER_TEST"] = ""
+    return True
