@@ -743,3 +743,16 @@ def test_warp_uses_padding_up_to_one_less_than_the_image(shift):
     """Half an image of shift needs a pad of exactly size - 1 (3 + 8 read, + 4 filter support)."""
     const = torch.full((1, 1, 16, 16), 0.7, dtype=F64)
     torch.testing.assert_close(warp(const, translate2d(*shift)[None]), const, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("tx, ty, side", [(-100, 0, 0), (100, 0, 1), (0, -100, 2), (0, 100, 3)])
+def test_reflect_padding_stops_one_pixel_short_of_the_image_size(tx, ty, side):
+    # F.pad's reflect mode takes at most size - 1 pixels a side: a warp reading further gets exactly that
+    # (and zeros beyond it), on each side separately.
+    from corgigan.stylegan2 import augment
+
+    height, width = 6, 8
+    inv = torch.tensor([[[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]]], dtype=torch.float64)
+    pads = augment._warp_padding(inv, height, width)
+    assert pads[side] == (width - 1 if side < 2 else height - 1)
+    assert pads[side ^ 1] < pads[side]    # the opposite side needs no such pad
