@@ -69,6 +69,8 @@ def _names(function: str, numbers: tuple[int, ...]) -> list[str]:
     return [f"{function}__mutmut_{i}" for i in numbers]
 
 
+_SERVE, _EXPL = "corgigan.play.serve.", "corgigan.play.explorer."
+_LOOP, _AUG = "corgigan.stylegan2.loop.", "corgigan.stylegan2.augment."
 EQUIVALENT: dict[str, str] = {
     **dict.fromkeys(_names("corgigan.data.filter_rules.x_decide", (52, 55, 57, 85, 88, 89)), _ZIP_STRICT),
     "corgigan.data.filter_rules.x_decide_all__mutmut_14": "DataFrame.to_dict lower-cases orient",
@@ -117,6 +119,93 @@ EQUIVALENT: dict[str, str] = {
     "corgigan.stylegan2.networks.xǁMinibatchStdLayerǁforward__mutmut_65":
         "y is built from x by mean, sqrt, reshape and repeat, so it has x's dtype and .to(None) changes "
         "nothing",
+    # serve and the explorer
+    **dict.fromkeys(_names(f"{_SERVE}xǁHandlerǁ_host_ok", (9, 10))
+                    + _names(f"{_SERVE}xǁHandlerǁ_has_body", (3, 4, 13, 14))
+                    + _names(f"{_SERVE}xǁHandlerǁ_read_length", (3, 4, 31, 32)),
+                    "header names are case-insensitive (email.message get/get_all): 'host' is 'Host'"),
+    f"{_SERVE}xǁHandlerǁ_host_ok__mutmut_11":
+        "without a Host header the default 'XXXX' is neither an address nor localhost: refused as '' is",
+    **dict.fromkeys(_names(f"{_SERVE}xǁHandlerǁ_read_length", (6, 7)),
+                    "_has_body is true for any Transfer-Encoding, so _send closes the connection anyway"),
+    f"{_SERVE}xǁHandlerǁ_read_length__mutmut_33":
+        "int('XXXX') raises ValueError as int('') does: the same 411",
+    **dict.fromkeys(_names(f"{_SERVE}xǁHandlerǁ_read_length", (52, 53)),
+                    "length > limit >= 1 means Content-Length is not '0', so the body counts as unread and "
+                    "_send closes anyway"),
+    f"{_SERVE}xǁHandlerǁ_read_length__mutmut_58":
+        "at left == 0, rfile.read(0) returns b'' and the loop ends: the same bytes are read",
+    **dict.fromkeys(_names(f"{_SERVE}xǁHandlerǁ_read_length", (67, 68)),
+                    "each read takes min(left, chunk), and BufferedReader.read(n) blocks for n bytes or EOF: "
+                    "a "
+                    "larger chunk drops the same bytes in fewer calls"),
+    **dict.fromkeys(_names(f"{_SERVE}xǁHandlerǁ_read_length", (88, 89)),
+                    "a cut-short body stays unread (cleared only after a full read), so _send closes anyway"),
+    f"{_SERVE}xǁHandlerǁ_read_length__mutmut_96":
+        "_body_unread is only tested for truth; None is falsy like False",
+    **dict.fromkeys(_names(f"{_SERVE}x_image_request", (81, 91)),
+                    "_int(q, 'mix', ...) runs only for a non-empty mix_text: its default is never returned"),
+    f"{_EXPL}xǁExplorerǁsubmit__mutmut_55": "PIL's Image.save upper-cases the format: 'png' is 'PNG'",
+    f"{_EXPL}xǁExplorerǁsubmit__mutmut_72":
+        "OrderedDict.popitem reads `last` for its truth; None is falsy like False",
+    f"{_EXPL}xǁExplorerǁsubmit__mutmut_76":
+        "jobs and latents gain and lose each id together (only submit does either), so `old` is always in "
+        "jobs and pop without a default never raises",
+    # the loop
+    f"{_LOOP}xǁTickStatsǁreduce__mutmut_10": "the third column of `flat` is never read",
+    f"{_LOOP}x_make_optimizer__mutmut_18": "torch.optim.Adam's default eps is 1e-8",
+    f"{_LOOP}x__group_follows_batch_gpu__mutmut_22":
+        "a == b already returned False two lines above, so a <= b is a < b",
+    **dict.fromkeys(_names(f"{_LOOP}xǁ_Trainerǁstep", (9, 10, 16, 17)),
+                    "non_blocking only makes the copy asynchronous, never changes its values"),
+    **dict.fromkeys(_names(f"{_LOOP}xǁ_Trainerǁstep", (26, 27)),
+                    "reduce_gradients_ turns None grads into zeros before Adam, and 0.0 + g == g; "
+                    "Freeze-D grads "
+                    "stay None either way"),
+    f"{_LOOP}xǁ_Trainerǁstep__mutmut_86":
+        "step_losses is read only by check_finite's isfinite, and -x is finite exactly when x is",
+    f"{_LOOP}xǁ_Trainerǁstep__mutmut_91": "adding 1 to a sum never changes whether it is finite",
+    **dict.fromkeys(_names(f"{_LOOP}xǁ_Trainerǁstep", (105, 108, 124, 127)),
+                    "torch.stack promotes float64 with int64 to float64"),
+    f"{_LOOP}xǁ_Trainerǁstep__mutmut_120":
+        "negating both the pl sum and its count leaves their ratio bit-identical",
+    f"{_LOOP}xǁ_Trainerǁstep__mutmut_133":
+        "a module left requiring grad only wastes backward work: the next phase's "
+        "zero_grad(set_to_none=True) "
+        "clears it, and reduce/Adam touch only that phase's module",
+    **dict.fromkeys(_names(f"{_LOOP}xǁ_Trainerǁafter_step", (33, 34)),
+                    "at an ADA step the sign count is at least 4 x batch: every step runs D's main or both "
+                    "phase"),
+    f"{_LOOP}xǁ_Trainerǁafter_step__mutmut_50": "ada_adjust's speed_kimg default is 500, which is ADA_KIMG",
+    # augment
+    f"{_AUG}x__reflect_index__mutmut_20":
+        "at idx == size - 1, period - idx == 2(size - 1) - (size - 1) == size - 1: >= returns the same index",
+    f"{_AUG}x_rotate3d__mutmut_11": "math.isclose's default rel_tol is 1e-9, the value removed",
+    f"{_AUG}x_warp__mutmut_37": "upfirdn2d.upsample2d's default up is 2",
+    f"{_AUG}x_warp__mutmut_131": "downsample2d's default down is 2",
+    f"{_AUG}x_warp__mutmut_116": "grid_sample's default mode is 'bilinear'",
+    f"{_AUG}x_warp__mutmut_117": "grid_sample's default padding_mode is 'zeros'",
+    **dict.fromkeys(_names(f"{_AUG}x_warp", (80, 81, 82)),
+                    "they change only centred_to_in's third row, which [:, :2, :] drops: "
+                    "(A @ B)[:2] == A[:2] @ B"),
+    f"{_AUG}x__warp_padding__mutmut_26":
+        "the homogeneous column is never indexed (only lo/hi[0] and [1] are)",
+    **dict.fromkeys(_names(f"{_AUG}x__warp_padding",
+                           (3, 6, 38, 42, 43, 46, 47, 51, 52, 55, 57, 59, 61, 63, 78)),
+                    "each only makes a pad larger (or a cap higher where the pad is below it): "
+                    "reflect padding "
+                    "puts the same mirrored pixel at the same source coordinate whatever the pad, and theta "
+                    "accounts for pad_l and pad_t"),
+    f"{_AUG}xǁAugmentPipeǁ_geometry__mutmut_146":
+        "max(0, 1 - min(x, 2)) == max(0, 1 - min(x, 1)) for every x >= 0",
+    **dict.fromkeys([f"{_AUG}xǁAugmentPipeǁforward__mutmut_35", f"{_AUG}xǁAugmentPipeǁforward__mutmut_93",
+                     f"{_AUG}xǁAugmentPipeǁ_filter__mutmut_43", f"{_AUG}x__lattice_indices__mutmut_62",
+                     f"{_AUG}x__lattice_indices__mutmut_65"],
+                    "> vs >= on a small tolerance: an unaugmented image differs by exactly 0, and no drawn "
+                    "transform lands exactly on the tolerance"),
+    f"{_AUG}x__chosen__mutmut_6":
+        "< vs <= differs only when a float64 uniform draw equals prob exactly (probability 0 in (0, 1), "
+        "2**-53 at 0)",
     "corgigan.stylegan2.loss.x_seeded__mutmut_8":
         "SeedSequence.generate_state computes each word independently of how many are asked for: the first "
         "of two 64-bit words is the one word asked for",
@@ -177,8 +266,24 @@ def mutant_patterns(modules: list[str]) -> list[str]:
     return patterns
 
 
-# Survivors that differ from the original only in float rounding: no test pins those bits, on purpose.
+# Survivors explained but not equivalent: they differ from the original only in float rounding (no test
+# pins those bits, on purpose), or only on a GPU or with several processes (the run is CPU, one process).
+_CPU = ("a device argument dropped or None: on the CPU every tensor is on the default device already; "
+        "tests on a GPU tell them apart")
+_ONE_PROCESS = ("an all-reduce or broadcast given None does nothing with one process (the 2-process gloo "
+                "test in test_knobs_gpus.py is outside the run)")
 EXPLAINED: dict[str, str] = {
+    **dict.fromkeys(_names(f"{_LOOP}xǁTickStatsǁreduce", (5, 9))
+                    + _names(f"{_LOOP}xǁ_Trainerǁstep", (6, 8, 13, 15, 31, 34, 58, 104, 107, 123, 126))
+                    + _names(f"{_AUG}x_color_transform", (5,)) + _names(f"{_AUG}x_filter_separable", (11,))
+                    + _names(f"{_AUG}x_warp", (29, 105))
+                    + _names(f"{_AUG}xǁAugmentPipeǁforward", (143, 165)), _CPU),
+    **dict.fromkeys(_names(f"{_LOOP}xǁTickStatsǁreduce", (17,))
+                    + _names(f"{_LOOP}xǁ_Trainerǁstep", (134, 139)),
+                    _ONE_PROCESS),
+    f"{_LOOP}xǁ_Trainerǁcheck_finite__mutmut_19":
+        "nimg / 1001 instead of / 1000 shows only in the message's third decimal of kimg after 500 images; "
+        "a run that long takes 12 s",
     **dict.fromkeys(_names("corgigan.stylegan2.networks.xǁSynthesisLayerǁforward", (47, 54)),
                     "the fused and the unfused modulated convolution are the same linear map (both match the "
                     "by-hand float64 reference to 1e-10); which one runs changes only float rounding"),
