@@ -3,9 +3,10 @@
 mutmut forks a fresh pytest run per mutant, which costs seconds of collection and fixture set-up each; here
 the tests are collected once and every mutant named in $MUTATION_LIST is switched on in turn (mutmut's
 trampolines read MUTANT_UNDER_TEST at each call) and run against the collected tests until the first
-failure. Each test is torn down completely after it runs (nextitem=None), so no fixture made under one
-mutant serves the next. Results go to $MUTATION_OUT, one `name status seconds` line per mutant, where status
-is killed, survived or timeout ($MUTATION_TIMEOUT seconds a mutant, default 60).
+failure. Within one mutant's run fixtures are shared as pytest shares them; everything is torn down before
+the next mutant, so no fixture made under one mutant serves another. Results go to $MUTATION_OUT, one
+`name status seconds` line per mutant, where status is killed, survived or timeout ($MUTATION_TIMEOUT seconds
+a mutant, default 60).
 """
 
 from __future__ import annotations
@@ -31,21 +32,26 @@ def pytest_runtestloop(session: Any) -> bool:
         names = [line.strip() for line in f if line.strip()]
     limit = int(os.environ.get("MUTATION_TIMEOUT", "60"))
     signal.signal(signal.SIGALRM, _alarm)
+    items = list(session.items)
     with open(os.environ["MUTATION_OUT"], "a") as out:
         for name in names:
             os.environ["MUTANT_UNDER_TEST"] = name
             status, t0 = "survived", time.perf_counter()
             signal.alarm(limit)
             try:
-                for item in session.items:
-                    reports = runtestprotocol(item, nextitem=None, log=False)
+                for i, item in enumerate(items):
+                    reports = runtestprotocol(item, nextitem=items[i + 1] if i + 1 < len(items) else None,
+                                              log=False)
                     if any(r.failed for r in reports):
                         status = "killed"
+                        # Mutants of one function come together and mostly fall to one test: try it first.
+                        items.insert(0, items.pop(i))
                         break
             except _TimeoutError:
                 status = "timeout"
             finally:
                 signal.alarm(0)
+                session._setupstate.teardown_exact(None)   # every fixture of this mutant's run
             out.write(f"{name} {status} {time.perf_counter() - t0:.2f}\n")
             out.flush()
     os.environ["MUTANT_UNDER_TEST"] = ""
