@@ -35,6 +35,11 @@ _RECONSTRUCT, _PLACEHOLDER, _STATE = np.zeros(2, np.float32).__reduce__()   # nu
 _DATA = _STATE[4]   # two float32 zeros, as raw bytes
 
 
+def _dtype(state: Any, code: str = "f4") -> Reduced:
+    """A numpy dtype as numpy reduces one, with `state` as its BUILD state."""
+    return Reduced(np.dtype, (code, False, True), state)
+
+
 def _array(state: tuple) -> Reduced:
     return Reduced(_RECONSTRUCT, _PLACEHOLDER, state)
 
@@ -73,6 +78,18 @@ REFUSED = {
     "array of another type": (Reduced(_RECONSTRUCT, (3, *_PLACEHOLDER[1:]), _STATE),
                               pickles.UnsafePickleError,
                               "numpy array of a subclass: only plain numpy.ndarray is read"),
+    # numpy dtypes: numpy.dtype(code, align, copy) then a BUILD of (version, byte order, subarray, names,
+    # fields, ...); only plain numbers in one of the four byte orders are read.
+    **{f"dtype state {name}": (_array((1, (2,), _dtype(state), False, _DATA)), pickles.UnsafePickleError,
+                               "numpy dtype 'f4' with a structured state: not a network array")
+       for name, state in {
+           "of four fields": (3, "<", None, None),
+           "as a list": [3, "<", None, None, None, -1, -1, 0],
+           "in byte order 'x'": (3, "x", None, None, None, -1, -1, 0),
+           "of a subarray": (3, "<", ((2,), None), None, None, -1, -1, 0),
+           "with field names": (3, "<", None, ("a",), None, -1, -1, 0),
+           "with fields": (3, "<", None, None, {"a": 1}, -1, -1, 0),
+       }.items()},
     # torch_utils.persistence objects: the meta dict, one condition failing at a time.
     "meta of a function": (_persistent(type="function"), pickles.PickleError, _META),
     "meta with a numeric class name": (_persistent(class_name=3), pickles.PickleError, _META),
@@ -110,6 +127,19 @@ def test_parameters_without_hooks_and_fortran_arrays_are_read_as_written(tmp_pat
     assert fortran.__reduce__()[2][3] is True   # numpy stores it column-major
     np.testing.assert_array_equal(_read(tmp_path, fortran), values)
     np.testing.assert_array_equal(_read(tmp_path, values), values)
+
+
+@pytest.mark.parametrize("state, dtype", [
+    ((3, "<", None, None, None, -1, -1, 0), np.dtype("<f4")),    # what numpy writes
+    ((3, ">", None, None, None, -1, -1, 0), np.dtype(">f4")),    # big-endian
+    ((3, "|", None, None, None, -1, -1, 0), np.dtype("f4")),     # byte order not applicable
+    ((3, "=", None, None, None, -1, -1, 0), np.dtype("f4")),     # native
+    ((1, "<", None, None, None), np.dtype("<f4")),               # the shortest state numpy reads
+])
+def test_dtype_states_numpy_writes_are_read_in_their_byte_order(tmp_path, state, dtype):
+    data = np.float32([1.5, -2.0]).astype(dtype).tobytes()
+    array = _read(tmp_path, _array((1, (2,), _dtype(state), False, data)))
+    assert array.dtype == dtype and array.tolist() == [1.5, -2.0]
 
 
 def test_one_arrays_bytes_built_past_the_files_limit_is_refused_naming_the_array(tmp_path):
