@@ -392,14 +392,17 @@ _CODES = {"killed": 1, "survived": 0, "timeout": 36}   # as mutmut records them 
 
 
 def run_in_process(work: Path, patterns: list[str], tests: list[str], jobs: int, env: dict[str, str]) -> None:
-    """Try the mutants matching `patterns` that have no verdict yet, `jobs` test sessions at once, each
-    trying its share in one pytest session (tools/mutation_inprocess.py); verdicts go into mutmut's .meta
-    files, so the report (and a later mutmut run) reads them as mutmut's own."""
+    """Try the mutants matching `patterns` that have no verdict yet or survived, against the current tests,
+    `jobs` pytest sessions at once (tools/mutation_inprocess.py); verdicts go into mutmut's .meta files, so
+    the report (and a later mutmut run) reads them as mutmut's own. Killed mutants keep their verdict (added
+    tests cannot revive one); after a change to the mutated code, start over with --fresh."""
     if not (work / "mutants").is_dir():
         subprocess.run([sys.executable, "-c", _GENERATE], cwd=work, env=env, check=True, capture_output=True)
+    # The tests as they are now: a re-run tries survivors against tests added since.
+    shutil.copytree(ROOT / "tests", work / "mutants" / "tests", dirs_exist_ok=True)
     metas = {m: json.loads(m.read_text()) for m in sorted((work / "mutants").rglob("*.py.meta"))}
     names = [n for data in metas.values() for n, code in data["exit_code_by_key"].items()
-             if code is None and any(fnmatch(n, p) for p in patterns)]
+             if code in (None, 0) and any(fnmatch(n, p) for p in patterns)]
     cfg = tomllib.loads((work / "pyproject.toml").read_text())["tool"]["mutmut"]
     tests = tests or cfg["pytest_add_cli_args_test_selection"]
     inner = work / "mutants"
