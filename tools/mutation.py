@@ -391,6 +391,17 @@ copy_src_dir(); copy_also_copy_files(); setup_source_paths(); create_mutants(1)
 _CODES = {"killed": 1, "survived": 0, "timeout": 36}   # as mutmut records them in its .meta files
 
 
+def _record(metas: dict[Path, dict], inner: Path) -> dict[str, str]:
+    """Write the verdicts in the sessions' result files into mutmut's .meta files; return them."""
+    verdicts = dict(line.split()[:2] for out in sorted(inner.glob("in-process-*.out"))
+                    for line in out.read_text().splitlines())
+    for meta, data in metas.items():
+        codes = data["exit_code_by_key"]
+        codes.update({n: _CODES[v] for n, v in verdicts.items() if n in codes})
+        meta.write_text(json.dumps(data))
+    return verdicts
+
+
 def run_in_process(work: Path, patterns: list[str], tests: list[str], jobs: int, env: dict[str, str]) -> None:
     """Try the mutants matching `patterns` that have no verdict yet or survived, against the current tests,
     `jobs` pytest sessions at once (tools/mutation_inprocess.py); verdicts go into mutmut's .meta files, so
@@ -401,6 +412,9 @@ def run_in_process(work: Path, patterns: list[str], tests: list[str], jobs: int,
     # The tests as they are now: a re-run tries survivors against tests added since.
     shutil.copytree(ROOT / "tests", work / "mutants" / "tests", dirs_exist_ok=True)
     metas = {m: json.loads(m.read_text()) for m in sorted((work / "mutants").rglob("*.py.meta"))}
+    _record(metas, work / "mutants")    # verdicts of an interrupted run: kept, not tried again
+    for old in (work / "mutants").glob("in-process-*"):
+        old.unlink()
     names = [n for data in metas.values() for n, code in data["exit_code_by_key"].items()
              if code in (None, 0) and any(fnmatch(n, p) for p in patterns)]
     cfg = tomllib.loads((work / "pyproject.toml").read_text())["tool"]["mutmut"]
@@ -422,11 +436,7 @@ def run_in_process(work: Path, patterns: list[str], tests: list[str], jobs: int,
         while any(p.poll() is None for p in procs):
             time.sleep(5)
             bar.update(sum(len(o.read_text().splitlines()) for o in outs) - bar.n)
-    verdicts = dict(line.split()[:2] for o in outs for line in o.read_text().splitlines())
-    for meta, data in metas.items():
-        codes = data["exit_code_by_key"]
-        codes.update({n: _CODES[v] for n, v in verdicts.items() if n in codes})
-        meta.write_text(json.dumps(data))
+    verdicts = _record(metas, inner)
     missing = len(names) - len(verdicts)
     if missing:
         log.warning("%d mutants got no verdict (a test session ended early); re-run to try them", missing)
