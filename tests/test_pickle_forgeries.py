@@ -154,6 +154,35 @@ def test_one_arrays_bytes_built_past_the_files_limit_is_refused_naming_the_array
                                    "and arrays read so far to ")
 
 
+def test_a_file_may_allocate_exactly_its_limit_and_not_a_byte_more(tmp_path):
+    shared = bytes(1 << 20)    # one MiB held once in the file, built into many arrays
+    count = pickles.ALLOC_SLACK // len(shared) + 4
+
+    def write(extra: int) -> tuple[Path, int]:
+        """The arrays over the shared MiB and one array of `extra` bytes of its own; the bytes they take."""
+        u8 = np.dtype(np.uint8)
+        arrays = [_array((1, (len(shared),), u8, False, shared)) for _ in range(count)]
+        arrays.append(_array((1, (extra,), u8, False, bytes(extra))))
+        return pw.write(tmp_path / f"edge{extra}.pkl", arrays), count * len(shared) + extra
+
+    extra = 0
+    for _ in range(4):    # each byte of its own adds one byte used and two of limit: solve used == limit
+        path, used = write(extra)
+        extra += used - pickles.alloc_limit(path.stat().st_size)
+    path, used = write(extra)
+    assert used == pickles.alloc_limit(path.stat().st_size)
+    assert len(pickles.read_pickle(path)) == count + 1
+    path, used = write(extra - 1)
+    assert used == pickles.alloc_limit(path.stat().st_size) + 1
+    with pytest.raises(pickles.PickleError) as e:
+        pickles.read_pickle(path)
+    size = path.stat().st_size
+    assert str(e.value) == (
+        f"{path}: refused: a numpy array of shape [{extra - 1}] would take the tensors and arrays read so "
+        f"far to {used:,} bytes, over the {used - 1:,} a {size:,}-byte file can hold (stored values expanded "
+        "or reused far beyond the file's content; nothing was allocated for them)")
+
+
 def _tensors(tmp_path: Path, state: dict) -> dict[str, torch.Tensor]:
     return pickles.load_reference_pickle(pw.write(tmp_path / "tree.pkl", {"G_ema": _persistent(state)})
                                          ).G_ema.tensors()

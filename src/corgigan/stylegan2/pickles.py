@@ -210,8 +210,8 @@ class _Dtype:
         self.byteorder = state[1]
 
     def resolve(self) -> np.dtype:
-        dtype = np.dtype(self.code)
-        return dtype if self.byteorder in ("|", "=") else dtype.newbyteorder(self.byteorder)
+        # "|" (not applicable) and "=" (native) leave the dtype as numpy.dtype(code) makes it.
+        return np.dtype(self.code).newbyteorder(self.byteorder)
 
 
 @dataclass
