@@ -57,7 +57,8 @@ gpu-check:
 #   make mutation MUTATE=src/corgigan/data/filter_rules.py MUTATION_TESTS="tests/test_filter.py tests/test_filter_edges.py"
 mutation: $(STAMP)
 	python tools/mutation.py $(if $(MUTATE),--only $(MUTATE)) $(if $(MUTATION_TESTS),--tests $(MUTATION_TESTS)) \
-		$(if $(MUTATION_JOBS),--max-children $(MUTATION_JOBS)) $(if $(MUTATION_FRESH),--fresh)
+		$(if $(MUTATION_JOBS),--max-children $(MUTATION_JOBS)) $(if $(MUTATION_FRESH),--fresh) \
+		$(if $(MUTATION_IN_PROCESS),--in-process)
 
 clean-venv:
 	rm -rf $(VENV)
