@@ -227,8 +227,8 @@ EQUIVALENT: dict[str, str] = {
 CORE_FUNCTIONS: dict[str, list[str]] = {
     # The Host check, the body and length limits, and the parameter bounds of every request.
     "src/corgigan/play/serve.py": [
-        "_host_ok", "_is_loopback", "_read_length", "_has_body", "_read_body", "_int", "_float", "_one",
-        "image_request", "grid_request", "project_request"],
+        "Handler._host_ok", "_is_loopback", "Handler._read_length", "Handler._has_body", "Handler._read_body",
+        "_int", "_float", "_one", "image_request", "grid_request", "project_request"],
     # The model side's limits: picture budget, one projection at a time, upload checks, id lookups.
     "src/corgigan/play/explorer.py": ["Limits.grid_cap", "Limits.grid_pass", "FairLock.__init__",
                                       "FairLock.__enter__", "FairLock.__exit__", "Explorer._check_pixels",
