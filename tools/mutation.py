@@ -421,25 +421,35 @@ def run_in_process(work: Path, patterns: list[str], tests: list[str], jobs: int,
     tests = tests or cfg["pytest_add_cli_args_test_selection"]
     inner = work / "mutants"
     session_env = dict(env, PYTHONPATH=os.pathsep.join([str(inner / "src"), str(ROOT / "tools")]))
-    procs, outs = [], []
-    for i in range(jobs):
-        share, out = inner / f"in-process-{i}.txt", inner / f"in-process-{i}.out"
-        share.write_text("\n".join(names[i::jobs]) + "\n")
-        out.write_text("")
-        outs.append(out)
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "mutation_inprocess",
-               *cfg.get("pytest_add_cli_args", []), *tests]
-        procs.append(subprocess.Popen(
-            cmd, cwd=inner, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env=dict(session_env, MUTATION_LIST=str(share), MUTATION_OUT=str(out))))
+    todo, verdicts, rounds = list(names), {}, 0
     with tqdm(total=len(names), desc="mutants", unit="mutant") as bar:
-        while any(p.poll() is None for p in procs):
-            time.sleep(5)
-            bar.update(sum(len(o.read_text().splitlines()) for o in outs) - bar.n)
-    verdicts = _record(metas, inner)
-    missing = len(names) - len(verdicts)
-    if missing:
-        log.warning("%d mutants got no verdict (a test session ended early); re-run to try them", missing)
+        # A session that cannot go on (a mutant left its threads blocked) ends early: the mutants it left
+        # get new sessions, as long as each round decides some.
+        while todo:
+            rounds += 1
+            procs, outs = [], []
+            for i in range(jobs):
+                share, out = inner / f"in-process-{rounds}-{i}.txt", inner / f"in-process-{rounds}-{i}.out"
+                share.write_text("\n".join(todo[i::jobs]) + "\n")
+                out.write_text("")
+                outs.append(out)
+                cmd = [sys.executable, "-m", "pytest", "-q", "-p", "mutation_inprocess",
+                       *cfg.get("pytest_add_cli_args", []), *tests]
+                procs.append(subprocess.Popen(
+                    cmd, cwd=inner, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    env=dict(session_env, MUTATION_LIST=str(share), MUTATION_OUT=str(out))))
+            done_before = len(verdicts)
+            while any(p.poll() is None for p in procs):
+                time.sleep(5)
+                seen = sum(len(o.read_text().splitlines()) for o in outs)
+                bar.update(done_before + seen - bar.n)
+            verdicts = _record(metas, inner)
+            if len(verdicts) == done_before:
+                break
+            todo = [n for n in todo if n not in verdicts]
+    if todo:
+        log.warning("%d mutants got no verdict (their test sessions ended early); re-run to try them",
+                    len(todo))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,8 +51,16 @@ def pytest_runtestloop(session: Any) -> bool:
                 status = "timeout"
             finally:
                 signal.alarm(0)
-                session._setupstate.teardown_exact(None)   # every fixture of this mutant's run
             out.write(f"{name} {status} {time.perf_counter() - t0:.2f}\n")
             out.flush()
+            signal.alarm(limit)
+            try:
+                session._setupstate.teardown_exact(None)   # every fixture of this mutant's run
+            except _TimeoutError:
+                # A mutant left threads blocked and a fixture waits for them: this session cannot go on.
+                # Its verdict is written; tools/mutation.py starts a new session for the mutants left.
+                os._exit(3)
+            finally:
+                signal.alarm(0)
     os.environ["MUTANT_UNDER_TEST"] = ""
     return True
