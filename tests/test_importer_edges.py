@@ -1,0 +1,336 @@
+"""The importer's guards, case by case: every stored setting it refuses (each with the exact line a user
+reads), the legal variants it must read (positional init arguments, tuples, numpy numbers, TF's spellings),
+the defaults of what a file leaves out, and the tensors' renaming and checks.
+
+The pickles are written with tests/pickle_writer.py from tiny networks of ours (8 px, 16 features), so each
+case is one small file read through importer.import_pickle, the function every command uses.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from corgigan.stylegan2 import importer
+from corgigan.stylegan2.networks import Discriminator, Generator
+from corgigan.stylegan2.pickles import PickleError
+from tests import pickle_writer as pw
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+RES, Z = 8, 8
+SYN = {"channel_base": 64, "channel_max": 16, "num_fp16_res": 0, "conv_clamp": None}
+G_REF = {"mapping_kwargs": {"num_layers": 2}, "synthesis_kwargs": SYN}
+D_REF = {"architecture": "resnet", "channel_base": 64, "channel_max": 16,
+         "epilogue_kwargs": {"mbstd_group_size": 2}}
+
+
+def nets(c_dim: int = 0, d_mapping: dict | None = None, architecture: str = "resnet",
+         seed: int = 0) -> tuple[Generator, Discriminator]:
+    """A tiny G and D of ours with non-trivial weights everywhere."""
+    torch.manual_seed(seed)
+    G = pw.randomise(Generator(Z, c_dim, Z, RES, 3, {"num_layers": 2}, SYN), seed + 1)
+    D = Discriminator(c_dim, RES, 3, channel_base=64, channel_max=16, architecture=architecture,
+                      mbstd_group_size=2, mapping_kwargs=d_mapping)
+    return G, pw.randomise(D, seed + 2)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[Generator, Discriminator]:
+    return nets()
+
+
+def ref_g(G: Generator, **edits) -> pw.ReferenceGenerator:
+    """The reference Generator of G, its recorded keywords then changed by `edits` (key paths as a.b)."""
+    ref = pw.reference_generator(G, **copy.deepcopy(G_REF))
+    return _edit(ref, edits)
+
+
+def ref_d(D: Discriminator, kwargs: dict | None = None, **edits) -> pw.ReferenceDiscriminator:
+    ref = pw.reference_discriminator(D, **copy.deepcopy(kwargs if kwargs is not None else D_REF))
+    return _edit(ref, edits)
+
+
+def _edit(ref: pw.Persistent, edits: dict) -> pw.Persistent:
+    for path, value in edits.items():
+        *outer, key = path.split(".")
+        d = ref._init_kwargs
+        for part in outer:
+            d = d.setdefault(part, pw.EasyDict())
+        if value is _DELETE:
+            del d[key]
+        else:
+            d[key] = value
+    return ref
+
+
+_DELETE = object()
+
+
+def import_error(path: Path, **kw) -> str:
+    with pytest.raises(PickleError) as e:
+        importer.import_pickle(path, **kw)
+    return str(e.value)
+
+
+# ----------------------------------------------------------------------------------------------------
+# PyTorch pickles: the Generator's keywords
+
+
+@pytest.mark.parametrize("edits, line", [
+    ({"z_dim": True}, "G_ema: z_dim = True is not an integer"),
+    ({"z_dim": 8.0}, "G_ema: z_dim = 8.0 is not an integer"),
+    ({"c_dim": -1}, "G_ema: c_dim = -1 is outside 0..65536 (not a network corgigan can build)"),
+    ({"w_dim": 0}, "G_ema: w_dim = 0 is outside 1..4096 (not a network corgigan can build)"),
+    ({"img_resolution": 4},
+     "G_ema: img_resolution = 4 is outside 8..4096 (not a network corgigan can build)"),
+    ({"img_channels": 5}, "G_ema: img_channels = 5 is outside 1..4 (not a network corgigan can build)"),
+    ({"mapping_kwargs": [2]}, "G_ema mapping_kwargs: keywords are a list, not a dict"),
+    ({"mapping_kwargs.num_layers": 0},
+     "G_ema mapping_kwargs: num_layers = 0 is outside 1..32 (not a network corgigan can build)"),
+    ({"mapping_kwargs.embed_features": 7},
+     "G_ema mapping_kwargs: embed_features = 7 is not supported (corgigan's networks need None or 8)"),
+    ({"mapping_kwargs.layer_features": 16},
+     "G_ema mapping_kwargs: layer_features = 16 is not supported (corgigan's networks need None or 8)"),
+    ({"mapping_kwargs.activation": "relu"},
+     "G_ema mapping_kwargs: activation = 'relu' is not supported (corgigan's networks need 'lrelu')"),
+    ({"mapping_kwargs.lr_multiplier": "0.01"},
+     "G_ema mapping_kwargs: lr_multiplier = '0.01' is not a number"),
+    ({"mapping_kwargs.lr_multiplier": True}, "G_ema mapping_kwargs: lr_multiplier = True is not a number"),
+    ({"mapping_kwargs.zz": 1, "mapping_kwargs.aa": 1},
+     "G_ema mapping_kwargs: unknown keyword 'aa' (not a StyleGAN2-ADA network, or a variant corgigan does "
+     "not read)"),
+    ({"synthesis_kwargs": "skip"}, "G_ema synthesis_kwargs: keywords are a str, not a dict"),
+    ({"synthesis_kwargs.channel_base": 0},
+     "G_ema synthesis_kwargs: channel_base = 0 is outside 1..1048576 (not a network corgigan can build)"),
+    ({"synthesis_kwargs.channel_max": 4097},
+     "G_ema synthesis_kwargs: channel_max = 4097 is outside 1..4096 (not a network corgigan can build)"),
+    ({"synthesis_kwargs.num_fp16_res": 17},
+     "G_ema synthesis_kwargs: num_fp16_res = 17 is outside 0..16 (not a network corgigan can build)"),
+    ({"synthesis_kwargs.architecture": "orig"},
+     "G_ema synthesis_kwargs: architecture = 'orig' is not supported (corgigan's networks need 'skip')"),
+    ({"synthesis_kwargs.resample_filter": [1, 2, 1]},
+     "G_ema synthesis_kwargs: resample_filter = [1, 2, 1] is not supported (corgigan's networks need "
+     "[1, 3, 3, 1])"),
+    ({"synthesis_kwargs.use_noise": False},
+     "G_ema synthesis_kwargs: use_noise = False is not supported (corgigan's networks need True)"),
+    ({"synthesis_kwargs.activation": "linear"},
+     "G_ema synthesis_kwargs: activation = 'linear' is not supported (corgigan's networks need 'lrelu')"),
+    ({"synthesis_kwargs.kernel_size": 1},
+     "G_ema synthesis_kwargs: kernel_size = 1 is not supported (corgigan's networks need 3)"),
+    ({"synthesis_kwargs.first_cutoff": 2},
+     "G_ema synthesis_kwargs: unknown keyword 'first_cutoff' (not a StyleGAN2-ADA network, or a variant "
+     "corgigan does not read)"),
+    ({"truncation_psi": 0.5},
+     "G_ema: unknown keyword 'truncation_psi' (not a StyleGAN2-ADA network, or a variant corgigan does not "
+     "read)"),
+])
+def test_pytorch_generator_keywords_refused_with_their_line(tmp_path, tiny, edits, line):
+    path = pw.write(tmp_path / "g.pkl", {"G_ema": ref_g(tiny[0], **edits)})
+    assert import_error(path) == f"{path} {line}"
+
+
+def test_pytorch_generator_every_keyword_at_a_supported_value_is_read(tmp_path, tiny):
+    """Every keyword the reference's Generator takes, spelt out (tuples and numpy numbers as pickles hold
+    them); the memory-layout keywords are read and ignored."""
+    G = tiny[0]
+    ref = ref_g(G, **{"mapping_kwargs.embed_features": 8, "mapping_kwargs.layer_features": None,
+                      "mapping_kwargs.activation": "lrelu", "mapping_kwargs.lr_multiplier": np.float64(0.01),
+                      "mapping_kwargs.w_avg_beta": 0.995, "mapping_kwargs.num_layers": np.int64(2),
+                      "synthesis_kwargs.architecture": "skip",
+                      "synthesis_kwargs.resample_filter": (1, 3, 3, 1),
+                      "synthesis_kwargs.use_noise": True, "synthesis_kwargs.activation": "lrelu",
+                      "synthesis_kwargs.kernel_size": 3, "synthesis_kwargs.channel_base": np.int32(64),
+                      "synthesis_kwargs.fp16_channels_last": True, "synthesis_kwargs.channels_last": False})
+    imp = importer.import_pickle(pw.write(tmp_path / "g.pkl", {"G_ema": ref}))
+    assert imp.spec.G_kwargs == {"z_dim": 8, "w_dim": 8, "mapping_kwargs": {"num_layers": 2},
+                                 "synthesis_kwargs": SYN}
+    assert type(imp.spec.G_kwargs["mapping_kwargs"]["num_layers"]) is int
+    assert (imp.spec.resolution, imp.spec.img_channels, imp.spec.c_dim, imp.spec.D_kwargs) == (8, 3, 0, None)
+    assert imp.G is None and imp.D is None and imp.kimg is None and imp.kind == "pytorch"
+    assert all(torch.equal(imp.G_ema[k], v) for k, v in G.state_dict().items())
+
+
+def test_pytorch_generator_defaults_fill_what_the_file_leaves_out(tmp_path):
+    # No mapping or synthesis keywords at all: the reference's defaults (8 layers, lr 0.01, w_avg_beta 0.995,
+    # channel_base 32768, channel_max 512, no fp16, no clamp). A 8-px net at those widths is small enough.
+    torch.manual_seed(0)
+    G = Generator(Z, 0, Z, RES, 3, {"num_layers": 8}, {"channel_base": 32768, "channel_max": 512})
+    ref = pw.reference_generator(G, {}, {})
+    imp = importer.import_pickle(pw.write(tmp_path / "g.pkl", {"G_ema": ref}))
+    assert imp.spec.G_kwargs == {"z_dim": 8, "w_dim": 8, "mapping_kwargs": {"num_layers": 8},
+                                 "synthesis_kwargs": {"channel_base": 32768, "channel_max": 512,
+                                                      "num_fp16_res": 0, "conv_clamp": None}}
+
+
+@pytest.mark.parametrize("mapping, want", [
+    ({"lr_multiplier": 1, "w_avg_beta": None}, {"lr_multiplier": 1.0, "w_avg_beta": None}),
+    ({"lr_multiplier": 0.02, "w_avg_beta": 0.9}, {"lr_multiplier": 0.02, "w_avg_beta": 0.9}),
+    ({"lr_multiplier": 0.01, "w_avg_beta": 1}, {"w_avg_beta": 1.0}),
+])
+def test_pytorch_generator_mapping_settings_that_differ_from_ours_are_kept(tmp_path, mapping, want):
+    torch.manual_seed(0)
+    G = pw.randomise(Generator(Z, 0, Z, RES, 3, {"num_layers": 2, **mapping}, SYN), 1)
+    ref = pw.reference_generator(G, {"num_layers": 2, **mapping}, SYN)
+    imp = importer.import_pickle(pw.write(tmp_path / "g.pkl", {"G_ema": ref}))
+    got = imp.spec.G_kwargs["mapping_kwargs"]
+    assert got == {"num_layers": 2, **want}
+    assert all(type(got[k]) is type(v) for k, v in want.items())
+
+
+def test_pytorch_generator_init_arguments_bound_by_position(tmp_path, tiny):
+    G = tiny[0]
+    ref = ref_g(G)
+    kw = ref._init_kwargs
+    order = ["z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs",
+             "synthesis_kwargs"]
+    # All seven by position, as a direct call may record them: read as the keywords.
+    ref._init_args, ref._init_kwargs = tuple(kw[n] for n in order), {}
+    imp = importer.import_pickle(pw.write(tmp_path / "pos.pkl", {"G_ema": ref}))
+    assert imp.spec.G_kwargs["z_dim"] == 8 and imp.spec.resolution == 8
+    # One more than the signature has.
+    ref._init_args = (*ref._init_args, None)
+    path = pw.write(tmp_path / "eight.pkl", {"G_ema": ref})
+    assert import_error(path) == f"{path} G_ema: 8 positional init arguments, the reference takes 7"
+    # Two given both ways: the first in sorted order is named.
+    ref._init_args, ref._init_kwargs = (8, 0, 8), dict(kw)
+    path = pw.write(tmp_path / "twice.pkl", {"G_ema": ref})
+    assert import_error(path) == f"{path} G_ema: init argument 'c_dim' given twice"
+
+
+def test_a_network_of_another_class_is_refused_by_name(tmp_path, tiny):
+    G, D = tiny
+    path = pw.write(tmp_path / "swapped.pkl", {"G_ema": ref_d(D)})
+    assert import_error(path) == f"{path} G_ema: a Discriminator, not the reference's Generator"
+    path = pw.write(tmp_path / "swapped-d.pkl", {"G_ema": ref_g(G), "D": ref_g(G)})
+    assert import_error(path) == f"{path} D: a Generator, not the reference's Discriminator"
+
+
+# ----------------------------------------------------------------------------------------------------
+# PyTorch pickles: the Discriminator's keywords
+
+
+_NEVER = "(not a StyleGAN2-ADA network, or a variant corgigan does not read)"
+_BUILD = "(not a network corgigan can build)"
+
+
+@pytest.mark.parametrize("edits, line", [
+    ({"c_dim": True}, "D: c_dim = True is not an integer"),
+    ({"img_resolution": 12}, f"D: img_resolution = 12 is not a power of two {_BUILD}"),
+    ({"img_channels": 0}, f"D: img_channels = 0 is outside 1..4 {_BUILD}"),
+    ({"architecture": "skip"},
+     "D: architecture = 'skip' is not supported (corgigan's networks need 'resnet' or 'orig')"),
+    ({"channel_base": 0}, f"D: channel_base = 0 is outside 1..1048576 {_BUILD}"),
+    ({"channel_max": 0}, f"D: channel_max = 0 is outside 1..4096 {_BUILD}"),
+    ({"num_fp16_res": -1}, f"D: num_fp16_res = -1 is outside 0..16 {_BUILD}"),
+    ({"mbstd_group_size": 4}, f"D: unknown keyword 'mbstd_group_size' {_NEVER}"),
+    ({"block_kwargs": 3}, "D block_kwargs: keywords are a int, not a dict"),
+    ({"block_kwargs.activation": "relu"},
+     "D block_kwargs: activation = 'relu' is not supported (corgigan's networks need 'lrelu')"),
+    ({"block_kwargs.resample_filter": [1, 1]},
+     "D block_kwargs: resample_filter = [1, 1] is not supported (corgigan's networks need [1, 3, 3, 1])"),
+    ({"block_kwargs.architecture": "resnet"}, f"D block_kwargs: unknown keyword 'architecture' {_NEVER}"),
+    ({"mapping_kwargs.num_layers": 33}, f"D mapping_kwargs: num_layers = 33 is outside 0..32 {_BUILD}"),
+    ({"mapping_kwargs.lr_multiplier": None}, "D mapping_kwargs: lr_multiplier = None is not a number"),
+    ({"mapping_kwargs.embed_features": 8},
+     "D mapping_kwargs: embed_features = 8 is not supported (corgigan's networks need None or 16)"),
+    ({"mapping_kwargs.layer_features": 8},
+     "D mapping_kwargs: layer_features = 8 is not supported (corgigan's networks need None or 16)"),
+    ({"mapping_kwargs.activation": "tanh"},
+     "D mapping_kwargs: activation = 'tanh' is not supported (corgigan's networks need 'lrelu')"),
+    ({"mapping_kwargs.w_avg_beta": None}, f"D mapping_kwargs: unknown keyword 'w_avg_beta' {_NEVER}"),
+    ({"epilogue_kwargs.mbstd_num_channels": 65},
+     f"D epilogue_kwargs: mbstd_num_channels = 65 is outside 0..64 {_BUILD}"),
+    ({"epilogue_kwargs.activation": "elu"},
+     "D epilogue_kwargs: activation = 'elu' is not supported (corgigan's networks need 'lrelu')"),
+    ({"epilogue_kwargs.mbstd_group_size": 0}, f"D: mbstd_group_size = 0 is outside 1..1024 {_BUILD}"),
+    ({"epilogue_kwargs.mbstd_group_size": 1025}, f"D: mbstd_group_size = 1025 is outside 1..1024 {_BUILD}"),
+    ({"epilogue_kwargs.cmap_dim": 16}, f"D epilogue_kwargs: unknown keyword 'cmap_dim' {_NEVER}"),
+])
+def test_pytorch_discriminator_keywords_refused_with_their_line(tmp_path, tiny, edits, line):
+    G, D = tiny
+    path = pw.write(tmp_path / "d.pkl", {"G_ema": ref_g(G), "D": ref_d(D, **edits)})
+    assert import_error(path) == f"{path} {line}"
+    # Only G_ema is read when the training networks are not asked for.
+    assert importer.import_pickle(path, with_training_nets=False).D is None
+
+
+def test_pytorch_discriminator_every_keyword_at_a_supported_value_is_read(tmp_path, caplog):
+    G, D = nets(architecture="orig")
+    # The stand-in takes fewer keywords than the reference: the rest are recorded as the reference would.
+    ref = ref_d(D, {"architecture": "orig", "channel_base": 64, "channel_max": 16,
+                    "block_kwargs": {"freeze_layers": 2}}, **{
+        "num_fp16_res": 0, "conv_clamp": None, "cmap_dim": 5,          # cmap_dim: read only with labels
+        "block_kwargs.activation": "lrelu", "block_kwargs.resample_filter": (1, 3, 3, 1),
+        "block_kwargs.fp16_channels_last": False,
+        "mapping_kwargs.num_layers": 2, "mapping_kwargs.lr_multiplier": 0.5,
+        "mapping_kwargs.embed_features": 16, "mapping_kwargs.layer_features": None,
+        "mapping_kwargs.activation": "lrelu",
+        "epilogue_kwargs.mbstd_group_size": None, "epilogue_kwargs.mbstd_num_channels": 1,
+        "epilogue_kwargs.activation": "lrelu"})
+    path = pw.write(tmp_path / "d.pkl", {"G_ema": ref_g(G), "G": ref_g(G), "D": ref})
+    with caplog.at_level(logging.INFO, logger="corgigan.stylegan2.importer"):
+        imp = importer.import_pickle(path)
+    assert f"{path} D: mbstd_group_size None (whole minibatch) is read as 4" in caplog.messages
+    # Without labels the label mapping's settings describe nothing: our D takes none.
+    assert imp.spec.D_kwargs == {"channel_base": 64, "channel_max": 16, "num_fp16_res": 0, "conv_clamp": None,
+                                 "mbstd_group_size": 4, "mbstd_num_channels": 1, "architecture": "orig"}
+    assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
+
+
+def test_pytorch_discriminator_defaults_fill_what_the_file_leaves_out(tmp_path):
+    torch.manual_seed(0)
+    G = Generator(Z, 0, Z, RES, 3, {"num_layers": 2}, {"channel_base": 32768, "channel_max": 512})
+    D = Discriminator(0, RES, 3, channel_base=32768, channel_max=512)
+    path = pw.write(tmp_path / "d.pkl", {"G_ema": pw.reference_generator(G, {"num_layers": 2}, {}),
+                                         "D": pw.reference_discriminator(D)})
+    imp = importer.import_pickle(path)
+    assert imp.spec.D_kwargs == {"channel_base": 32768, "channel_max": 512, "num_fp16_res": 0,
+                                 "conv_clamp": None, "mbstd_group_size": 4, "mbstd_num_channels": 1,
+                                 "architecture": "resnet"}
+
+
+@pytest.mark.parametrize("d_mapping, want", [
+    ({}, None),                                            # the reference's 8 layers at 0.01: our default
+    ({"num_layers": 1}, {"num_layers": 1, "lr_multiplier": 0.01}),
+    ({"lr_multiplier": 0.1}, {"num_layers": 8, "lr_multiplier": 0.1}),
+])
+def test_pytorch_conditional_discriminator_keeps_its_label_mapping(tmp_path, d_mapping, want):
+    G, D = nets(c_dim=1, d_mapping=d_mapping)
+    G_ref = {"mapping_kwargs": {"num_layers": 2}, "synthesis_kwargs": SYN}
+    path = pw.write(tmp_path / "c.pkl", {"G_ema": pw.reference_generator(G, **G_ref),
+                                         "D": pw.reference_discriminator(D, **D_REF, mapping_kwargs=d_mapping,
+                                                                         cmap_dim=16)})
+    imp = importer.import_pickle(path)
+    assert imp.spec.D_kwargs.get("mapping_kwargs") == want and imp.spec.c_dim == 1
+    assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
+
+
+@pytest.mark.parametrize("edits, line", [
+    ({"mapping_kwargs.num_layers": 0},
+     "D: a conditional discriminator without label mapping layers is not supported"),
+    ({"cmap_dim": 8}, "D: a label embedding of 8 features is not supported (corgigan's discriminator uses "
+                      "the 4x4 width, 16)"),
+])
+def test_pytorch_conditional_discriminator_refusals(tmp_path, edits, line):
+    G, D = nets(c_dim=1)
+    path = pw.write(tmp_path / "c.pkl", {"G_ema": pw.reference_generator(G, **copy.deepcopy(G_REF)),
+                                         "D": ref_d(D, **edits)})
+    assert import_error(path) == f"{path} {line}"
+
+
+def test_networks_that_disagree_are_refused(tmp_path, tiny):
+    G, D = tiny
+    torch.manual_seed(0)
+    D16 = Discriminator(0, 16, 3, channel_base=64, channel_max=16, mbstd_group_size=2)
+    path = pw.write(tmp_path / "mixed.pkl", {"G_ema": ref_g(G), "G": ref_g(G), "D": ref_d(D16)})
+    assert import_error(path) == (f"{path}: the networks disagree on (resolution, channels, labels): "
+                                  "G (8, 3, 0); D (16, 3, 0); G_ema (8, 3, 0)")
+    G_other = ref_g(G, **{"mapping_kwargs.lr_multiplier": 1})
+    path = pw.write(tmp_path / "lr.pkl", {"G_ema": ref_g(G), "G": G_other, "D": ref_d(D)})
+    assert import_error(path) == f"{path}: G and G_ema have different settings"
