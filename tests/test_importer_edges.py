@@ -334,3 +334,207 @@ def test_networks_that_disagree_are_refused(tmp_path, tiny):
     G_other = ref_g(G, **{"mapping_kwargs.lr_multiplier": 1})
     path = pw.write(tmp_path / "lr.pkl", {"G_ema": ref_g(G), "G": G_other, "D": ref_d(D)})
     assert import_error(path) == f"{path}: G and G_ema have different settings"
+
+
+# ----------------------------------------------------------------------------------------------------
+# TensorFlow pickles: static kwargs
+
+
+TF_G = {"resolution": RES, "num_channels": 3, "label_size": 0, "fmap_base": 32, "fmap_max": 16,
+        "latent_size": Z, "dlatent_size": Z, "mapping_layers": 2}
+TF_D = {"resolution": RES, "num_channels": 3, "label_size": 0, "fmap_base": 32, "fmap_max": 16,
+        "mbstd_group_size": 2}
+
+
+def tf_file(tmp_path: Path, G: Generator, D: Discriminator | None = None, name: str = "tf.pkl",
+            G_static: dict | None = None, D_static: dict | None = None) -> Path:
+    G_static = TF_G if G_static is None else G_static
+    return pw.tf_pickle(tmp_path / name, G, D, G, G_static, TF_D if D_static is None else D_static)
+
+
+@pytest.mark.parametrize("extra, line", [
+    ({"latent_size": False}, "latent_size = False is not an integer"),
+    ({"mapping_layers": 33}, f"mapping_layers = 33 is outside 1..32 {_BUILD}"),
+    ({"fmap_base": 0}, f"2 * fmap_base = 0 is outside 1..1048576 {_BUILD}"),
+    ({"fmap_base": 2.0}, "fmap_base = 2.0 is not an integer"),
+    ({"fmap_max": 0}, f"fmap_max = 0 is outside 1..4096 {_BUILD}"),
+    ({"num_fp16_res": 17}, f"num_fp16_res = 17 is outside 0..16 {_BUILD}"),
+    ({"mapping_fmaps": 16}, "mapping_fmaps = 16 is not supported (corgigan's networks need None or 8)"),
+    ({"label_fmaps": 4}, "label_fmaps = 4 is not supported (corgigan's networks need None or 8)"),
+    ({"mapping_lrmul": "1"}, "mapping_lrmul = '1' is not a number"),
+    ({"mapping_nonlinearity": "relu"},
+     "mapping_nonlinearity = 'relu' is not supported (corgigan's networks need 'lrelu')"),
+    ({"normalize_latents": False},
+     "normalize_latents = False is not supported (corgigan's networks need True)"),
+    ({"fmap_decay": 0.5}, "fmap_decay = 0.5 is not supported (corgigan's networks need 1 or 1.0)"),
+    ({"fmap_min": 9}, "fmap_min 9 raises some layers' widths (not supported)"),
+    ({"fmap_min": "8"}, "fmap_min = '8' is not an integer"),
+    ({"fmap_const": 8}, "fmap_const = 8 is not supported (corgigan's networks need None or 16)"),
+    ({"architecture": "resnet"},
+     "architecture = 'resnet' is not supported (corgigan's networks need 'skip')"),
+    ({"nonlinearity": "elu"}, "nonlinearity = 'elu' is not supported (corgigan's networks need 'lrelu')"),
+    ({"resample_kernel": [1, 1]},
+     "resample_kernel = [1, 1] is not supported (corgigan's networks need [1, 3, 3, 1])"),
+    ({"use_noise": False}, "use_noise = False is not supported (corgigan's networks need True)"),
+    ({"mapping_func": "G_mapping_v2"},
+     "mapping_func = 'G_mapping_v2' is not supported (corgigan's networks need 'G_mapping')"),
+    ({"synthesis_func": "G_synthesis_stylegan_revised"},
+     "synthesis_func = 'G_synthesis_stylegan_revised' is not supported (corgigan's networks need "
+     "'G_synthesis_stylegan2' or 'G_synthesis')"),
+    ({"channel_base": 64}, f"unknown keyword 'channel_base' {_NEVER}"),
+])
+def test_tensorflow_generator_settings_refused_with_their_line(tmp_path, tiny, extra, line):
+    path = tf_file(tmp_path, tiny[0], G_static={**TF_G, **extra})
+    assert import_error(path) == f"{path} Gs: {line}"
+
+
+def test_tensorflow_labels_need_latents_as_wide_as_dlatents(tmp_path):
+    torch.manual_seed(0)
+    G = Generator(4, 2, 8, RES, 3, {"num_layers": 2}, SYN)
+    path = tf_file(tmp_path, G, G_static={**TF_G, "latent_size": 4, "label_size": 2})
+    assert import_error(path) == (f"{path} Gs: a label embedding of latent_size 4 != dlatent_size 8 is not "
+                                  "supported")
+
+
+def test_tensorflow_generator_every_setting_at_a_supported_value_is_read(tmp_path, tiny):
+    G = tiny[0]
+    static = {**TF_G, "mapping_fmaps": 8, "label_fmaps": None, "mapping_lrmul": 0.01,
+              "mapping_nonlinearity": "lrelu", "normalize_latents": True, "fmap_decay": 1.0, "fmap_min": 8,
+              "fmap_const": 16, "architecture": "skip", "nonlinearity": "lrelu",
+              "resample_kernel": (1, 3, 3, 1),
+              "use_noise": True, "mapping_func": "G_mapping", "synthesis_func": "G_synthesis",
+              "num_fp16_res": 0, "conv_clamp": None,
+              # Settings of a run, never of the image for given weights: read and ignored.
+              "truncation_psi": 0.5, "truncation_cutoff": 8, "truncation_psi_val": None,
+              "truncation_cutoff_val": None, "style_mixing_prob": 0.9, "randomize_noise": True,
+              "fused_modconv": True, "dtype": "float32", "is_training": False, "is_validation": False,
+              "return_dlatents": False, "structure": "auto", "is_template_graph": False,
+              "force_clean_graph": False}
+    imp = importer.import_pickle(tf_file(tmp_path, G, G_static=static))
+    assert imp.kind == "tensorflow" and imp.G is None and imp.D is None
+    assert imp.spec.G_kwargs == {"z_dim": 8, "w_dim": 8, "mapping_kwargs": {"num_layers": 2},
+                                 "synthesis_kwargs": SYN}
+    assert all(torch.equal(imp.G_ema[k], v) for k, v in G.state_dict().items())
+
+
+def test_tensorflow_generator_defaults_fill_what_the_file_leaves_out(tmp_path):
+    # 8 mapping layers, 3 channels, no labels; fmap_base 4 (8 channels at 4 px, 1 at 8 px: TF's fmap_min
+    # of 1 is reached) and TF's fmap_max 512; the resolution, latent sizes and fmap_base given.
+    torch.manual_seed(0)
+    G = pw.randomise(Generator(Z, 0, Z, RES, 3, {"num_layers": 8}, {"channel_base": 8, "channel_max": 512}),
+                     1)
+    imp = importer.import_pickle(tf_file(tmp_path, G, G_static={"resolution": RES, "latent_size": Z,
+                                                                "dlatent_size": Z, "fmap_base": 4}))
+    assert imp.spec.G_kwargs == {"z_dim": 8, "w_dim": 8, "mapping_kwargs": {"num_layers": 8},
+                                 "synthesis_kwargs": {"channel_base": 8, "channel_max": 512,
+                                                      "num_fp16_res": 0, "conv_clamp": None}}
+    assert (imp.spec.resolution, imp.spec.img_channels, imp.spec.c_dim) == (8, 3, 0)
+
+
+@pytest.mark.parametrize("left_out, says", [
+    ("latent_size", "mapping.layers.0.weight: copying a param with shape torch.Size([8, 8]) from "
+                    "checkpoint, the shape in current model is torch.Size([8, 512])"),
+    ("dlatent_size", "mapping.w_avg: copying a param with shape torch.Size([8]) from checkpoint, the shape "
+                     "in current model is torch.Size([512])"),
+])
+def test_tensorflow_latent_sizes_default_to_512(tmp_path, tiny, left_out, says):
+    static = {k: v for k, v in TF_G.items() if k != left_out}
+    path = tf_file(tmp_path, tiny[0], G_static=static)
+    error = import_error(path)
+    assert error.startswith(f"{path} Gs: the weights do not fit the network its settings describe: ") \
+        and says in error, error
+
+
+def test_tensorflow_resolution_defaults_to_1024(tmp_path, tiny):
+    # 16 channels at every resolution up to 1024 px: the file's 8-px variables end at 8x8.
+    static = {**{k: v for k, v in TF_G.items() if k != "resolution"}, "fmap_base": 1 << 14}
+    path = tf_file(tmp_path, tiny[0], G_static=static)
+    missing = "'synthesis/16x16/Conv0_up/weight'"
+    assert import_error(path) == f"{path} Gs: the TensorFlow variable {missing} is missing"
+
+
+@pytest.mark.parametrize("betas, want", [
+    ({"dlatent_avg_beta": None}, {"w_avg_beta": 1.0}),      # TF never moves dlatent_avg
+    ({"dlatent_avg_beta": 0.9}, {"w_avg_beta": 0.9}),
+    ({"w_avg_beta": 0.5}, {"w_avg_beta": 0.5}),             # the name of the PyTorch port
+    ({"dlatent_avg_beta": 0.995, "mapping_lrmul": 1}, {"lr_multiplier": 1.0}),
+])
+def test_tensorflow_mapping_settings(tmp_path, tiny, betas, want):
+    imp = importer.import_pickle(tf_file(tmp_path, tiny[0], G_static={**TF_G, **betas}))
+    assert imp.spec.G_kwargs["mapping_kwargs"] == {"num_layers": 2, **want}
+
+
+@pytest.mark.parametrize("extra, line", [
+    ({"label_size": -1}, f"label_size = -1 is outside 0..65536 {_BUILD}"),
+    ({"resolution": 24}, f"resolution = 24 is not a power of two {_BUILD}"),
+    ({"num_channels": 5}, f"num_channels = 5 is outside 1..4 {_BUILD}"),
+    ({"fmap_base": (1 << 19) + 1}, f"2 * fmap_base = 1048578 is outside 1..1048576 {_BUILD}"),
+    ({"fmap_max": 5000}, f"fmap_max = 5000 is outside 1..4096 {_BUILD}"),
+    ({"fmap_min": 9}, "fmap_min 9 raises some layers' widths (not supported)"),
+    ({"architecture": "skip"}, "architecture = 'skip' is not supported (corgigan's networks need 'resnet' or "
+                               "'orig')"),
+    ({"mapping_layers": -1}, f"mapping_layers = -1 is outside 0..32 {_BUILD}"),
+    ({"mapping_lrmul": None}, "mapping_lrmul = None is not a number"),
+    ({"nonlinearity": "relu"}, "nonlinearity = 'relu' is not supported (corgigan's networks need 'lrelu')"),
+    ({"resample_kernel": [1, 3, 1]},
+     "resample_kernel = [1, 3, 1] is not supported (corgigan's networks need [1, 3, 3, 1])"),
+    ({"mbstd_group_size": 0}, f"mbstd_group_size = 0 is outside 1..1024 {_BUILD}"),
+    ({"mbstd_num_features": 65}, f"mbstd_num_features = 65 is outside 0..64 {_BUILD}"),
+    ({"use_pagan": True}, "use_pagan = True is not supported (corgigan's networks need False)"),
+    ({"use_spectral_norm": True},
+     "use_spectral_norm = True is not supported (corgigan's networks need False)"),
+    ({"score_max": 2}, "score_max = 2 is not supported (corgigan's networks need 1)"),
+    ({"num_fp16_res": -1}, f"num_fp16_res = -1 is outside 0..16 {_BUILD}"),
+    ({"latent_size": 8}, f"unknown keyword 'latent_size' {_NEVER}"),
+])
+def test_tensorflow_discriminator_settings_refused_with_their_line(tmp_path, tiny, extra, line):
+    G, D = tiny
+    path = tf_file(tmp_path, G, D, D_static={**TF_D, **extra})
+    assert import_error(path) == f"{path} D: {line}"
+
+
+def test_tensorflow_discriminator_every_setting_at_a_supported_value_is_read(tmp_path, tiny):
+    G, D = tiny
+    static = {**TF_D, "fmap_decay": 1, "fmap_min": 8, "architecture": "resnet", "mapping_fmaps": 3,
+              "mapping_layers": 3, "mapping_lrmul": 0.5, "nonlinearity": "lrelu",
+              "resample_kernel": [1, 3, 3, 1],
+              "mbstd_num_features": 1, "use_pagan": False, "use_spectral_norm": False, "score_max": 1,
+              "num_fp16_res": 0, "conv_clamp": None,
+              "freeze_layers": 2, "augment_strength": 0.3, "adaptive_dropout": 0, "pagan_num": 4,
+              "pagan_fade": False, "score_size": 1, "dtype": "float32", "structure": "auto",
+              "is_training": True, "is_template_graph": False}
+    imp = importer.import_pickle(tf_file(tmp_path, G, D, D_static=static))
+    assert imp.spec.D_kwargs == {"channel_base": 64, "channel_max": 16, "num_fp16_res": 0, "conv_clamp": None,
+                                 "mbstd_group_size": 2, "mbstd_num_channels": 1, "architecture": "resnet"}
+    assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
+
+
+def test_tensorflow_discriminator_defaults_fill_what_the_file_leaves_out(tmp_path):
+    torch.manual_seed(0)
+    G = pw.randomise(Generator(Z, 0, Z, RES, 3, {"num_layers": 2}, {"channel_base": 8, "channel_max": 512}),
+                     1)
+    D = pw.randomise(Discriminator(0, RES, 3, channel_base=8, channel_max=512), 2)
+    path = tf_file(tmp_path, G, D, G_static={**TF_G, "fmap_base": 4, "fmap_max": 512},
+                   D_static={"resolution": RES, "fmap_base": 4})
+    imp = importer.import_pickle(path)
+    assert imp.spec.D_kwargs == {"channel_base": 8, "channel_max": 512, "num_fp16_res": 0, "conv_clamp": None,
+                                 "mbstd_group_size": 4, "mbstd_num_channels": 1, "architecture": "resnet"}
+    assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
+
+
+def test_tensorflow_conditional_discriminator_label_mapping(tmp_path):
+    G, D = nets(c_dim=2, d_mapping={"num_layers": 2, "lr_multiplier": 0.1})
+    G_static = {**TF_G, "label_size": 2}
+    # TF's default lr multiplier of the label mapping is 0.1, unlike the reference PyTorch's 0.01.
+    imp = importer.import_pickle(tf_file(tmp_path, G, D, G_static=G_static,
+                                         D_static={**TF_D, "label_size": 2, "mapping_layers": 2}))
+    assert imp.spec.D_kwargs["mapping_kwargs"] == {"num_layers": 2, "lr_multiplier": 0.1}
+    assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
+    # TF's default: no label mapping layers, which our conditional D cannot do without.
+    path = tf_file(tmp_path, G, D, "none.pkl", G_static, {**TF_D, "label_size": 2})
+    assert import_error(path) == (f"{path} D: a conditional discriminator without label mapping layers is "
+                                  "not supported")
+    path = tf_file(tmp_path, G, D, "cmap.pkl", G_static,
+                   {**TF_D, "label_size": 2, "mapping_layers": 2, "mapping_fmaps": 8})
+    assert import_error(path) == (f"{path} D: a label embedding of 8 features is not supported (corgigan's "
+                                  "discriminator uses the 4x4 width, 16)")
