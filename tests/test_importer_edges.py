@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from corgigan.stylegan2 import importer
+from corgigan.stylegan2.configs import NetworkSpec
 from corgigan.stylegan2.networks import Discriminator, Generator
 from corgigan.stylegan2.pickles import PickleError
+from corgigan.stylegan2.snapshot import SnapshotError
 from tests import pickle_writer as pw
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -538,3 +540,234 @@ def test_tensorflow_conditional_discriminator_label_mapping(tmp_path):
                    {**TF_D, "label_size": 2, "mapping_layers": 2, "mapping_fmaps": 8})
     assert import_error(path) == (f"{path} D: a label embedding of 8 features is not supported (corgigan's "
                                   "discriminator uses the 4x4 width, 16)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tensors: the reference's names onto ours, and what may not be there
+
+
+def _rename(module: torch.nn.Module, old: str, new: str, keep: bool = False) -> None:
+    mods = module._modules
+    mods[new] = mods[old] if keep else mods.pop(old)
+
+
+@pytest.mark.parametrize("net, old, new, line", [
+    ("G", "b8", "b12", "G_ema: block b12 is not at a power-of-two resolution"),
+    ("G", "b4", "b2", "G_ema: block b2 is not at a power-of-two resolution"),
+    ("D", "b8", "b6", "D: block b6 is not at a power-of-two resolution"),
+])
+def test_blocks_off_the_power_of_two_resolutions_are_refused(tmp_path, tiny, net, old, new, line):
+    G, D = tiny
+    ref_G, ref_D = ref_g(G), ref_d(D)
+    _rename(ref_G.synthesis if net == "G" else ref_D, old, new)
+    path = pw.write(tmp_path / "blocks.pkl", {"G_ema": ref_G, "D": ref_D})
+    assert import_error(path) == f"{path} {line}"
+
+
+@pytest.mark.parametrize("net", ["G", "D"])
+def test_two_reference_names_for_one_of_ours_are_refused(tmp_path, tiny, net):
+    # b08 is read as resolution 8 too: two tensors would land on one name of ours.
+    G, D = tiny
+    ref_G, ref_D = ref_g(G), ref_d(D)
+    _rename(ref_G.synthesis if net == "G" else ref_D, "b8", "b08", keep=True)
+    path = pw.write(tmp_path / "twice.pkl", {"G_ema": ref_G, "D": ref_D})
+    where = "G_ema" if net == "G" else "D"
+    assert import_error(path) == f"{path} {where}: two tensors map to the same name of ours"
+
+
+@pytest.mark.parametrize("values", [
+    torch.ones(4, 4) / 16,                                      # the right shape, another filter
+    pw.FILTER[:3, :3].clone(),                                  # the reference's values, cut to 3x3
+])
+def test_resample_filters_other_than_ours_are_refused(tmp_path, tiny, values):
+    G = tiny[0]
+    ref_G = ref_g(G)
+    ref_G.synthesis.b8.conv0.resample_filter = values
+    path = pw.write(tmp_path / "filter.pkl", {"G_ema": ref_G})
+    assert import_error(path) == (f"{path} G_ema: synthesis.b8.conv0.resample_filter is not the [1, 3, 3, 1] "
+                                  "filter corgigan's networks use")
+
+
+def test_stored_tensors_of_other_types_are_read_as_float32(tmp_path, tiny):
+    # float64 weights and a float16 filter (what a half-precision export could hold) give our float32.
+    G = tiny[0]
+    ref_G = ref_g(G)
+    ref_G.mapping.fc0.weight.data = ref_G.mapping.fc0.weight.data.double()
+    ref_G.synthesis.b8.conv0.resample_filter = pw.FILTER.half()
+    imp = importer.import_pickle(pw.write(tmp_path / "types.pkl", {"G_ema": ref_G}))
+    assert imp.G_ema["mapping.layers.0.weight"].dtype == torch.float32
+    assert all(torch.equal(imp.G_ema[k], v) for k, v in G.state_dict().items())
+
+
+def test_weights_that_do_not_fit_their_settings_are_refused(tmp_path, tiny):
+    G = tiny[0]
+    ref_G = ref_g(G)
+    ref_G.register_buffer("stray", torch.zeros(2))          # a name with no dot and no place in ours
+    path = pw.write(tmp_path / "stray.pkl", {"G_ema": ref_G})
+    assert import_error(path) == (f"{path} G_ema: the weights do not fit the network its settings describe: "
+                                  "Error(s) in loading state_dict for Generator:\n\tUnexpected key(s) in "
+                                  'state_dict: "stray". ')
+    ref_G = ref_g(G)
+    del ref_G.mapping.fc1._parameters["bias"]
+    path = pw.write(tmp_path / "short.pkl", {"G_ema": ref_G})
+    assert import_error(path) == (f"{path} G_ema: the weights do not fit the network its settings describe: "
+                                  "Error(s) in loading state_dict for Generator:\n\tMissing key(s) in "
+                                  'state_dict: "mapping.layers.1.bias". ')
+
+
+def _tf_gs(G: Generator, static: dict, edit) -> pw.Network:
+    gs = pw.tf_generator(G, "Gs", static)
+    comps = gs.state["components"]
+    edit(comps["mapping"].state["variables"], comps["synthesis"].state["variables"])
+    return gs
+
+
+def test_tensorflow_variables_missing_or_left_over(tmp_path, tiny, caplog):
+    G = tiny[0]
+
+    def drop(mapping, synthesis):
+        synthesis[:] = [(n, v) for n, v in synthesis if n != "8x8/Conv1/noise_strength"]
+
+    path = pw.write(tmp_path / "missing.pkl", _tf_gs(G, TF_G, drop))
+    assert import_error(path) == (f"{path} Gs: the TensorFlow variable 'synthesis/8x8/Conv1/noise_strength' "
+                                  "is missing")
+
+    def extra(mapping, synthesis):
+        synthesis.extend((f"extra{i}", np.float32([i])) for i in range(9, 0, -1))
+
+    path = pw.write(tmp_path / "extra.pkl", _tf_gs(G, TF_G, extra))
+    with caplog.at_level(logging.WARNING, logger="corgigan.stylegan2.importer"):
+        imp = importer.import_pickle(path)
+    assert caplog.messages == [f"{path} Gs: 9 TensorFlow variables have no place in our network and are "
+                               "ignored: " + ", ".join(f"synthesis/extra{i}" for i in range(1, 9))]
+    assert all(torch.equal(imp.G_ema[k], v) for k, v in G.state_dict().items())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="corgigan.stylegan2.importer"):
+        importer.import_pickle(tf_file(tmp_path, G, name="clean.pkl"))
+    assert caplog.messages == []
+
+
+def test_tensorflow_label_concatenation_is_refused(tmp_path):
+    torch.manual_seed(0)
+    G = Generator(Z, 2, Z, RES, 3, {"num_layers": 2}, SYN)
+
+    def concat(mapping, synthesis):
+        mapping.append(("LabelConcat/weight", np.zeros((2, Z), np.float32)))
+
+    path = pw.write(tmp_path / "concat.pkl", _tf_gs(G, {**TF_G, "label_size": 2}, concat))
+    assert import_error(path) == (f"{path} Gs: the original StyleGAN2's label concatenation is not supported "
+                                  "(only StyleGAN2-ADA's label embedding)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Transfer learning: what a config must share with a model
+
+
+G16 = {"z_dim": 16, "w_dim": 16, "mapping_kwargs": {"num_layers": 2, "lr_multiplier": 0.1},
+       "synthesis_kwargs": {"channel_base": 64, "channel_max": 32, "conv_clamp": None}}
+D16 = {"channel_base": 128, "channel_max": 16, "architecture": "orig", "mbstd_num_channels": 2,
+       "mbstd_group_size": 4, "mapping_kwargs": {"num_layers": 3, "lr_multiplier": 0.5}}
+
+
+def test_weight_layout_is_what_fixes_the_weights_shapes():
+    layout = importer.weight_layout(NetworkSpec(16, 3, 2, G16, D16))
+    assert layout == {"resolution": 16, "img_channels": 3, "c_dim": 2, "z_dim": 16, "w_dim": 16,
+                      "mapping_layers": 2, "mapping_lr_multiplier": 0.1,
+                      "G_channels": "4:16 8:8 16:4",            # min(64 // res, 32)
+                      "D_channels": "4:16 8:16 16:8",           # min(128 // res, 16)
+                      "D_architecture": "orig", "D_mbstd_num_channels": 2,
+                      "D_mapping_layers": 3, "D_mapping_lr_multiplier": 0.5}
+    # Without labels D's label mapping is no part of it; without D, nothing of D is.
+    assert "D_mapping_layers" not in importer.weight_layout(NetworkSpec(16, 3, 0, G16, D16))
+    assert set(importer.weight_layout(NetworkSpec(16, 1, 0, G16, None))) == {
+        "resolution", "img_channels", "c_dim", "z_dim", "w_dim", "mapping_layers", "mapping_lr_multiplier",
+        "G_channels"}
+
+
+def test_weight_layout_fills_in_our_networks_defaults():
+    layout = importer.weight_layout(NetworkSpec(8, 3, 1, {"z_dim": 4, "w_dim": 4}, {}))
+    assert layout == {"resolution": 8, "img_channels": 3, "c_dim": 1, "z_dim": 4, "w_dim": 4,
+                      "mapping_layers": 8, "mapping_lr_multiplier": 0.01, "G_channels": "4:512 8:512",
+                      "D_channels": "4:512 8:512", "D_architecture": "resnet", "D_mbstd_num_channels": 1,
+                      "D_mapping_layers": 8, "D_mapping_lr_multiplier": 0.01}
+
+
+def _config(resolution: int = 16, G: dict | None = None, D: dict | None = None) -> dict:
+    return {"name": "mine", "resolution": resolution, "G_kwargs": copy.deepcopy(G or G16),
+            "D_kwargs": copy.deepcopy(D or D16)}
+
+
+_ADVICE = " (build the dataset at the model's resolution and channels, or start from another model)"
+
+
+def test_transfer_onto_another_image_format_is_refused_with_every_reason():
+    spec = NetworkSpec(16, 3, 0, G16, D16)
+    with pytest.raises(SnapshotError) as e:
+        importer.check_transfer(spec, _config(), {"resolution": 8, "num_channels": 1, "label_dim": 2},
+                                "m.pkl")
+    assert str(e.value) == ("resume_from m.pkl: cannot fine-tune it on this dataset: its networks make 16-px "
+                            "images, the dataset has 8-px images; its images have 3 channels, the dataset's "
+                            "1; it takes 0 label dimensions, the dataset has 2" + _ADVICE)
+    # Without a dataset the config's resolution is the one to meet, and nothing else of the data is asked.
+    with pytest.raises(SnapshotError) as e:
+        importer.check_transfer(spec, _config(resolution=8), None, "m.pkl")
+    assert str(e.value) == ("resume_from m.pkl: cannot fine-tune it on this dataset: its networks make 16-px "
+                            "images, the dataset has 8-px images" + _ADVICE)
+    for problem in ({"num_channels": 1}, {"label_dim": 1}):
+        data = {"resolution": 16, "num_channels": 3, "label_dim": 0, **problem}
+        with pytest.raises(SnapshotError, match="cannot fine-tune it on this dataset"):
+            importer.check_transfer(spec, _config(), data, "m.pkl")
+
+
+def test_transfer_checks_the_dataset_resolution_not_the_configs():
+    # The dataset is 16 px, as the model: the config's 8 px then shows as a layout difference.
+    spec = NetworkSpec(16, 3, 0, G16, D16)
+    with pytest.raises(SnapshotError) as e:
+        importer.check_transfer(spec, _config(resolution=8), {"resolution": 16, "num_channels": 3,
+                                                              "label_dim": 0}, "m.pkl")
+    assert str(e.value).startswith("resume_from m.pkl: its networks do not fit those of train.config 'mine' "
+                                   "(model vs config): D_channels: model '4:16 8:16 16:8', now '4:16 8:16'; ")
+
+
+def test_transfer_onto_networks_of_other_shapes_is_refused_with_the_differences():
+    spec = NetworkSpec(16, 1, 2, G16, D16)
+    G = {**G16, "z_dim": 8, "mapping_kwargs": {"num_layers": 2, "lr_multiplier": 0.01}}
+    D = {**D16, "architecture": "resnet"}
+    with pytest.raises(SnapshotError) as e:
+        importer.check_transfer(spec, _config(G=G, D=D), None, "m.pkl")
+    assert str(e.value) == (
+        "resume_from m.pkl: its networks do not fit those of train.config 'mine' (model vs config): "
+        "D_architecture: model 'orig', now 'resnet'; mapping_lr_multiplier: model 0.1, now 0.01; "
+        "z_dim: model 16, now 8. Choose the config the model was trained with (the reference's stylegan2, "
+        "paper256, paper512 and paper1024 presets have 512-d latents and 8 mapping layers)")
+    # A generator-only model is checked for its G alone: the run's D starts fresh.
+    importer.check_transfer(NetworkSpec(16, 1, 2, G16, None), _config(D=D), None, "gs.pkl")
+    with pytest.raises(SnapshotError, match=r"\(model vs config\): mapping_lr_multiplier: model 0\.1, now "
+                                            r"0\.01; z_dim: model 16, now 8\. Choose"):
+        importer.check_transfer(NetworkSpec(16, 1, 2, G16, None), _config(G=G, D=D), None, "gs.pkl")
+
+
+def test_transfer_with_other_settings_that_keep_every_shape_says_which(caplog):
+    G = {**G16, "synthesis_kwargs": {**G16["synthesis_kwargs"], "conv_clamp": 256}}
+    D = {**D16, "mbstd_group_size": 2}
+    data = {"resolution": 16, "num_channels": 3, "label_dim": 0}
+    with caplog.at_level(logging.INFO, logger="corgigan.stylegan2.importer"):
+        importer.check_transfer(NetworkSpec(16, 3, 0, G16, D16), _config(G=G, D=D), data, "m.pkl")
+        importer.check_transfer(NetworkSpec(16, 3, 0, G16, D16), _config(), data, "same.pkl")
+        importer.check_transfer(NetworkSpec(16, 3, 0, G16, None), _config(D=D), data, "gs.pkl")
+    assert caplog.messages == [
+        "fine-tuning m.pkl with config mine's settings where they differ (no weight changes shape): "
+        "G_kwargs.synthesis_kwargs.conv_clamp: model None, now 256; D_kwargs.mbstd_group_size: model 4, "
+        "now 2"]
+
+
+@pytest.mark.parametrize("state, imported", [
+    ({"run": {"imported_from": "corgi.pkl", "pickle_format": "tensorflow"}}, True),
+    ({"run": {"imported_from": ""}}, False),
+    ({"run": {"resume_from": "corgi.pkl"}}, False),
+    ({"run": "corgi.pkl"}, False),
+    ({"run": None}, False),
+    ({}, False),
+])
+def test_is_imported_only_for_snapshots_convert_wrote(state, imported):
+    assert importer.is_imported(state) is imported
