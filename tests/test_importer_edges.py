@@ -9,18 +9,20 @@ case is one small file read through importer.import_pickle, the function every c
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from corgigan.stylegan2 import importer
+from corgigan.stylegan2 import configs, importer
 from corgigan.stylegan2.configs import NetworkSpec
 from corgigan.stylegan2.networks import Discriminator, Generator
 from corgigan.stylegan2.pickles import PickleError
-from corgigan.stylegan2.snapshot import SnapshotError
+from corgigan.stylegan2.snapshot import SnapshotError, load_snapshot
 from tests import pickle_writer as pw
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -771,3 +773,101 @@ def test_transfer_with_other_settings_that_keep_every_shape_says_which(caplog):
 ])
 def test_is_imported_only_for_snapshots_convert_wrote(state, imported):
     assert importer.is_imported(state) is imported
+
+
+# ----------------------------------------------------------------------------------------------------
+# Converting into a corgigan snapshot
+
+
+def preset_pickle(path: Path, preset: str = "demo", mbstd_group_size: int | None = None,
+                  with_G: bool = True) -> tuple[Path, Generator, Generator, Discriminator]:
+    """A reference pickle of `preset`'s networks at 8 px (D's minibatch group changed if asked)."""
+    cfg = configs.make_config(preset, RES)
+    torch.manual_seed(3)
+    G, D = configs.build_networks(configs.network_spec(cfg))
+    G, D = pw.randomise(G, 4), pw.randomise(D, 5)
+    G_ema = pw.randomise(copy.deepcopy(G), 6)
+    G_ref = {k: cfg.G_kwargs[k] for k in ("mapping_kwargs", "synthesis_kwargs")}
+    d = cfg.D_kwargs
+    D_ref = {k: d[k] for k in ("channel_base", "channel_max", "num_fp16_res", "conv_clamp", "architecture")}
+    D_ref["epilogue_kwargs"] = {"mbstd_group_size": mbstd_group_size or d["mbstd_group_size"]}
+    data = {"G_ema": pw.reference_generator(G_ema, **G_ref), "D": pw.reference_discriminator(D, **D_ref)}
+    if with_G:
+        data["G"] = pw.reference_generator(G, **G_ref)
+    return pw.write(path, data), G, G_ema, D
+
+
+def _same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> bool:
+    return list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_convert_writes_the_snapshot_a_run_would_resume(tmp_path, caplog):
+    path, G, G_ema, D = preset_pickle(tmp_path / "network-snapshot-000120.pkl")
+    before = torch.get_rng_state()
+    with caplog.at_level(logging.INFO, logger="corgigan.stylegan2.importer"):
+        out = importer.convert(path, tmp_path / "converted.pt")
+    assert torch.equal(torch.get_rng_state(), before)       # the process's generators are left alone
+    assert caplog.messages == [f"{path} (pytorch pickle, 8 px) -> {out} (config demo)"]
+    state = load_snapshot(out)
+    assert state["config"] == configs.config_to_dict(configs.make_config("demo", RES))
+    assert state["run"] == {"imported_from": "network-snapshot-000120.pkl", "pickle_format": "pytorch",
+                            "pickle_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert state["dataset"] == {"hash": "", "resolution": 8, "num_channels": 3, "label_dim": 0,
+                                "num_images": 0}
+    assert state["progress"] == {"nimg": 120_000, "batch_idx": 0, "tick": 0}
+    assert _same(state["G"], G.state_dict()) and _same(state["G_ema"], G_ema.state_dict())
+    assert _same(state["D"], D.state_dict())
+    # Fresh Adam states for G and D, and the generators as seeded with 0 (not moved by any build).
+    assert state["G_opt"]["state"] == {} and state["D_opt"]["state"] == {}
+    assert len(state["G_opt"]["param_groups"][0]["params"]) == len(list(G.parameters()))
+    assert len(state["D_opt"]["param_groups"][0]["params"]) == len(list(D.parameters()))
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    assert torch.equal(state["rng"]["torch"], torch.get_rng_state())
+    assert state["rng"]["numpy"]["pos"] == np.random.get_state()[2]
+    assert np.array_equal(state["rng"]["numpy"]["keys"].numpy(), np.random.get_state()[1].astype(np.int64))
+    assert state["rng"]["python"][1] == list(random.getstate()[1])
+    # The preset asked for by name, when its networks take the weights.
+    again = load_snapshot(importer.convert(path, tmp_path / "named.pt", "demo"))
+    assert again["config"] == state["config"] and _same(again["G_ema"], G_ema.state_dict())
+
+
+def test_convert_without_a_training_g_starts_it_from_g_ema_and_counts_no_kimg(tmp_path):
+    path, _, G_ema, _ = preset_pickle(tmp_path / "no-g.pkl", with_G=False)
+    state = load_snapshot(importer.convert(path, tmp_path / "no-g.pt"))
+    assert _same(state["G"], G_ema.state_dict()) and _same(state["G_ema"], G_ema.state_dict())
+    assert state["progress"]["nimg"] == 0 and state["run"]["imported_from"] == "no-g.pkl"
+
+
+def test_convert_takes_a_preset_only_when_both_networks_are_the_presets(tmp_path, caplog):
+    # demo's G with another minibatch group in D: not the demo preset, so auto's settings with these nets.
+    path, _, _, _ = preset_pickle(tmp_path / "group2.pkl", mbstd_group_size=2)
+    with caplog.at_level(logging.INFO, logger="corgigan.stylegan2.importer"):
+        state = load_snapshot(importer.convert(path, tmp_path / "group2.pt"))
+    assert (f"no preset has exactly the networks of {path}: the snapshot takes auto's training settings"
+            in caplog.messages)
+    demo = configs.make_config("demo", RES)
+    auto = configs.config_to_dict(configs.make_config("auto", RES))
+    assert state["config"] == {**auto, "G_kwargs": demo.G_kwargs, "D_kwargs": {**demo.D_kwargs,
+                                                                                 "mbstd_group_size": 2},
+                               "mbstd_group": 2}
+
+
+def test_convert_refusals_name_the_file(tmp_path, tiny):
+    path, _, _, _ = preset_pickle(tmp_path / "demo.pkl")
+    with pytest.raises(SnapshotError) as e:
+        importer.convert(path, tmp_path / "x.pt", "paper256")
+    assert str(e.value).startswith(f"resume_from {path}: its networks do not fit those of train.config "
+                                   "'paper256' (model vs config): ")
+    with pytest.raises(SnapshotError) as e:
+        importer.convert(path, tmp_path / "x.pt", "nope")
+    assert str(e.value) == ("convert: unknown training config 'nope'; choose one of demo, auto, stylegan2, "
+                            "paper256, paper512, paper1024, cifar")
+    gs = pw.write(tmp_path / "gs.pkl", {"G_ema": ref_g(tiny[0])})
+    with pytest.raises(SnapshotError) as e:
+        importer.convert(gs, tmp_path / "gs.pt")
+    assert str(e.value) == (f"convert {gs}: the file holds only a generator (Gs); a corgigan snapshot needs "
+                            "the discriminator too. Generate from the .pkl directly, or fine-tune it with "
+                            "train.resume_from (its D then starts fresh)")
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "gs.pt").exists()
