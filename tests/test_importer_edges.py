@@ -871,3 +871,81 @@ def test_convert_refusals_name_the_file(tmp_path, tiny):
                             "the discriminator too. Generate from the .pkl directly, or fine-tune it with "
                             "train.resume_from (its D then starts fresh)")
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "gs.pt").exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Networks judged before they are built: what they would hold against what the file could
+
+
+WIDE = {"synthesis_kwargs.channel_base": 1 << 20, "synthesis_kwargs.channel_max": 512}
+WIDE_D = {"channel_base": 1 << 20, "channel_max": 512}
+
+
+def _bytes(module: torch.nn.Module) -> int:
+    """Bytes of float32 numbers a network holds (parameters and buffers), counted on the meta device."""
+    return 4 * sum(t.numel() for t in (*module.parameters(), *module.buffers()))
+
+
+def _refusal(path: Path, need: int) -> str:
+    size = path.stat().st_size
+    return (f"{path}: refused: its stored settings describe networks of {need:,} bytes, more than a "
+            f"{size:,}-byte file can hold weights for")
+
+
+def test_what_a_file_may_make_us_allocate_counts_every_network_it_holds(tmp_path, tiny):
+    # 512 channels at 4 and 8 px: ~28 MB per generator, from files of a few kilobytes.
+    G, D = tiny
+    with torch.device("meta"):
+        g = _bytes(Generator(Z, 0, Z, RES, 3, {"num_layers": 2}, {**SYN, "channel_base": 1 << 20,
+                                                                  "channel_max": 512}))
+        d = _bytes(Discriminator(0, RES, 3, channel_base=1 << 20, channel_max=512, mbstd_group_size=2))
+    files = {"G_ema": ({"G_ema": ref_g(G, **WIDE)}, g),
+             "G_ema, G": ({"G_ema": ref_g(G, **WIDE), "G": ref_g(G, **WIDE)}, 2 * g),
+             "G_ema, D": ({"G_ema": ref_g(G, **WIDE), "D": ref_d(D, **WIDE_D)}, g + d)}
+    for name, (data, need) in files.items():
+        path = pw.write(tmp_path / f"{name}.pkl", data)
+        assert import_error(path) == _refusal(path, need), name
+    # Only what is read counts: the same file's G_ema alone.
+    assert import_error(path, with_training_nets=False) == _refusal(path, g)
+
+
+def test_a_file_just_large_enough_for_its_networks_is_not_refused_for_its_size(tmp_path, tiny):
+    G = tiny[0]
+    with torch.device("meta"):
+        need = _bytes(Generator(Z, 0, Z, RES, 3, {"num_layers": 2}, {**SYN, "channel_base": 1 << 20,
+                                                                     "channel_max": 512}))
+    target = (need - importer.alloc_limit(0)) // 2         # alloc_limit(target) == need
+    assert importer.alloc_limit(target) == need
+
+    def padded(size: int) -> Path:
+        path = tmp_path / f"padded-{size}.pkl"
+        pad = 0
+        for _ in range(3):                                   # the pickle grows one byte per padding byte
+            pw.write(path, {"G_ema": ref_g(G, **WIDE), "training_set_kwargs": {"pad": "x" * pad}})
+            pad += size - path.stat().st_size
+        assert path.stat().st_size == size
+        return path
+
+    short = padded(target - 1)
+    assert import_error(short) == _refusal(short, need)
+    exact = padded(target)                                   # built for real, then the tiny weights fail
+    assert import_error(exact).startswith(f"{exact} G_ema: the weights do not fit the network its settings "
+                                          "describe: ")
+
+
+def test_importing_leaves_the_process_generators_where_they_were(tmp_path, tiny):
+    G, D = tiny
+    path = pw.write(tmp_path / "net.pkl", {"G_ema": ref_g(G), "G": ref_g(G), "D": ref_d(D)})
+    before = torch.get_rng_state()
+    importer.import_pickle(path)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_settings_that_fail_only_when_run_are_refused_before_building(tmp_path, tiny):
+    G, D = tiny
+    path = pw.write(tmp_path / "clamp.pkl", {"G_ema": ref_g(G), "D": ref_d(D, conv_clamp="256")})
+    error = import_error(path)
+    assert error.startswith(f"{path}: its stored network settings cannot run (TypeError: "), error
+    assert "\n" not in error
+    # A Gs-only file runs its G alone.
+    assert importer.import_pickle(pw.write(tmp_path / "gs.pkl", {"G_ema": ref_g(G)})).D is None
