@@ -145,6 +145,8 @@ EQUIVALENT: dict[str, str] = {
         "_body_unread is only tested for truth; None is falsy like False",
     **dict.fromkeys(_names(f"{_SERVE}x_image_request", (81, 91)),
                     "_int(q, 'mix', ...) runs only for a non-empty mix_text: its default is never returned"),
+    f"{_SERVE}x_grid_request__mutmut_2":
+        "Limits.grid_cap does not read its resolution (a grid keeps thumbnails at any resolution)",
     f"{_EXPL}xǁExplorerǁsubmit__mutmut_55": "PIL's Image.save upper-cases the format: 'png' is 'PNG'",
     f"{_EXPL}xǁExplorerǁsubmit__mutmut_72":
         "OrderedDict.popitem reads `last` for its truth; None is falsy like False",
