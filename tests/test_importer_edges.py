@@ -241,10 +241,13 @@ _BUILD = "(not a network corgigan can build)"
     ({"block_kwargs.architecture": "resnet"}, f"D block_kwargs: unknown keyword 'architecture' {_NEVER}"),
     ({"mapping_kwargs.num_layers": 33}, f"D mapping_kwargs: num_layers = 33 is outside 0..32 {_BUILD}"),
     ({"mapping_kwargs.lr_multiplier": None}, "D mapping_kwargs: lr_multiplier = None is not a number"),
-    ({"mapping_kwargs.embed_features": 8},
+    # The label mapping's width is the 4x4 block's: min(channel_base // 4, channel_max).
+    ({"channel_max": 32, "mapping_kwargs.embed_features": 8},
      "D mapping_kwargs: embed_features = 8 is not supported (corgigan's networks need None or 16)"),
-    ({"mapping_kwargs.layer_features": 8},
+    ({"channel_max": 32, "mapping_kwargs.layer_features": 8},
      "D mapping_kwargs: layer_features = 8 is not supported (corgigan's networks need None or 16)"),
+    ({"mapping_kwargs.layer_features": 32},
+     "D mapping_kwargs: layer_features = 32 is not supported (corgigan's networks need None or 16)"),
     ({"mapping_kwargs.activation": "tanh"},
      "D mapping_kwargs: activation = 'tanh' is not supported (corgigan's networks need 'lrelu')"),
     ({"mapping_kwargs.w_avg_beta": None}, f"D mapping_kwargs: unknown keyword 'w_avg_beta' {_NEVER}"),
@@ -318,8 +321,10 @@ def test_pytorch_conditional_discriminator_keeps_its_label_mapping(tmp_path, d_m
 @pytest.mark.parametrize("edits, line", [
     ({"mapping_kwargs.num_layers": 0},
      "D: a conditional discriminator without label mapping layers is not supported"),
-    ({"cmap_dim": 8}, "D: a label embedding of 8 features is not supported (corgigan's discriminator uses "
-                      "the 4x4 width, 16)"),
+    ({"cmap_dim": 8, "channel_max": 32}, "D: a label embedding of 8 features is not supported (corgigan's "
+                                         "discriminator uses the 4x4 width, 16)"),
+    ({"cmap_dim": 32}, "D: a label embedding of 32 features is not supported (corgigan's discriminator uses "
+                       "the 4x4 width, 16)"),
 ])
 def test_pytorch_conditional_discriminator_refusals(tmp_path, edits, line):
     G, D = nets(c_dim=1)
@@ -373,7 +378,9 @@ def tf_file(tmp_path: Path, G: Generator, D: Discriminator | None = None, name: 
     ({"fmap_decay": 0.5}, "fmap_decay = 0.5 is not supported (corgigan's networks need 1 or 1.0)"),
     ({"fmap_min": 9}, "fmap_min 9 raises some layers' widths (not supported)"),
     ({"fmap_min": "8"}, "fmap_min = '8' is not an integer"),
-    ({"fmap_const": 8}, "fmap_const = 8 is not supported (corgigan's networks need None or 16)"),
+    ({"fmap_const": 8, "fmap_max": 32},
+     "fmap_const = 8 is not supported (corgigan's networks need None or 16)"),
+    ({"fmap_const": 32}, "fmap_const = 32 is not supported (corgigan's networks need None or 16)"),
     ({"architecture": "resnet"},
      "architecture = 'resnet' is not supported (corgigan's networks need 'skip')"),
     ({"nonlinearity": "elu"}, "nonlinearity = 'elu' is not supported (corgigan's networks need 'lrelu')"),
@@ -539,7 +546,7 @@ def test_tensorflow_conditional_discriminator_label_mapping(tmp_path):
     assert import_error(path) == (f"{path} D: a conditional discriminator without label mapping layers is "
                                   "not supported")
     path = tf_file(tmp_path, G, D, "cmap.pkl", G_static,
-                   {**TF_D, "label_size": 2, "mapping_layers": 2, "mapping_fmaps": 8})
+                   {**TF_D, "label_size": 2, "mapping_layers": 2, "mapping_fmaps": 8, "fmap_max": 32})
     assert import_error(path) == (f"{path} D: a label embedding of 8 features is not supported (corgigan's "
                                   "discriminator uses the 4x4 width, 16)")
 
@@ -949,3 +956,20 @@ def test_settings_that_fail_only_when_run_are_refused_before_building(tmp_path, 
     assert "\n" not in error
     # A Gs-only file runs its G alone.
     assert importer.import_pickle(pw.write(tmp_path / "gs.pkl", {"G_ema": ref_g(G)})).D is None
+
+
+def test_tensorflow_latents_of_their_own_width_without_labels_and_fmap_base_default(tmp_path):
+    # latent_size may differ from dlatent_size when there are no labels; fmap_base left out is TF's 16384
+    # (our channel_base 32768), here capped at 16 channels everywhere.
+    torch.manual_seed(0)
+    syn = {"channel_base": 32768, "channel_max": 16}
+    G = pw.randomise(Generator(4, 0, 8, RES, 3, {"num_layers": 2}, syn), 1)
+    D = pw.randomise(Discriminator(0, RES, 3, **syn, mbstd_group_size=2), 2)
+    G_static = {"resolution": RES, "latent_size": 4, "dlatent_size": 8, "mapping_layers": 2, "fmap_max": 16}
+    imp = importer.import_pickle(tf_file(tmp_path, G, D, G_static=G_static,
+                                         D_static={"resolution": RES, "fmap_max": 16, "mbstd_group_size": 2}))
+    assert imp.spec.G_kwargs["z_dim"] == 4 and imp.spec.G_kwargs["w_dim"] == 8
+    assert imp.spec.G_kwargs["synthesis_kwargs"]["channel_base"] == 32768
+    assert imp.spec.D_kwargs["channel_base"] == 32768
+    assert all(torch.equal(imp.G_ema[k], v) for k, v in G.state_dict().items())
+    assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
