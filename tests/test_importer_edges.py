@@ -973,3 +973,13 @@ def test_tensorflow_latents_of_their_own_width_without_labels_and_fmap_base_defa
     assert imp.spec.D_kwargs["channel_base"] == 32768
     assert all(torch.equal(imp.G_ema[k], v) for k, v in G.state_dict().items())
     assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
+
+
+def test_tensorflow_conditional_discriminator_with_our_default_label_mapping(tmp_path):
+    # 8 layers at 0.01 are our D's defaults: the spec leaves them out, and all 8 layers are still read.
+    G, D = nets(c_dim=2, d_mapping={"num_layers": 8, "lr_multiplier": 0.01})
+    imp = importer.import_pickle(tf_file(tmp_path, G, D, G_static={**TF_G, "label_size": 2},
+                                         D_static={**TF_D, "label_size": 2, "mapping_layers": 8,
+                                                   "mapping_lrmul": 0.01}))
+    assert "mapping_kwargs" not in imp.spec.D_kwargs
+    assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
