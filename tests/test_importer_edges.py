@@ -106,6 +106,8 @@ def import_error(path: Path, **kw) -> str:
     ({"mapping_kwargs.lr_multiplier": "0.01"},
      "G_ema mapping_kwargs: lr_multiplier = '0.01' is not a number"),
     ({"mapping_kwargs.lr_multiplier": True}, "G_ema mapping_kwargs: lr_multiplier = True is not a number"),
+    ({"mapping_kwargs.w_avg_beta": "0.995"}, "G_ema mapping_kwargs: w_avg_beta = '0.995' is not a number"),
+    ({"mapping_kwargs.w_avg_beta": False}, "G_ema mapping_kwargs: w_avg_beta = False is not a number"),
     ({"mapping_kwargs.zz": 1, "mapping_kwargs.aa": 1},
      "G_ema mapping_kwargs: unknown keyword 'aa' (not a StyleGAN2-ADA network, or a variant corgigan does "
      "not read)"),
@@ -372,6 +374,8 @@ def tf_file(tmp_path: Path, G: Generator, D: Discriminator | None = None, name: 
     ({"mapping_fmaps": 16}, "mapping_fmaps = 16 is not supported (corgigan's networks need None or 8)"),
     ({"label_fmaps": 4}, "label_fmaps = 4 is not supported (corgigan's networks need None or 8)"),
     ({"mapping_lrmul": "1"}, "mapping_lrmul = '1' is not a number"),
+    ({"dlatent_avg_beta": "0.995"}, "dlatent_avg_beta = '0.995' is not a number"),
+    ({"w_avg_beta": [0.995]}, "w_avg_beta = [0.995] is not a number"),
     ({"mapping_nonlinearity": "relu"},
      "mapping_nonlinearity = 'relu' is not supported (corgigan's networks need 'lrelu')"),
     ({"normalize_latents": False},
@@ -469,6 +473,7 @@ def test_tensorflow_resolution_defaults_to_1024(tmp_path, tiny):
     ({"dlatent_avg_beta": None}, {"w_avg_beta": 1.0}),      # TF never moves dlatent_avg
     ({"dlatent_avg_beta": 0.9}, {"w_avg_beta": 0.9}),
     ({"w_avg_beta": 0.5}, {"w_avg_beta": 0.5}),             # the name of the PyTorch port
+    ({"dlatent_avg_beta": 0.9, "w_avg_beta": "unread"}, {"w_avg_beta": 0.9}),
     ({"dlatent_avg_beta": 0.995, "mapping_lrmul": 1}, {"lr_multiplier": 1.0}),
 ])
 def test_tensorflow_mapping_settings(tmp_path, tiny, betas, want):
@@ -984,3 +989,12 @@ def test_tensorflow_conditional_discriminator_with_our_default_label_mapping(tmp
                                                    "mapping_lrmul": 0.01}))
     assert "mapping_kwargs" not in imp.spec.D_kwargs
     assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
+
+
+def test_settings_our_constructors_refuse_are_one_line_errors(tmp_path, tiny):
+    # Widths of 0 channels (channel_base 1) and a zero learning-rate multiplier divide by zero.
+    for name, edits in {"base": {"synthesis_kwargs.channel_base": 1},
+                        "lr": {"mapping_kwargs.lr_multiplier": 0}}.items():
+        path = pw.write(tmp_path / f"{name}.pkl", {"G_ema": ref_g(tiny[0], **edits)})
+        assert import_error(path) == (f"{path}: its stored network settings cannot be built "
+                                      "(ZeroDivisionError: float division by zero)")

@@ -226,6 +226,8 @@ def _pt_generator_spec(obj: PersistentObject, where: str) -> tuple[int, int, int
     m.fixed("activation", "lrelu", "lrelu")
     lr = m.number("lr_multiplier", 0.01, float)
     beta = m.get("w_avg_beta", 0.995)
+    if beta is not None:   # None: w_avg is never tracked
+        beta = m.number("w_avg_beta", beta, float)
     m.done()
     s = _Kwargs(k.get("synthesis_kwargs", {}), f"{where} synthesis_kwargs")
     syn = {"channel_base": s.number("channel_base", 32768, size="channel_base"),
@@ -365,8 +367,11 @@ def _tf_generator_spec(net: TFNetwork, where: str) -> tuple[int, int, int, dict]
     lr = k.number("mapping_lrmul", 0.01, float)
     k.fixed("mapping_nonlinearity", "lrelu", "lrelu")
     k.fixed("normalize_latents", True, True)
-    beta = k.get("dlatent_avg_beta", k.get("w_avg_beta", 0.995))
-    beta = 1.0 if beta is None else beta   # None: the TF code never moves dlatent_avg
+    # dlatent_avg_beta, or the PyTorch port's w_avg_beta where a file has only that name.
+    beta_key = "dlatent_avg_beta" if "dlatent_avg_beta" in k.values else "w_avg_beta"
+    k.ignore("w_avg_beta")
+    beta = k.get(beta_key, 0.995)
+    beta = 1.0 if beta is None else k.number(beta_key, beta, float)   # None: TF never moves dlatent_avg
     base, cmax = _tf_channels(k, where)
     res_list = [2**i for i in range(2, int(math.log2(resolution)) + 1)]
     _tf_check_capacity(k, channels_per_resolution(base, cmax, res_list))
