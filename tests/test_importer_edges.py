@@ -679,7 +679,7 @@ def test_tensorflow_label_concatenation_is_refused(tmp_path):
 
 
 G16 = {"z_dim": 16, "w_dim": 16, "mapping_kwargs": {"num_layers": 2, "lr_multiplier": 0.1},
-       "synthesis_kwargs": {"channel_base": 64, "channel_max": 32, "conv_clamp": None}}
+       "synthesis_kwargs": {"channel_base": 64, "channel_max": 8, "conv_clamp": None}}
 D16 = {"channel_base": 128, "channel_max": 16, "architecture": "orig", "mbstd_num_channels": 2,
        "mbstd_group_size": 4, "mapping_kwargs": {"num_layers": 3, "lr_multiplier": 0.5}}
 
@@ -688,7 +688,7 @@ def test_weight_layout_is_what_fixes_the_weights_shapes():
     layout = importer.weight_layout(NetworkSpec(16, 3, 2, G16, D16))
     assert layout == {"resolution": 16, "img_channels": 3, "c_dim": 2, "z_dim": 16, "w_dim": 16,
                       "mapping_layers": 2, "mapping_lr_multiplier": 0.1,
-                      "G_channels": "4:16 8:8 16:4",            # min(64 // res, 32)
+                      "G_channels": "4:8 8:8 16:4",             # min(64 // res, 8)
                       "D_channels": "4:16 8:16 16:8",           # min(128 // res, 16)
                       "D_architecture": "orig", "D_mbstd_num_channels": 2,
                       "D_mapping_layers": 3, "D_mapping_lr_multiplier": 0.5}
@@ -998,3 +998,27 @@ def test_settings_our_constructors_refuse_are_one_line_errors(tmp_path, tiny):
         path = pw.write(tmp_path / f"{name}.pkl", {"G_ema": ref_g(tiny[0], **edits)})
         assert import_error(path) == (f"{path}: its stored network settings cannot be built "
                                       "(ZeroDivisionError: float division by zero)")
+
+
+def test_refusals_name_the_network_they_are_in(tmp_path, tiny):
+    G, D = tiny
+    # The training G's settings, D's weights, and a TF D's variables, each named in the line.
+    bad_G = ref_g(G, **{"synthesis_kwargs.kernel_size": 1})
+    path = pw.write(tmp_path / "g.pkl", {"G_ema": ref_g(G), "G": bad_G, "D": ref_d(D)})
+    assert import_error(path) == (f"{path} G synthesis_kwargs: kernel_size = 1 is not supported (corgigan's "
+                                  "networks need 3)")
+    ref_D = ref_d(D)
+    ref_D.b4.register_buffer("stray", torch.zeros(1))
+    path = pw.write(tmp_path / "d.pkl", {"G_ema": ref_g(G), "D": ref_D})
+    assert import_error(path) == (f"{path} D: the weights do not fit the network its settings describe: "
+                                  "Error(s) in loading state_dict for Discriminator:\n\tUnexpected key(s) in "
+                                  'state_dict: "epilogue.stray". ')
+    d_net = pw.tf_discriminator(D, TF_D)
+    d_net.state["variables"] = [(n, v) for n, v in d_net.state["variables"] if n != "Output/bias"]
+    gs = pw.tf_generator(G, "Gs", TF_G)
+    path = pw.write(tmp_path / "tf.pkl", (pw.tf_generator(G, "G", TF_G), d_net, gs))
+    assert import_error(path) == f"{path} D: the TensorFlow variable 'Output/bias' is missing"
+    g_net = pw.tf_generator(G, "G", {**TF_G, "use_noise": False})
+    path = pw.write(tmp_path / "tf-g.pkl", (g_net, pw.tf_discriminator(D, TF_D), gs))
+    assert import_error(path) == (f"{path} G: use_noise = False is not supported (corgigan's networks need "
+                                  "True)")
