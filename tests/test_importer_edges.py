@@ -1022,3 +1022,12 @@ def test_refusals_name_the_network_they_are_in(tmp_path, tiny):
     path = pw.write(tmp_path / "tf-g.pkl", (g_net, pw.tf_discriminator(D, TF_D), gs))
     assert import_error(path) == (f"{path} G: use_noise = False is not supported (corgigan's networks need "
                                   "True)")
+
+
+def test_convert_keeps_the_labels_of_a_conditional_model(tmp_path):
+    G, D = nets(c_dim=1)
+    path = pw.write(tmp_path / "labels.pkl", {"G_ema": pw.reference_generator(G, **copy.deepcopy(G_REF)),
+                                              "D": pw.reference_discriminator(D, **copy.deepcopy(D_REF))})
+    state = load_snapshot(importer.convert(path, tmp_path / "labels.pt"))
+    assert state["dataset"]["label_dim"] == 1 and state["config"]["name"] == "auto"
+    assert _same(state["G_ema"], G.state_dict()) and _same(state["D"], D.state_dict())
