@@ -228,6 +228,7 @@ _BUILD = "(not a network corgigan can build)"
 
 @pytest.mark.parametrize("edits, line", [
     ({"c_dim": True}, "D: c_dim = True is not an integer"),
+    ({"c_dim": -1}, f"D: c_dim = -1 is outside 0..65536 {_BUILD}"),
     ({"img_resolution": 12}, f"D: img_resolution = 12 is not a power of two {_BUILD}"),
     ({"img_channels": 0}, f"D: img_channels = 0 is outside 1..4 {_BUILD}"),
     ({"architecture": "skip"},
@@ -1031,3 +1032,23 @@ def test_convert_keeps_the_labels_of_a_conditional_model(tmp_path):
     state = load_snapshot(importer.convert(path, tmp_path / "labels.pt"))
     assert state["dataset"]["label_dim"] == 1 and state["config"]["name"] == "auto"
     assert _same(state["G_ema"], G.state_dict()) and _same(state["D"], D.state_dict())
+
+
+def test_pytorch_discriminator_init_arguments_bound_by_position(tmp_path, tiny):
+    G, D = tiny
+    ref = ref_d(D, {**D_REF, "num_fp16_res": 0, "conv_clamp": None, "cmap_dim": None, "block_kwargs": {},
+                    "mapping_kwargs": {}})
+    kw = ref._init_kwargs
+    order = ["c_dim", "img_resolution", "img_channels", "architecture", "channel_base", "channel_max",
+             "num_fp16_res", "conv_clamp", "cmap_dim", "block_kwargs", "mapping_kwargs", "epilogue_kwargs"]
+    ref._init_args, ref._init_kwargs = tuple(kw[n] for n in order), {}
+    imp = importer.import_pickle(pw.write(tmp_path / "pos.pkl", {"G_ema": ref_g(G), "D": ref}))
+    assert imp.spec.D_kwargs == {"channel_base": 64, "channel_max": 16, "num_fp16_res": 0, "conv_clamp": None,
+                                 "mbstd_group_size": 2, "mbstd_num_channels": 1, "architecture": "resnet"}
+    assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
+    ref._init_args = (*ref._init_args, None)
+    path = pw.write(tmp_path / "thirteen.pkl", {"G_ema": ref_g(G), "D": ref})
+    assert import_error(path) == f"{path} D: 13 positional init arguments, the reference takes 12"
+    ref._init_args, ref._init_kwargs = (0,), dict(kw)
+    path = pw.write(tmp_path / "twice.pkl", {"G_ema": ref_g(G), "D": ref})
+    assert import_error(path) == f"{path} D: init argument 'c_dim' given twice"
