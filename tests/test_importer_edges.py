@@ -294,13 +294,15 @@ def test_pytorch_discriminator_every_keyword_at_a_supported_value_is_read(tmp_pa
     assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
 
 
-def test_pytorch_discriminator_defaults_fill_what_the_file_leaves_out(tmp_path):
+def test_pytorch_discriminator_defaults_fill_what_the_file_leaves_out(tmp_path, caplog):
     torch.manual_seed(0)
     G = Generator(Z, 0, Z, RES, 3, {"num_layers": 2}, {"channel_base": 32768, "channel_max": 512})
     D = Discriminator(0, RES, 3, channel_base=32768, channel_max=512)
     path = pw.write(tmp_path / "d.pkl", {"G_ema": pw.reference_generator(G, {"num_layers": 2}, {}),
                                          "D": pw.reference_discriminator(D)})
-    imp = importer.import_pickle(path)
+    with caplog.at_level(logging.INFO, logger="corgigan.stylegan2.importer"):
+        imp = importer.import_pickle(path)
+    assert not [m for m in caplog.messages if "mbstd_group_size None" in m]    # absent is 4, not None
     assert imp.spec.D_kwargs == {"channel_base": 32768, "channel_max": 512, "num_fp16_res": 0,
                                  "conv_clamp": None, "mbstd_group_size": 4, "mbstd_num_channels": 1,
                                  "architecture": "resnet"}
@@ -527,14 +529,16 @@ def test_tensorflow_discriminator_every_setting_at_a_supported_value_is_read(tmp
     assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
 
 
-def test_tensorflow_discriminator_defaults_fill_what_the_file_leaves_out(tmp_path):
+def test_tensorflow_discriminator_defaults_fill_what_the_file_leaves_out(tmp_path, caplog):
     torch.manual_seed(0)
     G = pw.randomise(Generator(Z, 0, Z, RES, 3, {"num_layers": 2}, {"channel_base": 8, "channel_max": 512}),
                      1)
     D = pw.randomise(Discriminator(0, RES, 3, channel_base=8, channel_max=512), 2)
     path = tf_file(tmp_path, G, D, G_static={**TF_G, "fmap_base": 4, "fmap_max": 512},
                    D_static={"resolution": RES, "fmap_base": 4})
-    imp = importer.import_pickle(path)
+    with caplog.at_level(logging.INFO, logger="corgigan.stylegan2.importer"):
+        imp = importer.import_pickle(path)
+    assert not [m for m in caplog.messages if "mbstd_group_size None" in m]    # absent is 4, not None
     assert imp.spec.D_kwargs == {"channel_base": 8, "channel_max": 512, "num_fp16_res": 0, "conv_clamp": None,
                                  "mbstd_group_size": 4, "mbstd_num_channels": 1, "architecture": "resnet"}
     assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
@@ -1052,3 +1056,11 @@ def test_pytorch_discriminator_init_arguments_bound_by_position(tmp_path, tiny):
     ref._init_args, ref._init_kwargs = (0,), dict(kw)
     path = pw.write(tmp_path / "twice.pkl", {"G_ema": ref_g(G), "D": ref})
     assert import_error(path) == f"{path} D: init argument 'c_dim' given twice"
+
+
+def test_tensorflow_discriminator_resolution_defaults_to_1024(tmp_path, tiny):
+    G, D = tiny
+    static = {**{k: v for k, v in TF_D.items() if k != "resolution"}, "fmap_base": 1 << 14}   # >= 1 channel
+    path = tf_file(tmp_path, G, D, D_static=static)
+    assert import_error(path) == (f"{path}: the networks disagree on (resolution, channels, labels): "
+                                  "G (8, 3, 0); D (1024, 3, 0); G_ema (8, 3, 0)")
