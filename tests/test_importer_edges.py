@@ -1064,3 +1064,11 @@ def test_tensorflow_discriminator_resolution_defaults_to_1024(tmp_path, tiny):
     path = tf_file(tmp_path, G, D, D_static=static)
     assert import_error(path) == (f"{path}: the networks disagree on (resolution, channels, labels): "
                                   "G (8, 3, 0); D (1024, 3, 0); G_ema (8, 3, 0)")
+
+
+def test_tensorflow_conditional_discriminator_with_one_label_mapping_layer(tmp_path):
+    G, D = nets(c_dim=2, d_mapping={"num_layers": 1, "lr_multiplier": 0.1})
+    imp = importer.import_pickle(tf_file(tmp_path, G, D, G_static={**TF_G, "label_size": 2},
+                                         D_static={**TF_D, "label_size": 2, "mapping_layers": 1}))
+    assert imp.spec.D_kwargs["mapping_kwargs"] == {"num_layers": 1, "lr_multiplier": 0.1}
+    assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
