@@ -519,12 +519,12 @@ def test_tensorflow_discriminator_every_setting_at_a_supported_value_is_read(tmp
               "mapping_layers": 3, "mapping_lrmul": 0.5, "nonlinearity": "lrelu",
               "resample_kernel": [1, 3, 3, 1],
               "mbstd_num_features": 1, "use_pagan": False, "use_spectral_norm": False, "score_max": 1,
-              "num_fp16_res": 0, "conv_clamp": None,
+              "num_fp16_res": 1, "conv_clamp": 256,
               "freeze_layers": 2, "augment_strength": 0.3, "adaptive_dropout": 0, "pagan_num": 4,
               "pagan_fade": False, "score_size": 1, "dtype": "float32", "structure": "auto",
               "is_training": True, "is_template_graph": False}
     imp = importer.import_pickle(tf_file(tmp_path, G, D, D_static=static))
-    assert imp.spec.D_kwargs == {"channel_base": 64, "channel_max": 16, "num_fp16_res": 0, "conv_clamp": None,
+    assert imp.spec.D_kwargs == {"channel_base": 64, "channel_max": 16, "num_fp16_res": 1, "conv_clamp": 256,
                                  "mbstd_group_size": 2, "mbstd_num_channels": 1, "architecture": "resnet"}
     assert all(torch.equal(imp.D[k], v) for k, v in D.state_dict().items())
 
