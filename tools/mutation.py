@@ -71,6 +71,7 @@ def _names(function: str, numbers: tuple[int, ...]) -> list[str]:
 
 _SERVE, _EXPL = "corgigan.play.serve.", "corgigan.play.explorer."
 _LOOP, _AUG = "corgigan.stylegan2.loop.", "corgigan.stylegan2.augment."
+_IMP = "corgigan.stylegan2.importer."
 EQUIVALENT: dict[str, str] = {
     **dict.fromkeys(_names("corgigan.data.filter_rules.x_decide", (52, 55, 57, 85, 88, 89)), _ZIP_STRICT),
     "corgigan.data.filter_rules.x_decide_all__mutmut_14": "DataFrame.to_dict lower-cases orient",
@@ -153,6 +154,53 @@ EQUIVALENT: dict[str, str] = {
     f"{_EXPL}xǁExplorerǁsubmit__mutmut_76":
         "jobs and latents gain and lose each id together (only submit does either), so `old` is always in "
         "jobs and pop without a default never raises",
+    # the importer
+    **dict.fromkeys(_names(f"{_IMP}xǁ_Kwargsǁfixed", (11, 13)),
+                    "no value passed to `fixed` as allowed is a tuple, so its tuple conversion never runs"),
+    **dict.fromkeys(_names(f"{_IMP}x__expect_class", (6, 7)),
+                    "unreachable: load_reference_pickle refuses a PyTorch network that is not a "
+                    "PersistentObject first, and TensorFlow networks never reach _expect_class"),
+    f"{_IMP}x__disc_kwargs__mutmut_13":
+        "check_size names the value by its kind when name is None, and both are 'mbstd_group_size'",
+    f"{_IMP}x__log2__mutmut_8":
+        "for r >= 4, r & (r - 2) == 0 exactly when r is a power of two, and r < 4 is refused first",
+    **dict.fromkeys(_names(f"{_IMP}x__from_reference", (10, 13)),
+                    "rsplit('.') and rsplit('.', 2) end in the same last component as rsplit('.', 1)"),
+    **dict.fromkeys(_names(f"{_IMP}x__from_reference", (29, 30)) + _names(f"{_IMP}x__t", (3, 6)),
+                    "load_state_dict copies each value into the module's own float32 tensor (copy_ converts "
+                    "dtype and layout)"),
+    **dict.fromkeys(_names(f"{_IMP}x__t", (4, 7)),
+                    "np.array copies either way; a Fortran-ordered copy has the same values and is made "
+                    "contiguous before loading"),
+    f"{_IMP}x__t__mutmut_9": "numpy reads an order case-insensitively: 'c' is 'C'",
+    **dict.fromkeys(_names(f"{_IMP}x_check_buildable", (6, 8, 9)),
+                    "on the meta device no initialiser draws from torch's CPU generator, so building there "
+                    "without fork_rng leaves it where it was"),
+    **dict.fromkeys(_names(f"{_IMP}x_check_buildable", (18, 30)),
+                    "D is built exactly when the spec has D_kwargs, and every caller names D exactly then"),
+    f"{_IMP}x__fit__mutmut_4": "load_state_dict's strict defaults to True",
+    f"{_IMP}x_import_pickle__mutmut_106":
+        "with_D matters only when spec.D_kwargs is set, exactly when D is read",
+    **dict.fromkeys(_names(f"{_IMP}x_weight_layout", (77, 104)),
+                    "32768 is a multiple of every power-of-two resolution up to 4096: "
+                    "32769 // r == 32768 // r"),
+    **dict.fromkeys(_names(f"{_IMP}x_check_transfer", (49, 53)),
+                    "past the dataset check, the data's channels and label_dim equal the spec's"),
+    f"{_IMP}x_check_transfer__mutmut_72": "differences' prefix defaults to ''",
+    **dict.fromkeys(_names(f"{_IMP}x__config_for", (63, 65)),
+                    "config_to_dict deep-copies the config before it is stored and nothing changes the "
+                    "spec's dicts: a shallow copy behaves the same"),
+    **dict.fromkeys(_names(f"{_IMP}x_snapshot_state", (34, 44, 51)),
+                    "_config_for returns only networks of the file's weight layout, so _fit never fails here "
+                    "and its message is never read"),
+    **dict.fromkeys(_names(f"{_IMP}x_snapshot_state", (72, 74, 75)),
+                    "sha256 streams: other chunk sizes give the same digest"),
+    **dict.fromkeys(_names(f"{_IMP}x__tf_discriminator_spec", (52, 54)),
+                    "widths min(base // r, cmax) never increase with r and a resolution >= 8 always "
+                    "exists: adding 1 and 2 or dropping 4 never changes the minimum fmap_min is checked "
+                    "against"),
+    f"{_IMP}x__tf_generator_tensors__mutmut_128":
+        "any negative noise index means no noise input (if noise_index >= 0)",
     # the loop
     f"{_LOOP}xǁTickStatsǁreduce__mutmut_10": "the third column of `flat` is never read",
     f"{_LOOP}x_make_optimizer__mutmut_18": "torch.optim.Adam's default eps is 1e-8",
