@@ -212,6 +212,7 @@ EQUIVALENT: dict[str, str] = {
                     "reduce_gradients_ turns None grads into zeros before Adam, and 0.0 + g == g; "
                     "Freeze-D grads "
                     "stay None either way"),
+    f"{_LOOP}xǁ_Trainerǁstep__mutmut_36": "has_pl is only read for its truth; None is falsy like False",
     f"{_LOOP}xǁ_Trainerǁstep__mutmut_86":
         "step_losses is read only by check_finite's isfinite, and -x is finite exactly when x is",
     f"{_LOOP}xǁ_Trainerǁstep__mutmut_91": "adding 1 to a sum never changes whether it is finite",
