@@ -324,7 +324,8 @@ def test_frozen_d_layers_and_a_fixed_p_stay_put_over_real_steps(tmp_path):
     assert b["progress"]["batch_idx"] == 4
 
 
-def test_a_non_finite_loss_in_any_chunk_stops_the_run(tmp_path):
+@pytest.mark.parametrize("nth, kimg, minibatch", [(1, "0.000", 0), (3, "0.004", 1)])   # 2 chunks a step
+def test_a_non_finite_loss_in_any_chunk_stops_the_run(tmp_path, nth, kimg, minibatch):
     cfg = tiny_config(batch=4, batch_gpu=2)
     data = write_dataset(tmp_path / "d.zip", n=6)
     accumulate = StyleGAN2Loss.accumulate_gradients
@@ -333,7 +334,7 @@ def test_a_non_finite_loss_in_any_chunk_stops_the_run(tmp_path):
     def first_chunk_nan(self, phase, *args, **kw):
         stats = accumulate(self, phase, *args, **kw)
         seen.append(phase)
-        if phase == "Dmain" and seen.count("Dmain") == 1:
+        if phase == "Dmain" and seen.count("Dmain") == nth:
             stats["Loss/D/loss"] = torch.tensor([math.nan, 0.5])
         return stats
 
@@ -344,8 +345,8 @@ def test_a_non_finite_loss_in_any_chunk_stops_the_run(tmp_path):
             training_loop(data, tmp_path / "run", cfg, kimg=0.008, snapshot_kimg=0.008, **LOOP_KW)
     finally:
         mp.undo()
-    assert str(e.value) == ("non-finite loss Loss/D/loss at kimg 0.000 (minibatch 0); lower the learning "
-                            "rate or r1_gamma, or resume from the previous snapshot")
+    assert str(e.value) == (f"non-finite loss Loss/D/loss at kimg {kimg} (minibatch {minibatch}); lower the "
+                            "learning rate or r1_gamma, or resume from the previous snapshot")
 
 
 def test_two_non_finite_losses_are_named_together(tmp_path):
