@@ -278,6 +278,14 @@ TENSORS_REFUSED = {
                      _NO_SIZE),
     "size negative": (_storage(_declaring(("storage", 4, "0", "cpu", -1, None))), pickles.PickleError,
                       _NO_SIZE),
+    "a torch global that is no storage class": (
+        _storage(_header() + pickle.dumps(torch.FloatTensor, protocol=2)), pickles.UnsafePickleError,
+        "refused: a tensor's stored bytes reference the global torch.FloatTensor, which is not part of the "
+        "StyleGAN2 network pickle formats (nothing of the file was run)"),
+    "storage pickle cut short": (_storage(_header() + b"\x80\x02]q\x00("), pickles.PickleError,
+                                 "a tensor storage cannot be read (EOFError: Ran out of input)"),
+    "payload as text": (Reduced(torch.storage._load_from_bytes, ("text",)), pickles.UnsafePickleError,
+                        "a storage payload is a str, not bytes"),
     "tensor on a number": (_tensor(3, 0, (2,), (1,)), pickles.UnsafePickleError,
                            "a tensor is built on a int, not a storage"),
     "size of strings": (_tensor(_S, 0, ("2",), (1,)), pickles.UnsafePickleError,
