@@ -225,6 +225,13 @@ def _payload(values: torch.Tensor) -> bytes:
 _REAL = _payload(torch.arange(4.0))
 
 
+def _zip_payload() -> bytes:
+    """torch.save's default (zip) format: never what the reference's storages hold."""
+    buf = io.BytesIO()
+    torch.save(torch.arange(4.0)._typed_storage(), buf)
+    return buf.getvalue()
+
+
 def _header() -> bytes:
     """The payload's first three pickles (magic number, protocol, system info), as torch writes them."""
     f = io.BytesIO(_REAL)
@@ -284,6 +291,9 @@ TENSORS_REFUSED = {
         "StyleGAN2 network pickle formats (nothing of the file was run)"),
     "storage pickle cut short": (_storage(_header() + b"\x80\x02]q\x00("), pickles.PickleError,
                                  "a tensor storage cannot be read (EOFError: Ran out of input)"),
+    "payload as a zip archive": (_storage(_zip_payload()), pickles.PickleError,
+                                 "a storage payload is a zip archive; the reference's storages are torch's "
+                                 "legacy payloads"),
     "payload as text": (Reduced(torch.storage._load_from_bytes, ("text",)), pickles.UnsafePickleError,
                         "a storage payload is a str, not bytes"),
     "tensor on a number": (_tensor(3, 0, (2,), (1,)), pickles.UnsafePickleError,
@@ -327,6 +337,19 @@ def test_storages_declared_under_two_keys_count_both_against_the_payload(tmp_pat
         pickles.read_pickle(path)
     assert str(e.value) == (f"{path}: refused: a tensor storage declares {2 * 4 * numel} bytes, its stored "
                             f"payload holds {len(payload)} (nothing was allocated for it)")
+
+
+def test_a_storage_declaring_exactly_its_payloads_size_passes_the_size_check(tmp_path):
+    numel = 60
+    tail = 0
+    while len(_declaring(("storage", 4, "0", "cpu", numel, None), tail=bytes(tail))) < 4 * numel:
+        tail += 1
+    payload = _declaring(("storage", 4, "0", "cpu", numel, None), tail=bytes(tail))
+    assert len(payload) == 4 * numel
+    path = pw.write(tmp_path / "exact.pkl", {"G_ema": _storage(payload)})
+    with pytest.raises(pickles.PickleError) as e:   # torch then reads it (and finds no storage class in it)
+        pickles.read_pickle(path)
+    assert str(e.value).startswith(f"{path}: a tensor storage cannot be read (")
 
 
 def test_empty_and_last_element_views_are_read(tmp_path):
