@@ -120,6 +120,8 @@ EQUIVALENT: dict[str, str] = {
     "corgigan.stylegan2.networks.xǁMinibatchStdLayerǁforward__mutmut_65":
         "y is built from x by mean, sqrt, reshape and repeat, so it has x's dtype and .to(None) changes "
         "nothing",
+    "corgigan.stylegan2.pickles.x__load_from_bytes__mutmut_36":
+        "torch.load's weights_only defaults to True since torch 2.6 (requirements.txt pins 2.14)",
     # serve and the explorer
     **dict.fromkeys(_names(f"{_SERVE}xǁHandlerǁ_host_ok", (9, 10))
                     + _names(f"{_SERVE}xǁHandlerǁ_has_body", (3, 4, 13, 14))
@@ -327,6 +329,7 @@ EXPLAINED: dict[str, str] = {
     **dict.fromkeys(_names(f"{_LOOP}xǁTickStatsǁreduce", (5, 9))
                     + _names(f"{_LOOP}xǁ_Trainerǁstep", (6, 8, 13, 15, 31, 34, 58, 104, 107, 123, 126))
                     + _names(f"{_AUG}x_color_transform", (5,)) + _names(f"{_AUG}x_filter_separable", (11,))
+                    + _names("corgigan.stylegan2.pickles.x__load_from_bytes", (32,))
                     + _names(f"{_AUG}x_warp", (29, 105))
                     + _names(f"{_AUG}xǁAugmentPipeǁforward", (143, 165)), _CPU),
     **dict.fromkeys(_names(f"{_LOOP}xǁTickStatsǁreduce", (17,))
