@@ -120,6 +120,9 @@ EQUIVALENT: dict[str, str] = {
     "corgigan.stylegan2.networks.xǁMinibatchStdLayerǁforward__mutmut_65":
         "y is built from x by mean, sqrt, reshape and repeat, so it has x's dtype and .to(None) changes "
         "nothing",
+    "corgigan.stylegan2.pickles.x__load_from_bytes__mutmut_48":
+        "Tensor.set_(storage) replaces the size and storage of the tensor it is called on: "
+        "torch.empty(1) and torch.empty(0) end the same",
     "corgigan.stylegan2.pickles.x__load_from_bytes__mutmut_36":
         "torch.load's weights_only defaults to True since torch 2.6 (requirements.txt pins 2.14)",
     # serve and the explorer
