@@ -65,3 +65,5 @@ def test_patterns_cover_a_whole_module_or_exactly_its_core_functions():
     assert "corgigan.play.serve.xǁHandlerǁ_host_ok__mutmut_*" in patterns
     assert "corgigan.play.serve.x_image_request__mutmut_*" in patterns
     assert len(patterns) == len(mutation.CORE_FUNCTIONS[serve]) + 1
+    assert mutation.mutant_patterns([serve, funnel], all_functions=True) == ["corgigan.play.serve.x*",
+                                                                             "corgigan.data.funnel.x*"]

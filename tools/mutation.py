@@ -308,12 +308,13 @@ CORE_FUNCTIONS: dict[str, list[str]] = {
 }
 
 
-def mutant_patterns(modules: list[str]) -> list[str]:
-    """mutmut name patterns for the core functions of `modules` (every function where none are named)."""
+def mutant_patterns(modules: list[str], all_functions: bool = False) -> list[str]:
+    """mutmut name patterns for the core functions of `modules` (every function where none are named, or
+    everywhere with `all_functions`)."""
     patterns = []
     for module in modules:
         dotted = ".".join(Path(module).with_suffix("").parts[1:])   # src/corgigan/x/y.py -> corgigan.x.y
-        if module not in CORE_FUNCTIONS:
+        if all_functions or module not in CORE_FUNCTIONS:
             patterns.append(f"{dotted}.x*")          # functions (x_f) and methods (xǁClassǁf) alike
             continue
         for name in CORE_FUNCTIONS[module]:
@@ -543,10 +544,9 @@ def main(argv: list[str] | None = None) -> int:
         cores = ",".join(str(c) for c in sorted(os.sched_getaffinity(0))[:args.max_children])
         configured = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
         modules = args.only or configured
-        names = [] if args.all_functions else mutant_patterns(modules)
+        names = mutant_patterns(modules, args.all_functions)
         if args.in_process:
-            patterns = names or [".".join(Path(m).with_suffix("").parts[1:]) + ".x*" for m in modules]
-            run_in_process(work, patterns, args.tests, args.max_children, env)
+            run_in_process(work, names, args.tests, args.max_children, env)
             log.info("in-process run took %.0f s in %s", time.perf_counter() - t0, work)
             return 1 if report(work, diffs=not args.no_diffs) else 0
         cmd = ["taskset", "-c", cores, sys.executable, "-m", "mutmut", "run", "--max-children",
