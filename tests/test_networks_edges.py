@@ -431,6 +431,19 @@ def set_fc(fc: nw.FullyConnected, rng: np.random.Generator) -> tuple[np.ndarray,
     return W * fc.lr_multiplier / math.sqrt(fc.in_features), b * fc.lr_multiplier
 
 
+def set_modulated(layer: nw.SynthesisLayer | nw.ToRGBLayer, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, ...]:
+    """Random stored affine, weight and bias of a modulated layer; returns the affine's effective
+    (weight, bias) and the stored weight and bias, in float64."""
+    A, ab = set_fc(layer.affine, rng)
+    W = rng.normal(size=tuple(layer.weight.shape)).astype(np.float32)
+    b = rng.normal(size=W.shape[0]).astype(np.float32)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(W))
+        layer.bias.copy_(torch.from_numpy(b))
+    return A, ab, W.astype(np.float64), b.astype(np.float64)
+
+
 def norm2(v: np.ndarray) -> np.ndarray:
     return v / np.sqrt((v**2).mean(axis=1, keepdims=True) + 1e-8)
 
@@ -502,15 +515,11 @@ def synthesis_layer(up: int, clamp: float | None, use_noise: bool = True):
     rng = np.random.default_rng(up)
     res = 4 * up
     layer = nw.SynthesisLayer(2, 3, 2, res, up=up, use_noise=use_noise, conv_clamp=clamp)
-    A, ab = set_fc(layer.affine, rng)
-    W = rng.normal(size=(3, 2, 3, 3)).astype(np.float32)
-    b = rng.normal(size=3).astype(np.float32)
-    with torch.no_grad():
-        layer.weight.copy_(torch.from_numpy(W))
-        layer.bias.copy_(torch.from_numpy(b))
-        if use_noise:
+    params = set_modulated(layer, rng)
+    if use_noise:
+        with torch.no_grad():
             layer.noise_strength.fill_(0.5)
-    return layer, A, ab, W.astype(np.float64), b.astype(np.float64)
+    return layer, *params
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -568,15 +577,10 @@ def test_synthesis_layer_names_a_wrong_input():
 def test_torgb_layer_by_hand(clamp, fused):
     rng = np.random.default_rng(8)
     layer = nw.ToRGBLayer(4, 3, 2, conv_clamp=clamp)
-    A, ab = set_fc(layer.affine, rng)
-    W = rng.normal(size=(3, 4, 1, 1)).astype(np.float32)
-    b = rng.normal(size=3).astype(np.float32)
-    with torch.no_grad():
-        layer.weight.copy_(torch.from_numpy(W))
-        layer.bias.copy_(torch.from_numpy(b))
+    A, ab, W, b = set_modulated(layer, rng)
     x, w = f32(rng.normal(size=(2, 4, 3, 3))), f32(rng.normal(size=(2, 2)))
     styles = (w @ A.T + ab) / math.sqrt(4)                                # no demodulation, 1/sqrt(fan_in)
-    want = np.einsum("oi,ni,nihw->nohw", W[:, :, 0, 0].astype(np.float64), styles, x) + b[None, :, None, None]
+    want = np.einsum("oi,ni,nihw->nohw", W[:, :, 0, 0], styles, x) + b[None, :, None, None]
     if clamp is not None:
         want = np.clip(want, -clamp, clamp)
         assert (np.abs(want) == clamp).any()
