@@ -3,6 +3,7 @@ in conftest.py), never from one another.
 
 - the tiny pipeline run through the real CLIs (`tiny_params`, `run`, `ran_stages`, `stricter_cover`);
 - tiny training: `tiny_config`, `LOOP_KW` (the loop keywords most tests share), `write_dataset`;
+- ADA: `augment_pipe` (a pipe at a fixed probability) and `random_images` (images in [-1, 1));
 - the planted raw fixture for filter, dedup and dataset: `make_raw` writes shards, posts and detections
   as scrape and detect do, for the `CASES` whose expected reasons under `FILTER` are known.
 """
@@ -19,11 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 import yaml
 from PIL import Image
 
 from corgigan import images, tables
 from corgigan.params import FilterParams, ImagesParams
+from corgigan.stylegan2.augment import AugmentPipe
 
 if TYPE_CHECKING:
     from corgigan.stylegan2.configs import TrainingConfig
@@ -254,3 +257,18 @@ def write_directions(path: Path, w_dim: int, entries: dict) -> Path:
 
     path.write_text(json.dumps({"format": DIRECTIONS_FORMAT, "directions": entries}))
     return path
+
+
+def augment_pipe(p: float = 1.0, **strengths: float) -> AugmentPipe:
+    """An ADA pipe with the given strengths, its probability fixed at `p`."""
+    pipe = AugmentPipe(**strengths)
+    pipe.p.fill_(p)
+    return pipe
+
+
+def random_images(n: int = 8, c: int = 3, h: int = 16, w: int = 16, dtype: torch.dtype = torch.float32,
+                  seed: int = 1) -> torch.Tensor:
+    """`n` images uniform in [-1, 1), drawn in float64 from their own generator (the global one is left
+    for the pipe's draws)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, c, h, w, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)

@@ -24,25 +24,13 @@ from corgigan.stylegan2.augment import (
     translate3d,
     warp,
 )
+from tests.helpers import augment_pipe, random_images
 
 LUMA = (1 / math.sqrt(3),) * 3
 SINGLE = (
     "xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac",
     "brightness", "contrast", "lumaflip", "hue", "saturation",
 )  # fmt: skip
-
-
-def _pipe(p: float = 1.0, **strengths: float) -> AugmentPipe:
-    pipe = AugmentPipe(**strengths)
-    pipe.p.fill_(p)
-    return pipe
-
-
-def _images(
-    n: int = 8, c: int = 3, h: int = 16, w: int = 16, dtype=torch.float32, seed: int = 1
-) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, c, h, w, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
 
 
 def _smooth(h: int = 32, w: int = 32) -> torch.Tensor:
@@ -114,7 +102,7 @@ def test_colour_matrices():
 
 
 def test_p0_is_bitwise_identity():
-    x = _images(16, h=32, w=32)
+    x = random_images(16, h=32, w=32)
     torch.manual_seed(0)
     assert torch.equal(bgc_pipe()(x), x)
     assert float(bgc_pipe().p) == 0.0
@@ -122,9 +110,9 @@ def test_p0_is_bitwise_identity():
 
 @pytest.mark.parametrize("name", SINGLE)
 def test_each_augmentation_changes_images_at_p1(name):
-    x = _images(8)
+    x = random_images(8)
     torch.manual_seed(3)
-    y = _pipe(1.0, **{name: 1})(x)
+    y = augment_pipe(1.0, **{name: 1})(x)
     assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
     assert torch.isfinite(y).all()
     changed = (y - x).abs().amax(dim=(1, 2, 3)) > 1e-4
@@ -132,9 +120,9 @@ def test_each_augmentation_changes_images_at_p1(name):
 
 
 def test_xflip_is_exact():
-    x = _images(32)
+    x = random_images(32)
     torch.manual_seed(0)
-    y = _pipe(xflip=1)(x)
+    y = augment_pipe(xflip=1)(x)
     flipped = [torch.equal(yi, xi.flip(2)) for xi, yi in zip(x, y)]
     same = [torch.equal(yi, xi) for xi, yi in zip(x, y)]
     assert all(f or s for f, s in zip(flipped, same))
@@ -142,9 +130,9 @@ def test_xflip_is_exact():
 
 
 def test_rotate90_is_exact():
-    x = _images(32)
+    x = random_images(32)
     torch.manual_seed(0)
-    y = _pipe(rotate90=1)(x)
+    y = augment_pipe(rotate90=1)(x)
     seen = set()
     for xi, yi in zip(x, y):
         ks = [k for k in range(4) if torch.equal(yi, torch.rot90(xi, k, dims=(1, 2)))]
@@ -154,9 +142,9 @@ def test_rotate90_is_exact():
 
 
 def test_integer_translation_is_an_exact_reflected_shift():
-    x = _images(16, h=16, w=16)
+    x = random_images(16, h=16, w=16)
     torch.manual_seed(0)
-    y = _pipe(xint=1)(x)  # xint_max 0.125 of 16 px: shifts of at most 2 pixels
+    y = augment_pipe(xint=1)(x)  # xint_max 0.125 of 16 px: shifts of at most 2 pixels
     padded = F.pad(x, [2, 2, 2, 2], mode="reflect")
     shifts = set()
     for i in range(len(x)):
@@ -196,67 +184,67 @@ def test_warp_keeps_constants_and_matches_rotation_approximately():
 
 
 def test_permute_pixels_refuses_off_lattice_maps():
-    x = _images(2, h=8, w=8)
+    x = random_images(2, h=8, w=8)
     assert permute_pixels(x, translate2d(torch.tensor([0.5, 0.0]), 0.0)) is None
     y = permute_pixels(x, scale2d(torch.tensor([-1.0, 1.0]), 1.0))
     assert torch.equal(y[0], x[0].flip(2)) and torch.equal(y[1], x[1])
 
 
 def test_colour_augmentations_do_what_they_say():
-    x = _images(16, seed=4)
+    x = random_images(16, seed=4)
     torch.manual_seed(0)
-    y = _pipe(brightness=1)(x)
+    y = augment_pipe(brightness=1)(x)
     offset = y - x
     torch.testing.assert_close(offset, offset[:, :1, :1, :1].expand_as(offset), atol=1e-6, rtol=0)
     torch.manual_seed(0)
-    y = _pipe(contrast=1)(x)
+    y = augment_pipe(contrast=1)(x)
     ratio = y / x
     torch.testing.assert_close(ratio, ratio[:, :1, :1, :1].expand_as(ratio), atol=1e-4, rtol=1e-4)
     # Hue turns about the luma axis: per-pixel mean and length are kept.
     torch.manual_seed(0)
-    y = _pipe(hue=1)(x)
+    y = augment_pipe(hue=1)(x)
     torch.testing.assert_close(y.mean(1), x.mean(1), atol=1e-6, rtol=0)
     torch.testing.assert_close(y.norm(dim=1), x.norm(dim=1), atol=1e-5, rtol=0)
     # Luma flip: either unchanged or x - 2 * mean.
     torch.manual_seed(0)
-    y = _pipe(lumaflip=1)(x)
+    y = augment_pipe(lumaflip=1)(x)
     flipped = x - 2 * x.mean(1, keepdim=True)
     for xi, yi, fi in zip(x, y, flipped):
         assert torch.equal(yi, xi) or torch.allclose(yi, fi, atol=1e-6)
     # Grey images have no hue or saturation to change.
     grey = x[:, :1].expand(-1, 3, -1, -1).contiguous()
     torch.manual_seed(0)
-    torch.testing.assert_close(_pipe(hue=1, saturation=1)(grey), grey, atol=1e-6, rtol=0)
+    torch.testing.assert_close(augment_pipe(hue=1, saturation=1)(grey), grey, atol=1e-6, rtol=0)
 
 
 def test_colour_on_one_channel_and_bad_channel_counts():
-    grey = _images(4, c=1)
+    grey = random_images(4, c=1)
     m = translate3d(0.25, 0.25, 0.25).expand(4, 4, 4)
     torch.testing.assert_close(color_transform(grey, m), grey + 0.25)
     torch.manual_seed(0)
-    assert _pipe(brightness=1, hue=1)(grey).shape == grey.shape
-    four = _images(4, c=4)
+    assert augment_pipe(brightness=1, hue=1)(grey).shape == grey.shape
+    four = random_images(4, c=4)
     with pytest.raises(ValueError, match="1 or 3 channels"):
-        _pipe(brightness=1)(four)
-    assert _pipe(xflip=1, rotate=1)(four).shape == four.shape  # geometry is channel-agnostic
+        augment_pipe(brightness=1)(four)
+    assert augment_pipe(xflip=1, rotate=1)(four).shape == four.shape  # geometry is channel-agnostic
 
 
 def test_non_square_images_keep_their_shape():
-    x = _images(8, h=12, w=20)
+    x = random_images(8, h=12, w=20)
     torch.manual_seed(0)
     y = bgc_pipe().requires_grad_(False)
     y.p.fill_(1.0)
     out = y(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
     torch.manual_seed(0)
-    out = _pipe(rotate90=1)(x)  # odd quarter turns of a 12x20 image cannot be exact: warped
+    out = augment_pipe(rotate90=1)(x)  # odd quarter turns of a 12x20 image cannot be exact: warped
     assert out.shape == x.shape
 
 
 def test_deterministic_under_manual_seed():
     pipe = bgc_pipe()
     pipe.p.fill_(0.7)
-    x = _images(8, h=24, w=24)
+    x = random_images(8, h=24, w=24)
     torch.manual_seed(123)
     a = pipe(x)
     torch.manual_seed(123)
@@ -270,7 +258,7 @@ def test_deterministic_under_manual_seed():
 def test_float64_matches_float32():
     pipe = bgc_pipe()
     pipe.p.fill_(1.0)
-    x = _images(6, h=16, w=16, dtype=torch.float64)
+    x = random_images(6, h=16, w=16, dtype=torch.float64)
     torch.manual_seed(5)
     y64 = pipe(x)
     torch.manual_seed(5)
@@ -287,11 +275,11 @@ def test_invalid_arguments():
     pipe = bgc_pipe()
     pipe.p.fill_(1.5)
     with pytest.raises(ValueError, match="p must lie"):
-        pipe(_images(2))
+        pipe(random_images(2))
     with pytest.raises(ValueError, match="float images"):
         bgc_pipe()(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="one 3x3 matrix per image"):
-        warp(_images(2), torch.eye(3, dtype=torch.float64)[None])
+        warp(random_images(2), torch.eye(3, dtype=torch.float64)[None])
 
 
 def test_p_is_a_buffer_saved_with_the_state():
@@ -309,7 +297,7 @@ def test_p_is_a_buffer_saved_with_the_state():
 def test_gradients_flow_to_the_input():
     pipe = bgc_pipe()
     pipe.p.fill_(1.0)
-    x = _images(8).requires_grad_(True)
+    x = random_images(8).requires_grad_(True)
     torch.manual_seed(0)
     weights = torch.randn(8, 3, 16, 16)
     (pipe(x) * weights).sum().backward()
@@ -329,7 +317,7 @@ def _seeded(pipe: AugmentPipe, seed: int):
 def test_gradcheck_and_gradgradcheck_float64(seed):
     pipe = bgc_pipe()
     pipe.p.fill_(1.0)
-    x = _images(3, h=6, w=6, dtype=torch.float64, seed=seed).requires_grad_(True)
+    x = random_images(3, h=6, w=6, dtype=torch.float64, seed=seed).requires_grad_(True)
     fn = _seeded(pipe, seed)
     assert torch.autograd.gradcheck(fn, (x,), fast_mode=True)
     assert torch.autograd.gradgradcheck(fn, (x,), fast_mode=True)
@@ -342,7 +330,7 @@ def test_r1_style_double_backward_reaches_discriminator_weights():
     )
     pipe = bgc_pipe()
     pipe.p.fill_(1.0)
-    real = _images(4).requires_grad_(True)
+    real = random_images(4).requires_grad_(True)
     logits = disc(pipe(real))
     (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
     penalty = grad.square().sum()
@@ -388,12 +376,12 @@ def test_ada_adjust_rejects_nonsense():
 def test_cuda_matches_cpu_and_double_backward():
     pipe = bgc_pipe()
     pipe.p.fill_(1.0)
-    x = _images(8, h=32, w=32)
+    x = random_images(8, h=32, w=32)
     torch.manual_seed(7)
     cpu = pipe(x)
     torch.manual_seed(7)
     gpu = pipe.cuda()(x.cuda())
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
-    xd = _images(2, h=6, w=6, dtype=torch.float64).cuda().requires_grad_(True)
+    xd = random_images(2, h=6, w=6, dtype=torch.float64).cuda().requires_grad_(True)
     assert torch.autograd.gradgradcheck(_seeded(pipe, 0), (xd,), fast_mode=True)

@@ -9,6 +9,7 @@ written out here. Probability 0.5 (not 1) makes both the chosen and the skipped 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -37,20 +38,13 @@ from corgigan.stylegan2.augment import (
     translate3d,
     warp,
 )
+from tests.helpers import augment_pipe, random_images
 
 F64 = torch.float64
 N = 16
 
 
-def _pipe(p: float, **strengths: float) -> AugmentPipe:
-    pipe = AugmentPipe(**strengths)
-    pipe.p.fill_(p)
-    return pipe
-
-
-def _images(n: int = N, c: int = 3, h: int = 8, w: int = 8, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, c, h, w, generator=g, dtype=F64) * 2 - 1
+_images = functools.partial(random_images, n=N, h=8, w=8, dtype=F64)
 
 
 def _chosen(prob: float) -> torch.Tensor:
@@ -171,7 +165,7 @@ def test_xflip_replay_at_half_probability():
     flip = torch.randint(2, (N,), dtype=F64)
     chosen = _chosen(0.5)
     torch.manual_seed(11)
-    y = _pipe(0.5, xflip=1)(x)
+    y = augment_pipe(0.5, xflip=1)(x)
     for i in range(N):
         want = x[i].flip(2) if flip[i] and chosen[i] else x[i]
         assert torch.equal(y[i], want), i
@@ -183,7 +177,7 @@ def test_rotate90_replay_at_half_probability():
     torch.manual_seed(12)
     q = torch.randint(4, (N,), dtype=F64) * _chosen(0.5)
     torch.manual_seed(12)
-    y = _pipe(0.5, rotate90=1)(x)
+    y = augment_pipe(0.5, rotate90=1)(x)
     assert torch.equal(y, _expected_rot90(x, q))
     assert set(q.tolist()) == {0.0, 1.0, 2.0, 3.0}
 
@@ -193,7 +187,7 @@ def test_rotate90_of_non_square_images_is_warped_and_unturned_images_stay_bitwis
     torch.manual_seed(13)
     q = torch.randint(4, (N,), dtype=F64) * _chosen(1.0)
     torch.manual_seed(13)
-    y = _pipe(1.0, rotate90=1)(x)
+    y = augment_pipe(1.0, rotate90=1)(x)
     assert (q % 2 == 1).any() and (q == 0).any()
     for i in range(N):
         if q[i] == 0:
@@ -208,7 +202,7 @@ def test_integer_translation_replay_with_reflection():
     torch.manual_seed(14)
     t = (torch.rand(N, 2, dtype=F64) * 2 - 1) * 0.25 * _chosen(0.5)[:, None]
     torch.manual_seed(14)
-    y = _pipe(0.5, xint=1, xint_max=0.25)(x)
+    y = augment_pipe(0.5, xint=1, xint_max=0.25)(x)
     tx, ty = torch.round(t[:, 0] * 16).long(), torch.round(t[:, 1] * 8).long()
     padded = F.pad(x, [4, 4, 2, 2], mode="reflect")
     for i in range(N):
@@ -223,7 +217,7 @@ def test_default_integer_translation_range_is_an_eighth():
     torch.manual_seed(15)
     t = (torch.rand(N, 2, dtype=F64) * 2 - 1) * 0.125 * _chosen(1.0)[:, None]
     torch.manual_seed(15)
-    y = _pipe(1.0, xint=1)(x)
+    y = augment_pipe(1.0, xint=1)(x)
     tx, ty = torch.round(t[:, 0] * 16).long(), torch.round(t[:, 1] * 16).long()
     padded = F.pad(x, [2, 2, 2, 2], mode="reflect")
     for i in range(N):
@@ -238,27 +232,20 @@ def _warp_replay(x: torch.Tensor, y: torch.Tensor, inv: torch.Tensor, moved: tor
             assert torch.equal(y[i], x[i]), i
 
 
-def test_scale_replay_lognormal_std_02():
+@pytest.mark.parametrize("knob, diagonal", [
+    ("scale", lambda s: (1 / s, 1 / s)),     # one lognormal factor for both axes
+    ("aniso", lambda s: (1 / s, s)),         # x by the factor, y by its inverse
+])
+def test_scale_and_aniso_replay_lognormal_std_02(knob, diagonal):
     x = _images()
     torch.manual_seed(16)
     chosen = _chosen(0.5)
     s = 2 ** (torch.randn(N, dtype=F64) * 0.2 * chosen)
     torch.manual_seed(16)
-    y = _pipe(0.5, scale=1)(x)
-    inv = torch.diag_embed(torch.stack([1 / s, 1 / s, torch.ones(N, dtype=F64)], 1))
+    y = augment_pipe(0.5, **{knob: 1})(x)
+    inv = torch.diag_embed(torch.stack([*diagonal(s), torch.ones(N, dtype=F64)], 1))
     _warp_replay(x, y, inv, chosen)
     assert chosen.any() and not chosen.all()
-
-
-def test_aniso_replay_lognormal_std_02():
-    x = _images()
-    torch.manual_seed(17)
-    chosen = _chosen(0.5)
-    s = 2 ** (torch.randn(N, dtype=F64) * 0.2 * chosen)
-    torch.manual_seed(17)
-    y = _pipe(0.5, aniso=1)(x)
-    inv = torch.diag_embed(torch.stack([1 / s, s, torch.ones(N, dtype=F64)], 1))
-    _warp_replay(x, y, inv, chosen)
 
 
 def _rot(theta: torch.Tensor) -> torch.Tensor:
@@ -276,7 +263,7 @@ def test_rotate_replay_two_rotations_with_p_rot():
     c2 = _chosen(p_rot)
     t2 = (torch.rand(N, dtype=F64) * 2 - 1) * math.pi * c2
     torch.manual_seed(18)
-    y = _pipe(0.5, rotate=1)(x)
+    y = augment_pipe(0.5, rotate=1)(x)
     _warp_replay(x, y, _rot(-t1) @ _rot(-t2), c1 | c2)
     assert (c1 ^ c2).any() and not (c1 | c2).all()
 
@@ -289,7 +276,7 @@ def test_rotation_range_and_strength_above_one():
     c2 = _chosen(1.0)
     t2 = (torch.rand(N, dtype=F64) * 2 - 1) * math.pi * 0.25 * c2
     torch.manual_seed(19)
-    y = _pipe(0.5, rotate=2, rotate_max=0.25)(x)
+    y = augment_pipe(0.5, rotate=2, rotate_max=0.25)(x)
     _warp_replay(x, y, _rot(-t1) @ _rot(-t2), c1 | c2)
 
 
@@ -299,7 +286,7 @@ def test_xfrac_replay_std_an_eighth_of_the_size():
     chosen = _chosen(0.5)
     t = torch.randn(N, 2, dtype=F64) * 0.125 * chosen[:, None]
     torch.manual_seed(20)
-    y = _pipe(0.5, xfrac=1)(x)
+    y = augment_pipe(0.5, xfrac=1)(x)
     inv = torch.eye(3, dtype=F64).repeat(N, 1, 1)
     inv[:, 0, 2], inv[:, 1, 2] = -t[:, 0] * 12, -t[:, 1] * 8
     _warp_replay(x, y, inv, chosen)
@@ -325,7 +312,7 @@ def test_full_geometric_group_replay():
     cf = _chosen(0.25)
     tf = torch.randn(N, 2, dtype=F64) * 0.125 * cf[:, None]
     torch.manual_seed(21)
-    y = _pipe(0.25, xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1)(x)
+    y = augment_pipe(0.25, xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1)(x)
 
     def diag(a, b):
         return torch.diag_embed(torch.stack([a, b, torch.ones(N, dtype=F64)], 1))
@@ -361,7 +348,7 @@ def test_brightness_replay_std_02():
     torch.manual_seed(30)
     b = torch.randn(N, dtype=F64) * 0.2 * _chosen(0.5)
     torch.manual_seed(30)
-    y = _pipe(0.5, brightness=1)(x)
+    y = augment_pipe(0.5, brightness=1)(x)
     torch.testing.assert_close(y, x + b[:, None, None, None], rtol=0, atol=1e-12)
     assert (b == 0).any() and (b != 0).any()
 
@@ -372,7 +359,7 @@ def test_contrast_replay_lognormal_std_05():
     chosen = _chosen(0.5)
     c = 2 ** (torch.randn(N, dtype=F64) * 0.5 * chosen)
     torch.manual_seed(31)
-    y = _pipe(0.5, contrast=1)(x)
+    y = augment_pipe(0.5, contrast=1)(x)
     torch.testing.assert_close(y, x * c[:, None, None, None], rtol=0, atol=1e-12)
 
 
@@ -381,7 +368,7 @@ def test_lumaflip_replay():
     torch.manual_seed(32)
     flip = torch.randint(2, (N,), dtype=F64) * _chosen(0.5)
     torch.manual_seed(32)
-    y = _pipe(0.5, lumaflip=1)(x)
+    y = augment_pipe(0.5, lumaflip=1)(x)
     want = x - 2 * flip[:, None, None, None] * _luma_mean(x)
     torch.testing.assert_close(y, want, rtol=0, atol=1e-12)
     assert (flip == 1).any() and (flip == 0).any()
@@ -403,12 +390,12 @@ def test_hue_replay_uniform_half_turn():
     theta = (torch.rand(N, dtype=F64) * 2 - 1) * math.pi
     theta = theta * _chosen(0.5)
     torch.manual_seed(33)
-    y = _pipe(0.5, hue=1)(x)
+    y = augment_pipe(0.5, hue=1)(x)
     torch.testing.assert_close(y, _hue(x, theta), rtol=0, atol=1e-12)
     torch.manual_seed(33)
     theta = (torch.rand(N, dtype=F64) * 2 - 1) * math.pi * 0.5 * _chosen(1.0)
     torch.manual_seed(33)
-    torch.testing.assert_close(_pipe(1.0, hue=1, hue_max=0.5)(x), _hue(x, theta), rtol=0, atol=1e-12)
+    torch.testing.assert_close(augment_pipe(1.0, hue=1, hue_max=0.5)(x), _hue(x, theta), rtol=0, atol=1e-12)
 
 
 def test_saturation_replay_lognormal_std_1():
@@ -417,7 +404,7 @@ def test_saturation_replay_lognormal_std_1():
     chosen = _chosen(0.5)
     s = 2 ** (torch.randn(N, dtype=F64) * chosen)[:, None, None, None]
     torch.manual_seed(34)
-    y = _pipe(0.5, saturation=1)(x)
+    y = augment_pipe(0.5, saturation=1)(x)
     torch.testing.assert_close(y, _luma_mean(x) + s * (x - _luma_mean(x)), rtol=0, atol=1e-12)
 
 
@@ -433,7 +420,7 @@ def test_full_colour_group_replay_composes_in_order():
     cs = _chosen(0.5)
     s = 2 ** (torch.randn(N, dtype=F64) * cs)
     torch.manual_seed(35)
-    y = _pipe(0.5, brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1)(x)
+    y = augment_pipe(0.5, brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1)(x)
 
     def e(v):
         return v[:, None, None, None]
@@ -498,7 +485,7 @@ def test_imgfilter_replay_gains_normalised_to_keep_power():
     power = torch.tensor(FILTER_BAND_POWER, dtype=F64)
     gains = gains / (gains.square() * power).sum(1, keepdim=True).sqrt()
     torch.manual_seed(40)
-    y = _pipe(0.5, imgfilter=0.5)(x)
+    y = augment_pipe(0.5, imgfilter=0.5)(x)
     untouched = (gains == 1).all(1)
     assert untouched.any() and not untouched.all()
     for i in range(N):
@@ -509,7 +496,7 @@ def test_imgfilter_replay_gains_normalised_to_keep_power():
             torch.testing.assert_close(y[i : i + 1], want, rtol=0, atol=1e-12)
     # Equal gains in every band are rescaled to 1: the image is left alone.
     torch.manual_seed(40)
-    assert torch.equal(_pipe(0.0, imgfilter=1)(x), x)
+    assert torch.equal(augment_pipe(0.0, imgfilter=1)(x), x)
 
 
 def test_imgfilter_std_scales_the_log_gains():
@@ -522,7 +509,7 @@ def test_imgfilter_std_scales_the_log_gains():
     power = torch.tensor(FILTER_BAND_POWER, dtype=F64)
     gains = gains / (gains.square() * power).sum(1, keepdim=True).sqrt()
     torch.manual_seed(41)
-    y = _pipe(1.0, imgfilter=1, imgfilter_std=0.3)(x)
+    y = augment_pipe(1.0, imgfilter=1, imgfilter_std=0.3)(x)
     torch.testing.assert_close(y, filter_separable(x, gains @ band_filters()), rtol=0, atol=1e-12)
 
 
@@ -533,7 +520,7 @@ def test_noise_replay_half_normal_sigma():
     sigma = torch.randn(N, dtype=F64).abs() * 0.1 * chosen
     noise = torch.randn(x.shape, dtype=F64) * sigma[:, None, None, None]
     torch.manual_seed(42)
-    y = _pipe(0.5, noise=1)(x)
+    y = augment_pipe(0.5, noise=1)(x)
     torch.testing.assert_close(y, x + noise, rtol=0, atol=1e-15)
     assert torch.equal(y[~chosen], x[~chosen])
     torch.manual_seed(42)
@@ -541,7 +528,7 @@ def test_noise_replay_half_normal_sigma():
     sigma = torch.randn(N, dtype=F64).abs() * 0.3 * chosen
     noise = torch.randn(x.shape, dtype=F64) * sigma[:, None, None, None]
     torch.manual_seed(42)
-    torch.testing.assert_close(_pipe(1.0, noise=1, noise_std=0.3)(x.float()), (x + noise).float())
+    torch.testing.assert_close(augment_pipe(1.0, noise=1, noise_std=0.3)(x.float()), (x + noise).float())
 
 
 def test_cutout_mask_square_edges():
@@ -570,7 +557,7 @@ def test_cutout_replay():
     chosen = _chosen(0.5)
     centre = torch.rand(N, 2, dtype=F64)
     torch.manual_seed(43)
-    y = _pipe(0.5, cutout=1)(x)
+    y = augment_pipe(0.5, cutout=1)(x)
     xs = (torch.arange(12, dtype=F64) + 0.5) / 12
     ys = (torch.arange(8, dtype=F64) + 0.5) / 8
     for i in range(N):
@@ -581,7 +568,7 @@ def test_cutout_replay():
     chosen = _chosen(1.0)
     centre = torch.rand(N, 2, dtype=F64)
     torch.manual_seed(43)
-    y = _pipe(1.0, cutout=1, cutout_size=0.25)(x)
+    y = augment_pipe(1.0, cutout=1, cutout_size=0.25)(x)
     hole = ((ys[:, None] - centre[0, 1]).abs() < 0.125) & ((xs[None, :] - centre[0, 0]).abs() < 0.125)
     assert torch.equal(y[0], x[0] * (~hole).to(F64))
 
@@ -594,12 +581,12 @@ def test_corruptions_at_p0_and_before_colour_draws():
     torch.manual_seed(45)
     b = torch.randn(N, dtype=F64) * 0.2 * _chosen(0.5)
     torch.manual_seed(45)
-    y = _pipe(0.5, brightness=1)(x)
+    y = augment_pipe(0.5, brightness=1)(x)
     torch.testing.assert_close(y, x + b[:, None, None, None], rtol=0, atol=1e-12)
     torch.manual_seed(46)
     after = torch.rand(4, dtype=F64)
     torch.manual_seed(46)
-    _pipe(0.5)(x)
+    augment_pipe(0.5)(x)
     assert torch.equal(torch.rand(4, dtype=F64), after)  # an all-zero pipe draws nothing
 
 
@@ -686,7 +673,7 @@ def test_ada_adjust_exact_steps_and_messages():
 
 
 def test_pipe_messages():
-    pipe = _pipe(1.0, xflip=1)
+    pipe = augment_pipe(1.0, xflip=1)
     with pytest.raises(ValueError) as err:
         pipe(torch.zeros(2, 3, 8))
     assert str(err.value) == "AugmentPipe needs float images [N, C, H, W], got torch.float32 (2, 3, 8)"
@@ -695,18 +682,18 @@ def test_pipe_messages():
     for p in (-0.25, 1.0625):
         pipe.p.fill_(p)
         with pytest.raises(ValueError) as err:
-            pipe(_images(2))
+            pipe(_images(n=2))
         assert str(err.value) == f"AugmentPipe p must lie in [0, 1], got {p}"
     for p in (0.0, 1.0):
         pipe.p.fill_(p)
-        assert pipe(_images(2)).shape == (2, 3, 8, 8)
+        assert pipe(_images(n=2)).shape == (2, 3, 8, 8)
     with pytest.raises(ValueError) as err:
-        warp(_images(2), torch.eye(3, dtype=F64).repeat(2, 1, 1)[:, :2])
+        warp(_images(n=2), torch.eye(3, dtype=F64).repeat(2, 1, 1)[:, :2])
     assert str(err.value) == "warp needs one 3x3 matrix per image, got (2, 2, 3) for 2 images"
     with pytest.raises(ValueError, match="one 3x3 matrix per image"):
-        warp(_images(2), torch.eye(4, dtype=F64)[:3].repeat(2, 1, 1))
+        warp(_images(n=2), torch.eye(4, dtype=F64)[:3].repeat(2, 1, 1))
     with pytest.raises(ValueError) as err:
-        _pipe(1.0, brightness=1)(_images(2, c=2))
+        augment_pipe(1.0, brightness=1)(_images(n=2, c=2))
     assert str(err.value) == "colour augmentation needs 1 or 3 channels, got 2"
 
 
@@ -715,7 +702,7 @@ def test_resampling_marks_only_its_own_images(name):
     """Images that are only flipped stay exact gathers beside images this augmentation warps."""
     x = _images()
     torch.manual_seed(47)
-    y = _pipe(0.5, xflip=1, **{name: 1})(x)
+    y = augment_pipe(0.5, xflip=1, **{name: 1})(x)
     kinds = []
     for xi, yi in zip(x, y):
         if torch.equal(yi, xi):
