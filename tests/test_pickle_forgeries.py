@@ -8,6 +8,7 @@ reads, so they are compared whole.
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -258,7 +259,15 @@ def _tensor(storage: Any, offset: Any, size: Any, stride: Any, hooks: Any = None
     return Reduced(torch._utils._rebuild_tensor_v2, (storage, offset, size, stride, False, hooks, *metadata))
 
 
+def _untyped_payload() -> bytes:
+    """torch's legacy payload of an untyped storage (what pickling a bare UntypedStorage writes)."""
+    buf = io.BytesIO()
+    torch.save(torch.arange(4.0).untyped_storage(), buf, _use_new_zipfile_serialization=False)
+    return buf.getvalue()
+
+
 _S = _storage(_REAL)
+_FLOAT2 = ("storage", torch.FloatStorage, "0", "cpu", 2, None)   # as torch declares one
 _NO_SIZE = "a storage payload declares a storage without a known type and size"
 _NOT_STORAGE = "a storage payload has a persistent id {!r}, not a storage"
 
@@ -282,6 +291,24 @@ TENSORS_REFUSED = {
         "StyleGAN2 network pickle formats (nothing of the file was run)"),
     "storage pickle cut short": (_storage(_header() + b"\x80\x02]q\x00("), pickles.PickleError,
                                  "a tensor storage cannot be read (EOFError: Ran out of input)"),
+    "torch's untyped storage (never under a tensor)": (
+        _storage(_untyped_payload()), pickles.UnsafePickleError,
+        "refused: a tensor's stored bytes reference the global torch.storage.UntypedStorage, which is not "
+        "part of the StyleGAN2 network pickle formats (nothing of the file was run)"),
+    "storage pickle of a number": (
+        _storage(_header() + pickle.dumps(5, protocol=2) + pickle.dumps([], protocol=2)), pickles.PickleError,
+        "a storage payload holds a int, not a storage"),
+    # The keys pickle after the storage's is read by torch's weights-only loader alone.
+    "a global in the storage keys": (
+        _storage(_declaring(_FLOAT2, tail=pickle.dumps(logging.getLogger, protocol=2) + bytes(16))),
+        pickles.UnsafePickleError,
+        "refused: a tensor's stored bytes reference the global logging.getLogger, which is not part of the "
+        "StyleGAN2 network pickle formats (nothing of the file was run)"),
+    "an opcode the weights-only loader lacks in the storage keys": (
+        _storage(_declaring(_FLOAT2, tail=b"\x80\x02\x82\x01." + bytes(16))), pickles.UnsafePickleError,
+        "refused: a tensor's stored bytes reference what torch's weights-only loader refuses "
+        "(UnpicklingError: Unsupported operand 130), which is not part of the StyleGAN2 network pickle "
+        "formats (nothing of the file was run)"),
     "payload as a zip archive": (_storage(_zip_payload()), pickles.PickleError,
                                  "a storage payload is a zip archive; the reference's storages are torch's "
                                  "legacy payloads"),
@@ -371,3 +398,19 @@ def test_a_storage_payload_past_what_views_left_of_the_limit_is_refused_naming_i
         f"{path}: refused: a tensor storage would take the tensors and arrays read so far to {used:,} bytes, "
         f"over the {limit:,} a {size:,}-byte file can hold (stored values expanded or reused far beyond the "
         "file's content; nothing was allocated for them)")
+
+
+@pytest.mark.parametrize("values", [torch.arange(4), torch.arange(4, dtype=torch.float16),
+                                    torch.tensor([True, False])])
+def test_tensors_of_other_dtypes_keep_their_dtype_and_values(tmp_path, values):
+    read = _read(tmp_path, values)    # torch's own reduction of the tensor
+    assert read.dtype == values.dtype and torch.equal(read, values)
+
+
+def test_a_storage_saved_from_a_gpu_is_read_on_the_cpu(tmp_path):
+    # torch writes a storage's device as its location tag; a module pickled on the GPU carries "cuda:0".
+    cpu = b"X\x03\x00\x00\x00cpu"
+    assert _REAL.count(cpu) == 1
+    cuda = _REAL.replace(cpu, b"X\x06\x00\x00\x00cuda:0")
+    read = _read(tmp_path, _tensor(_storage(cuda), 0, (4,), (1,)))
+    assert read.device.type == "cpu" and torch.equal(read, torch.arange(4.0))

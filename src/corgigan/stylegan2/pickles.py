@@ -376,12 +376,11 @@ def _load_from_bytes(reading: _Reading, payload: Any) -> _Storage:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TypedStorage deprecation: the format is what it is
             storage = torch.load(io.BytesIO(bytes(payload)), map_location="cpu", weights_only=True)
-            if isinstance(storage, torch.TypedStorage):
-                flat = torch.empty(0, dtype=storage.dtype).set_(storage)
-            elif isinstance(storage, torch.UntypedStorage):
-                flat = torch.empty(0, dtype=torch.uint8).set_(storage)
-            else:
+            # Only the typed storage classes pass the scan above (torch.storage.UntypedStorage is a global
+            # it refuses); what else torch returns is whatever the storage pickle held.
+            if not isinstance(storage, torch.TypedStorage):
                 raise PickleError(f"a storage payload holds a {type(storage).__name__}, not a storage")
+            flat = torch.empty(0, dtype=storage.dtype).set_(storage)
     except PickleError:
         raise
     except pickle.UnpicklingError as e:
