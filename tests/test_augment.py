@@ -221,6 +221,9 @@ def test_colour_on_one_channel_and_bad_channel_counts():
     grey = random_images(4, c=1)
     m = translate3d(0.25, 0.25, 0.25).expand(4, 4, 4)
     torch.testing.assert_close(color_transform(grey, m), grey + 0.25)
+    # Grey is kept as grey: the RGB gain (here 0.5) scales it, the offset adds to it.
+    m = (translate3d(0.25, 0.25, 0.25) @ scale3d(0.5, 0.5, 0.5)).expand(4, 4, 4)
+    torch.testing.assert_close(color_transform(grey, m), grey * 0.5 + 0.25)
     torch.manual_seed(0)
     assert augment_pipe(brightness=1, hue=1)(grey).shape == grey.shape
     four = random_images(4, c=4)

@@ -441,6 +441,17 @@ def _response(h: torch.Tensor, f: float) -> float:
     return float((h * torch.cos(math.pi * f * t)).sum())
 
 
+def _hann_sinc(cutoff: float, taps: int) -> torch.Tensor:
+    """The low-pass written out in plain float64 math: sinc(cutoff * t) times a Hann window of taps + 2
+    points without its two zero ends, scaled to unit DC gain."""
+    h = []
+    for i in range(taps):
+        x = cutoff * (i - (taps - 1) / 2)
+        sinc = 1.0 if x == 0 else math.sin(math.pi * x) / (math.pi * x)
+        h.append(sinc * (0.5 - 0.5 * math.cos(2 * math.pi * (i + 1) / (taps + 1))))
+    return torch.tensor(h, dtype=F64) / math.fsum(h)
+
+
 def test_band_filters_split_the_spectrum_into_octaves():
     bands = band_filters()
     assert bands.shape == (4, FILTER_TAPS) and bands.dtype == F64
@@ -457,6 +468,9 @@ def test_band_filters_split_the_spectrum_into_octaves():
     assert abs(_response(bands[3], 1 / 4)) < 0.01  # the lowest band, per the module's comment
     for k in range(3):
         assert _response(bands[k], 0.0) == pytest.approx(0.0, abs=1e-12)
+    # Each low-pass is the float64 Hann-windowed sinc of the docstring, to float64's last bits.
+    for low, cut in zip(lows, (1 / 2, 1 / 4, 1 / 8)):
+        torch.testing.assert_close(low, _hann_sinc(cut, FILTER_TAPS), rtol=0, atol=1e-14)
     assert band_filters(9).shape == (4, 9)
     torch.testing.assert_close(band_filters(9).sum(0)[4], torch.tensor(1.0, dtype=F64))
 
