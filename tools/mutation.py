@@ -234,8 +234,23 @@ EQUIVALENT: dict[str, str] = {
                     "phase"),
     f"{_LOOP}xǁ_Trainerǁafter_step__mutmut_50": "ada_adjust's speed_kimg default is 500, which is ADA_KIMG",
     # augment
-    f"{_AUG}x__reflect_index__mutmut_20":
-        "at idx == size - 1, period - idx == 2(size - 1) - (size - 1) == size - 1: >= returns the same index",
+    **dict.fromkeys(_names(f"{_AUG}x__reflect_index", (20, 22)),
+                    "at idx == size - 1, period - idx == 2(size - 1) - (size - 1) == size - 1: reflecting it "
+                    "returns the same index"),
+    **dict.fromkeys(_names(f"{_AUG}x__lattice_indices", (24, 27)),
+                    "torch.meshgrid's indexing defaults to 'ij' (it only warns that it may change)"),
+    **dict.fromkeys(_names(f"{_AUG}x__lattice_indices", (39, 41)) + _names(f"{_AUG}x_reflect3d", (5, 7))
+                    + _names(f"{_AUG}x_saturate3d", (7, 9, 14, 16)) + _names(f"{_AUG}x_band_filters", (3, 5)),
+                    "a constant of 0s and 1s in torch's default float32, combined with float64 tensors, "
+                    "promotes to float64 exactly: the same values"),
+    **dict.fromkeys(_names(f"{_AUG}x__matrix", (4, 6)),
+                    "every cell is a float64 tensor (from _as_f64, or arithmetic on one) or the integer 0 or "
+                    "1: without the dtype the integers stay int64 and stack promotes them exactly"),
+    f"{_AUG}x__lattice_indices__mutmut_44":
+        "inv[:, :3] adds the homogeneous row as a third row of src, which is never read",
+    **dict.fromkeys(_names(f"{_AUG}x_warp", (99, 102, 113, 118)),
+                    "affine_grid's and grid_sample's align_corners default to False (None warns, then means "
+                    "False)"),
     f"{_AUG}x_rotate3d__mutmut_11": "math.isclose's default rel_tol is 1e-9, the value removed",
     f"{_AUG}x_warp__mutmut_37": "upfirdn2d.upsample2d's default up is 2",
     f"{_AUG}x_warp__mutmut_131": "downsample2d's default down is 2",
@@ -332,9 +347,10 @@ _ONE_PROCESS = ("an all-reduce or broadcast given None does nothing with one pro
 EXPLAINED: dict[str, str] = {
     **dict.fromkeys(_names(f"{_LOOP}xǁTickStatsǁreduce", (5, 9))
                     + _names(f"{_LOOP}xǁ_Trainerǁstep", (6, 8, 13, 15, 31, 34, 58, 104, 107, 123, 126))
-                    + _names(f"{_AUG}x_color_transform", (5,)) + _names(f"{_AUG}x_filter_separable", (11,))
+                    + _names(f"{_AUG}x_color_transform", (3, 5)) + _names(f"{_AUG}x_permute_pixels", (17,))
+                    + _names(f"{_AUG}x_filter_separable", (9, 11, 26))
                     + _names("corgigan.stylegan2.pickles.x__load_from_bytes", (32,))
-                    + _names(f"{_AUG}x_warp", (29, 105))
+                    + _names(f"{_AUG}x_warp", (27, 29, 103, 105))
                     + _names(f"{_AUG}xǁAugmentPipeǁforward", (143, 165)), _CPU),
     **dict.fromkeys(_names(f"{_LOOP}xǁTickStatsǁreduce", (17,))
                     + _names(f"{_LOOP}xǁ_Trainerǁstep", (134, 139)),
