@@ -563,6 +563,12 @@ def test_cutout_mask_square_edges():
     assert torch.equal(m[0, 0], (~(rows[:, None] & cols[None, :])).to(F64))
     assert cols.tolist() == [True, True, False, False, False, False, False, False, False, False]
     assert rows.tolist() == [False, False, False, True]
+    # 10 pixels across, whose centres k / 20 float32 cannot hold: a side of 0.5 around 0.4 has its edges
+    # exactly on the centres of pixels 1 and 6 (0.15, 0.65), which are kept; pixels 2..5 are cut.
+    m = cutout_mask(torch.tensor([[0.4, 0.4]], dtype=F64), 0.5, torch.tensor([True]), 10, 10)
+    inside = torch.zeros(10, dtype=torch.bool)
+    inside[2:6] = True
+    assert torch.equal(m[0, 0], (~(inside[:, None] & inside[None, :])).to(F64))
 
 
 def test_cutout_replay():

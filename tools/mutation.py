@@ -240,12 +240,20 @@ EQUIVALENT: dict[str, str] = {
     **dict.fromkeys(_names(f"{_AUG}x__lattice_indices", (24, 27)),
                     "torch.meshgrid's indexing defaults to 'ij' (it only warns that it may change)"),
     **dict.fromkeys(_names(f"{_AUG}x__lattice_indices", (39, 41)) + _names(f"{_AUG}x_reflect3d", (5, 7))
-                    + _names(f"{_AUG}x_saturate3d", (7, 9, 14, 16)) + _names(f"{_AUG}x_band_filters", (3, 5)),
+                    + _names(f"{_AUG}x_saturate3d", (7, 9, 14, 16)) + _names(f"{_AUG}x_band_filters", (3, 5))
+                    + _names(f"{_AUG}xǁAugmentPipeǁforward", (29, 31, 87, 89)),
                     "a constant of 0s and 1s in torch's default float32, combined with float64 tensors, "
                     "promotes to float64 exactly: the same values"),
     **dict.fromkeys(_names(f"{_AUG}x__matrix", (4, 6)),
                     "every cell is a float64 tensor (from _as_f64, or arithmetic on one) or the integer 0 or "
                     "1: without the dtype the integers stay int64 and stack promotes them exactly"),
+    f"{_AUG}x__chosen__mutmut_1":
+        "the bool mask is only multiplied into float64 values or int64 draws, where it promotes to the same "
+        "0s and 1s",
+    **dict.fromkeys(_names(f"{_AUG}xǁAugmentPipeǁ_color", (63, 66))
+                    + _names(f"{_AUG}xǁAugmentPipeǁ_geometry", (26, 29, 52, 55)),
+                    "randint draws the same integers in int64 as in float64, and times the float64 mask "
+                    "they promote to the same values"),
     f"{_AUG}x__lattice_indices__mutmut_44":
         "inv[:, :3] adds the homogeneous row as a third row of src, which is never read",
     **dict.fromkeys(_names(f"{_AUG}x_warp", (99, 102, 113, 118)),
@@ -348,10 +356,10 @@ EXPLAINED: dict[str, str] = {
     **dict.fromkeys(_names(f"{_LOOP}xǁTickStatsǁreduce", (5, 9))
                     + _names(f"{_LOOP}xǁ_Trainerǁstep", (6, 8, 13, 15, 31, 34, 58, 104, 107, 123, 126))
                     + _names(f"{_AUG}x_color_transform", (3, 5)) + _names(f"{_AUG}x_permute_pixels", (17,))
-                    + _names(f"{_AUG}x_filter_separable", (9, 11, 26))
+                    + _names(f"{_AUG}x_filter_separable", (9, 11, 26, 50))
                     + _names("corgigan.stylegan2.pickles.x__load_from_bytes", (32,))
                     + _names(f"{_AUG}x_warp", (27, 29, 103, 105))
-                    + _names(f"{_AUG}xǁAugmentPipeǁforward", (143, 165)), _CPU),
+                    + _names(f"{_AUG}xǁAugmentPipeǁforward", (47, 59, 65, 98, 143, 165)), _CPU),
     **dict.fromkeys(_names(f"{_LOOP}xǁTickStatsǁreduce", (17,))
                     + _names(f"{_LOOP}xǁ_Trainerǁstep", (134, 139)),
                     _ONE_PROCESS),
