@@ -763,3 +763,10 @@ def test_reflect_padding_stops_one_pixel_short_of_the_image_size(tx, ty, side):
     pads = augment._warp_padding(inv, height, width)
     assert pads[side] == (width - 1 if side < 2 else height - 1)
     assert pads[side ^ 1] < pads[side]    # the opposite side needs no such pad
+
+
+def test_float32_images_stay_float32_through_every_augmentation():
+    # Parameters are drawn in float64; what reaches the images is cast to their dtype (the cutout mask too).
+    torch.manual_seed(0)
+    y = augment_pipe(1.0, **dict.fromkeys(PIPES["bgcfnc"], 1))(_images().float())
+    assert y.dtype == torch.float32 and y.shape == (N, 3, 8, 8)

@@ -270,7 +270,7 @@ EQUIVALENT: dict[str, str] = {
     f"{_AUG}x__warp_padding__mutmut_26":
         "the homogeneous column is never indexed (only lo/hi[0] and [1] are)",
     **dict.fromkeys(_names(f"{_AUG}x__warp_padding",
-                           (3, 6, 38, 42, 43, 46, 47, 51, 52, 55, 57, 59, 61, 63, 78)),
+                           (3, 6, 38, 42, 43, 46, 47, 51, 52, 55, 78)),
                     "each only makes a pad larger (or a cap higher where the pad is below it): "
                     "reflect padding "
                     "puts the same mirrored pixel at the same source coordinate whatever the pad, and theta "
@@ -359,7 +359,8 @@ EXPLAINED: dict[str, str] = {
                     + _names(f"{_AUG}x_filter_separable", (9, 11, 26, 50))
                     + _names("corgigan.stylegan2.pickles.x__load_from_bytes", (32,))
                     + _names(f"{_AUG}x_warp", (27, 29, 103, 105))
-                    + _names(f"{_AUG}xǁAugmentPipeǁforward", (47, 59, 65, 98, 143, 165)), _CPU),
+                    + _names(f"{_AUG}xǁAugmentPipeǁforward", (47, 59, 65, 98, 141, 143, 163, 165))
+                    + _names(f"{_AUG}xǁAugmentPipeǁ_filter", (50,)), _CPU),
     **dict.fromkeys(_names(f"{_LOOP}xǁTickStatsǁreduce", (17,))
                     + _names(f"{_LOOP}xǁ_Trainerǁstep", (134, 139)),
                     _ONE_PROCESS),
