@@ -309,6 +309,12 @@ TENSORS_REFUSED = {
         "refused: a tensor's stored bytes reference what torch's weights-only loader refuses "
         "(UnpicklingError: Unsupported operand 130), which is not part of the StyleGAN2 network pickle "
         "formats (nothing of the file was run)"),
+    "storage bytes cut short": (   # the keys, the storage's length (2 floats), then 4 of its 8 bytes
+        _storage(_declaring(_FLOAT2, tail=pickle.dumps(["0"], protocol=2) + (2).to_bytes(8, "little")
+                            + bytes(4))),
+        pickles.PickleError,
+        "a tensor storage cannot be read (RuntimeError: unexpected EOF, expected 4 more bytes. The file "
+        "might be corrupted.)"),
     "payload as a zip archive": (_storage(_zip_payload()), pickles.PickleError,
                                  "a storage payload is a zip archive; the reference's storages are torch's "
                                  "legacy payloads"),
@@ -414,3 +420,21 @@ def test_a_storage_saved_from_a_gpu_is_read_on_the_cpu(tmp_path):
     cuda = _REAL.replace(cpu, b"X\x06\x00\x00\x00cuda:0")
     read = _read(tmp_path, _tensor(_storage(cuda), 0, (4,), (1,)))
     assert read.device.type == "cpu" and torch.equal(read, torch.arange(4.0))
+
+
+def test_a_whole_storage_view_of_several_dimensions_is_not_charged_again(tmp_path):
+    # A (2, 2) tensor over all of its 4-byte storage is that storage's memory; a stride-0 view then takes
+    # the rest of the limit to the byte, and the file is read.
+    storage = _storage(_payload(torch.arange(4, dtype=torch.uint8)))
+
+    def write(numel: int) -> Path:
+        return pw.write(tmp_path / "whole.pkl", [_tensor(storage, 0, (2, 2), (2, 1)),
+                                                _tensor(storage, 0, (numel,), (0,))])
+
+    numel = 0
+    for _ in range(3):    # the file's size barely moves with numel: settle it
+        numel = pickles.alloc_limit(write(numel).stat().st_size) - len(storage.args[0])
+    path = write(numel)
+    assert len(storage.args[0]) + numel == pickles.alloc_limit(path.stat().st_size)
+    whole, spread = pickles.read_pickle(path)
+    assert torch.equal(whole, torch.arange(4, dtype=torch.uint8).view(2, 2)) and spread.shape == (numel,)

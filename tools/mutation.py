@@ -120,11 +120,12 @@ EQUIVALENT: dict[str, str] = {
     "corgigan.stylegan2.networks.xǁMinibatchStdLayerǁforward__mutmut_65":
         "y is built from x by mean, sqrt, reshape and repeat, so it has x's dtype and .to(None) changes "
         "nothing",
-    "corgigan.stylegan2.pickles.x__load_from_bytes__mutmut_48":
+    "corgigan.stylegan2.pickles.x__load_from_bytes__mutmut_51":
         "Tensor.set_(storage) replaces the size and storage of the tensor it is called on: "
         "torch.empty(1) and torch.empty(0) end the same",
-    "corgigan.stylegan2.pickles.x__load_from_bytes__mutmut_36":
-        "torch.load's weights_only defaults to True since torch 2.6 (requirements.txt pins 2.14)",
+    **dict.fromkeys(_names("corgigan.stylegan2.pickles.x__load_from_bytes", (33, 36)),
+                    "torch.load's weights_only defaults to True since torch 2.6 (requirements.txt pins "
+                    "2.14): None and leaving it out both mean that default"),
     # serve and the explorer
     **dict.fromkeys(_names(f"{_SERVE}xǁHandlerǁ_host_ok", (9, 10))
                     + _names(f"{_SERVE}xǁHandlerǁ_has_body", (3, 4, 13, 14))
@@ -357,7 +358,6 @@ EXPLAINED: dict[str, str] = {
                     + _names(f"{_LOOP}xǁ_Trainerǁstep", (6, 8, 13, 15, 31, 34, 58, 104, 107, 123, 126))
                     + _names(f"{_AUG}x_color_transform", (3, 5)) + _names(f"{_AUG}x_permute_pixels", (17,))
                     + _names(f"{_AUG}x_filter_separable", (9, 11, 26, 50))
-                    + _names("corgigan.stylegan2.pickles.x__load_from_bytes", (32,))
                     + _names(f"{_AUG}x_warp", (27, 29, 103, 105))
                     + _names(f"{_AUG}xǁAugmentPipeǁforward", (47, 59, 65, 98, 141, 143, 163, 165))
                     + _names(f"{_AUG}xǁAugmentPipeǁ_filter", (50,)), _CPU),
