@@ -34,6 +34,7 @@ class Reduced:
 
 _RECONSTRUCT, _PLACEHOLDER, _STATE = np.zeros(2, np.float32).__reduce__()   # numpy's own reduction
 _DATA = _STATE[4]   # two float32 zeros, as raw bytes
+_SCALAR, (_F4, _F4_BYTES) = np.float32(1.5).__reduce__()   # numpy's scalar(dtype, raw bytes)
 
 
 def _dtype(state: Any, code: str = "f4") -> Reduced:
@@ -63,6 +64,25 @@ _META = "a persistent object's meta is not {type: 'class', class_name, state, ..
 _HOOKS = (torch.arange(3.0), True)
 
 REFUSED = {
+    "a global beyond the formats": (
+        Reduced(logging.getLogger, ("x",)), pickles.UnsafePickleError,
+        "refused: the pickle references the global logging.getLogger, which is not part of the StyleGAN2 "
+        "network pickle formats (nothing of the file was run)"),
+    # numpy scalars: scalar(dtype, the value's raw bytes).
+    "scalar of a dtype name": (Reduced(_SCALAR, ("f4", _F4_BYTES)), pickles.UnsafePickleError,
+                               "a numpy scalar without a numeric dtype and raw bytes"),
+    "scalar of text": (Reduced(_SCALAR, (_F4, "abcd")), pickles.UnsafePickleError,
+                       "a numpy scalar without a numeric dtype and raw bytes"),
+    "scalar of three bytes": (Reduced(_SCALAR, (_F4, b"abc")), pickles.PickleError,
+                              "a numpy float32 scalar holds 3 bytes"),
+    "scalar without its bytes": (Reduced(_SCALAR, (_F4,)), pickles.PickleError,
+                                 "a numpy float32 scalar holds 0 bytes"),
+    # Pieces that only make sense inside an array or a tensor, found on their own.
+    "array never given its state": (Reduced(_RECONSTRUCT, _PLACEHOLDER), pickles.PickleError,
+                                    "a numpy array without its data"),
+    "a dtype on its own": (np.dtype("f4"), pickles.PickleError, "a stray Dtype outside a tensor or array"),
+    "numpy.ndarray on its own": (np.ndarray, pickles.PickleError,
+                                 "a stray NDArrayType outside a tensor or array"),
     # numpy arrays: the BUILD state (version, shape, dtype, fortran, data), one field wrong at a time.
     "array state of four fields": (_array(_STATE[:4]), pickles.UnsafePickleError,
                                    "numpy array state is not (version, shape, dtype, fortran, data)"),
@@ -309,6 +329,7 @@ TENSORS_REFUSED = {
         "refused: a tensor's stored bytes reference what torch's weights-only loader refuses "
         "(UnpicklingError: Unsupported operand 130), which is not part of the StyleGAN2 network pickle "
         "formats (nothing of the file was run)"),
+    "a storage on its own": (_S, pickles.PickleError, "a stray Storage outside a tensor or array"),
     "storage bytes cut short": (   # the keys, the storage's length (2 floats), then 4 of its 8 bytes
         _storage(_declaring(_FLOAT2, tail=pickle.dumps(["0"], protocol=2) + (2).to_bytes(8, "little")
                             + bytes(4))),
@@ -438,3 +459,16 @@ def test_a_whole_storage_view_of_several_dimensions_is_not_charged_again(tmp_pat
     assert len(storage.args[0]) + numel == pickles.alloc_limit(path.stat().st_size)
     whole, spread = pickles.read_pickle(path)
     assert torch.equal(whole, torch.arange(4, dtype=torch.uint8).view(2, 2)) and spread.shape == (numel,)
+
+
+def test_an_array_referenced_twice_is_read_twice(tmp_path):
+    values = np.arange(3.0)
+    first, second = _read(tmp_path, [values, values])    # one array, memoised by pickle
+    np.testing.assert_array_equal(first, values)
+    np.testing.assert_array_equal(second, values)
+
+
+def test_an_easydict_referenced_twice_is_a_plain_dict_twice(tmp_path):
+    kwargs = pw.EasyDict(channel_base=16384)
+    first, second = _read(tmp_path, [kwargs, kwargs])
+    assert first == second == {"channel_base": 16384} and type(first) is dict

@@ -123,6 +123,8 @@ EQUIVALENT: dict[str, str] = {
     "corgigan.stylegan2.pickles.x__load_from_bytes__mutmut_51":
         "Tensor.set_(storage) replaces the size and storage of the tensor it is called on: "
         "torch.empty(1) and torch.empty(0) end the same",
+    "corgigan.stylegan2.pickles.x__unwrap__mutmut_14":
+        "lstrip('XX_XX') strips the same leading '_' as lstrip('_'): no record type's name starts with X",
     "corgigan.stylegan2.pickles.x__numpy_dtype__mutmut_2":
         "numpy's dtype reduction always passes (code, align, copy): copy's default is never used",
     **dict.fromkeys(_names("corgigan.stylegan2.pickles.x__load_from_bytes", (33, 36)),
