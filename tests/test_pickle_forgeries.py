@@ -446,10 +446,11 @@ def test_a_storage_saved_from_a_gpu_is_read_on_the_cpu(tmp_path):
 def test_a_whole_storage_view_of_several_dimensions_is_not_charged_again(tmp_path):
     # A (2, 2) tensor over all of its 4-byte storage is that storage's memory; a stride-0 view then takes
     # the rest of the limit to the byte, and the file is read.
+    # (2, 1, 2) with torch's strides (2, 2, 1): a dimension of one inside, so every stride counts.
     storage = _storage(_payload(torch.arange(4, dtype=torch.uint8)))
 
     def write(numel: int) -> Path:
-        return pw.write(tmp_path / "whole.pkl", [_tensor(storage, 0, (2, 2), (2, 1)),
+        return pw.write(tmp_path / "whole.pkl", [_tensor(storage, 0, (2, 1, 2), (2, 2, 1)),
                                                 _tensor(storage, 0, (numel,), (0,))])
 
     numel = 0
@@ -458,17 +459,46 @@ def test_a_whole_storage_view_of_several_dimensions_is_not_charged_again(tmp_pat
     path = write(numel)
     assert len(storage.args[0]) + numel == pickles.alloc_limit(path.stat().st_size)
     whole, spread = pickles.read_pickle(path)
-    assert torch.equal(whole, torch.arange(4, dtype=torch.uint8).view(2, 2)) and spread.shape == (numel,)
+    assert torch.equal(whole, torch.arange(4, dtype=torch.uint8).view(2, 1, 2)) and spread.shape == (numel,)
 
 
-def test_an_array_referenced_twice_is_read_twice(tmp_path):
-    values = np.arange(3.0)
-    first, second = _read(tmp_path, [values, values])    # one array, memoised by pickle
-    np.testing.assert_array_equal(first, values)
-    np.testing.assert_array_equal(second, values)
+def test_objects_referenced_twice_are_read_twice(tmp_path):
+    # pickle writes a repeated object once and refers back to it: each reference reads the same value.
+    values, d, items, pair, net = np.arange(3.0), {"a": 1}, [2], (3, 4), _persistent()
+    tf_net = pw.Network("G_mapping", {}, [])
+    read = _read(tmp_path, [values, values, d, d, items, items, pair, pair, net, net, tf_net, tf_net])
+    np.testing.assert_array_equal(read[0], values)
+    np.testing.assert_array_equal(read[1], values)
+    assert read[2:8] == [d, d, items, items, pair, pair]
+    assert isinstance(read[8], pickles.PersistentObject) and read[9] is read[8]
+    assert isinstance(read[10], pickles.TFNetwork) and read[11] is read[10]
 
 
 def test_an_easydict_referenced_twice_is_a_plain_dict_twice(tmp_path):
     kwargs = pw.EasyDict(channel_base=16384)
     first, second = _read(tmp_path, [kwargs, kwargs])
     assert first == second == {"channel_base": 16384} and type(first) is dict
+
+
+def test_a_pytorch_pickles_other_dicts_are_kept_beside_its_networks(tmp_path):
+    data = {"G": None, "D": None, "G_ema": _persistent(), "training_set_kwargs": {"resolution": 64},
+            "augment_pipe": None, "progress": 3}
+    path = pw.write(tmp_path / "snapshot.pkl", data)
+    assert pickles.load_reference_pickle(path).extra == {"training_set_kwargs": {"resolution": 64},
+                                                         "augment_pipe": None}
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "pickle not found"),
+    (b"\x80\x02]q\x00(", "not a readable network pickle (EOFError: Ran out of input)"),
+    # 100,000 nested lists: pickle builds them without recursion, reading them back would not.
+    (b"\x80\x02" + b"]" * 100_000 + b"a" * 99_999 + b".",
+     "the pickle nests too deeply to be a network pickle"),
+])
+def test_files_that_are_no_pickle_are_refused_with_their_own_line(tmp_path, content, message):
+    path = tmp_path / "file.pkl"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(pickles.PickleError) as e:
+        pickles.read_pickle(path)
+    assert str(e.value) == f"{path}: {message}"

@@ -509,6 +509,10 @@ def test_tensorflow_network_states_dnnlib_never_writes_are_refused(tmp_path):
         with pytest.raises(pickles.PickleError) as e:
             pickles.load_reference_pickle(path)
         assert str(e.value).startswith(f"{path}: ") and message in str(e.value), (case, str(e.value))
+    path = _tf_network(tmp_path, "no_state_whole_line", lambda state: None)
+    with pytest.raises(pickles.PickleError) as e:
+        pickles.load_reference_pickle(path)
+    assert str(e.value) == f"{path}: a TensorFlow network without its state: not a network dnnlib wrote"
 
     # dnnlib reads "components" with a default, so a network without it is read (as having none) ...
     net = pickles.load_reference_pickle(_tf_network(tmp_path, "flat", without("components"))).G_ema
