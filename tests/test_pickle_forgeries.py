@@ -502,3 +502,27 @@ def test_files_that_are_no_pickle_are_refused_with_their_own_line(tmp_path, cont
     with pytest.raises(pickles.PickleError) as e:
         pickles.read_pickle(path)
     assert str(e.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"G_ema": None}, "the pickle's G_ema is empty"),
+    ([1], "not a StyleGAN2 network pickle (expected a dict with G_ema, or a TensorFlow (G, D, Gs) tuple; "
+          "found a list)"),
+    ({k: 0 for k in "jihgfedcba"}, "not a StyleGAN2 network pickle (expected a dict with G_ema, or a "
+                                   "TensorFlow (G, D, Gs) tuple; found a dict with keys ['a', 'b', 'c', 'd', "
+                                   "'e', 'f', 'g', 'h'])"),
+])
+def test_pickles_without_networks_are_refused_with_what_they_hold(tmp_path, data, message):
+    path = pw.write(tmp_path / "none.pkl", data)
+    with pytest.raises(pickles.PickleError) as e:
+        pickles.load_reference_pickle(path)
+    assert str(e.value) == f"{path}: {message}"
+
+
+def test_a_reference_pickle_keeps_its_path_and_kind(tmp_path):
+    path = pw.write(tmp_path / "pt.pkl", {"G_ema": _persistent()})
+    ref = pickles.load_reference_pickle(path)
+    assert (ref.path, ref.kind, ref.G, ref.D) == (path, "pytorch", None, None)
+    path = pw.write(tmp_path / "tf.pkl", pw.Network("G", {}, []))
+    ref = pickles.load_reference_pickle(path)
+    assert (ref.path, ref.kind, ref.G, ref.D, ref.extra) == (path, "tensorflow", None, None, {})
