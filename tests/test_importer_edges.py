@@ -403,6 +403,7 @@ def tf_file(tmp_path: Path, G: Generator, D: Discriminator | None = None, name: 
     ({"channel_base": 64}, f"unknown keyword 'channel_base' {_NEVER}"),
     ({"label_size": -1}, f"label_size = -1 is outside 0..65536 {_BUILD}"),
     ({"dlatent_size": 0}, f"dlatent_size = 0 is outside 1..4096 {_BUILD}"),
+    ({"num_channels": 5}, f"num_channels = 5 is outside 1..4 {_BUILD}"),
 ])
 def test_tensorflow_generator_settings_refused_with_their_line(tmp_path, tiny, extra, line):
     path = tf_file(tmp_path, tiny[0], G_static={**TF_G, **extra})
