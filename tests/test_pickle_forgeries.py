@@ -11,6 +11,7 @@ import io
 import logging
 import pickle
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -406,17 +407,25 @@ def test_empty_and_last_element_views_are_read(tmp_path):
     assert torch.equal(_read(tmp_path, _tensor(_S, 0, (4,), (1,))), torch.arange(4.0))
 
 
+def _settle(write: Callable[[int], Path], numel_for: Callable[[int], int]) -> tuple[Path, int]:
+    """The file `write(numel)` makes with the numel `numel_for(its limit)` asks for, and that numel: the
+    file's size (so its limit) barely moves with numel, so a few rounds settle it."""
+    numel = 0
+    for _ in range(3):
+        size = write(numel).stat().st_size
+        numel = numel_for(pickles.alloc_limit(size))
+    path = write(numel)
+    assert path.stat().st_size == size
+    return path, numel
+
+
 def test_a_storage_payload_past_what_views_left_of_the_limit_is_refused_naming_it(tmp_path):
     # A stride-0 view is charged at its full size; the next storage's payload then passes the limit.
     later = _storage(_payload(torch.arange(8.0)))
-    numel = 0
-    for _ in range(3):    # the file's size barely moves with numel: settle it
-        path = pw.write(tmp_path / "views.pkl", [_tensor(_S, 0, (numel,), (0,)), later])
-        size = path.stat().st_size
-        limit = pickles.alloc_limit(size)
-        numel = (limit - len(_REAL) - len(later.args[0]) // 2) // 4
-    path = pw.write(tmp_path / "views.pkl", [_tensor(_S, 0, (numel,), (0,)), later])
-    assert path.stat().st_size == size
+    path, numel = _settle(lambda n: pw.write(tmp_path / "views.pkl", [_tensor(_S, 0, (n,), (0,)), later]),
+                          lambda limit: (limit - len(_REAL) - len(later.args[0]) // 2) // 4)
+    size = path.stat().st_size
+    limit = pickles.alloc_limit(size)
     used = len(_REAL) + 4 * numel + len(later.args[0])
     assert len(_REAL) + 4 * numel <= limit < used
     with pytest.raises(pickles.PickleError) as e:
@@ -444,19 +453,14 @@ def test_a_storage_saved_from_a_gpu_is_read_on_the_cpu(tmp_path):
 
 
 def test_a_whole_storage_view_of_several_dimensions_is_not_charged_again(tmp_path):
-    # A (2, 2) tensor over all of its 4-byte storage is that storage's memory; a stride-0 view then takes
-    # the rest of the limit to the byte, and the file is read.
-    # (2, 1, 2) with torch's strides (2, 2, 1): a dimension of one inside, so every stride counts.
+    # A (2, 1, 2) tensor over all of its 4-byte storage (torch's strides (2, 2, 1): a dimension of one
+    # inside, so every stride counts) is that storage's memory; a stride-0 view then takes the rest of the
+    # limit to the byte, and the file is read.
     storage = _storage(_payload(torch.arange(4, dtype=torch.uint8)))
-
-    def write(numel: int) -> Path:
-        return pw.write(tmp_path / "whole.pkl", [_tensor(storage, 0, (2, 1, 2), (2, 2, 1)),
-                                                _tensor(storage, 0, (numel,), (0,))])
-
-    numel = 0
-    for _ in range(3):    # the file's size barely moves with numel: settle it
-        numel = pickles.alloc_limit(write(numel).stat().st_size) - len(storage.args[0])
-    path = write(numel)
+    whole = _tensor(storage, 0, (2, 1, 2), (2, 2, 1))
+    path, numel = _settle(
+        lambda n: pw.write(tmp_path / "whole.pkl", [whole, _tensor(storage, 0, (n,), (0,))]),
+        lambda limit: limit - len(storage.args[0]))
     assert len(storage.args[0]) + numel == pickles.alloc_limit(path.stat().st_size)
     whole, spread = pickles.read_pickle(path)
     assert torch.equal(whole, torch.arange(4, dtype=torch.uint8).view(2, 1, 2)) and spread.shape == (numel,)
