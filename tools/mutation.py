@@ -526,8 +526,9 @@ def run_in_process(work: Path, patterns: list[str], tests: list[str], jobs: int,
                 share.write_text("\n".join(todo[i::jobs]) + "\n")
                 out.write_text("")
                 outs.append(out)
+                # Its own --basetemp, which pytest empties at start: a session ended early leaves nothing.
                 cmd = [sys.executable, "-m", "pytest", "-q", "-p", "mutation_inprocess",
-                       *cfg.get("pytest_add_cli_args", []), *tests]
+                       f"--basetemp={inner / f'pytest-tmp-{i}'}", *cfg.get("pytest_add_cli_args", []), *tests]
                 procs.append(subprocess.Popen(
                     cmd, cwd=inner, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     env=dict(session_env, MUTATION_LIST=str(share), MUTATION_OUT=str(out))))

@@ -6,12 +6,14 @@ trampolines read MUTANT_UNDER_TEST at each call) and run against the collected t
 failure. Within one mutant's run fixtures are shared as pytest shares them; everything is torn down before
 the next mutant, so no fixture made under one mutant serves another. Results go to $MUTATION_OUT, one
 `name status seconds` line per mutant, where status is killed, survived or timeout ($MUTATION_TIMEOUT seconds
-a mutant, default 60).
+a mutant, default 60). Each mutant's temporary directories are removed once its fixtures are torn down:
+tmp_path numbers a new one per test, which over thousands of mutants would come to gigabytes.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -25,6 +27,15 @@ class _TimeoutError(Exception):
 
 def _alarm(*_: Any) -> None:
     raise _TimeoutError
+
+
+def _empty_basetemp(session: Any) -> None:
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:     # the tmpdir plugin is off: no test made a directory
+        return
+    for child in factory.getbasetemp().iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
 
 
 def pytest_runtestloop(session: Any) -> bool:
@@ -62,5 +73,6 @@ def pytest_runtestloop(session: Any) -> bool:
                 os._exit(3)
             finally:
                 signal.alarm(0)
+            _empty_basetemp(session)
     os.environ["MUTANT_UNDER_TEST"] = ""
     return True
