@@ -127,8 +127,6 @@ EQUIVALENT: dict[str, str] = {
         "lstrip('XX_XX') strips the same leading '_' as lstrip('_'): no record type's name starts with X",
     **dict.fromkeys(_names("corgigan.stylegan2.pickles.x__numpy_dtype", (1, 2)),
                     "numpy's dtype reduction always passes (code, align, copy): the defaults are never used"),
-    **dict.fromkeys(_names("corgigan.stylegan2.pickles.x_read_pickle", (12, 16)),
-                    "_Reading.source is never read: read_pickle names the file in every message itself"),
     **dict.fromkeys(_names("corgigan.stylegan2.pickles.x__load_from_bytes", (33, 36)),
                     "torch.load's weights_only defaults to True since torch 2.6 (requirements.txt pins "
                     "2.14): None and leaving it out both mean that default"),

@@ -262,10 +262,11 @@ def alloc_limit(file_size: int) -> int:
 
 
 class _Reading:
-    """One file being read: its name for messages, the storages read so far, and the allocation bound."""
+    """One file being read: the storages read so far and the allocation bound (read_pickle names the file in
+    its messages itself)."""
 
-    def __init__(self, source: str, file_size: int) -> None:
-        self.source, self.file_size = source, file_size
+    def __init__(self, file_size: int) -> None:
+        self.file_size = file_size
         self.limit = alloc_limit(file_size)
         self.used = 0
         # id(payload) -> (payload, its storage): a payload referenced again is not loaded again. The
@@ -579,7 +580,7 @@ def read_pickle(path: str | Path) -> Any:
         raise PickleError(f"{path}: pickle not found")
     try:
         with open(path, "rb") as f:
-            reading = _Reading(str(path), path.stat().st_size)
+            reading = _Reading(path.stat().st_size)
             data = _RestrictedUnpickler(f, reading).load()
         return _unwrap(data, {})
     except PickleError as e:
