@@ -530,3 +530,9 @@ def test_a_reference_pickle_keeps_its_path_and_kind(tmp_path):
     path = pw.write(tmp_path / "tf.pkl", pw.Network("G", {}, []))
     ref = pickles.load_reference_pickle(path)
     assert (ref.path, ref.kind, ref.G, ref.D, ref.extra) == (path, "tensorflow", None, None, {})
+    # A TensorFlow training pickle is the tuple (G, D, Gs).
+    path = pw.write(tmp_path / "tf3.pkl", (pw.Network("G", {}, []), pw.Network("D", {}, []),
+                                           pw.Network("Gs", {}, [])))
+    ref = pickles.load_reference_pickle(path)
+    assert (ref.path, ref.kind, ref.extra) == (path, "tensorflow", {})
+    assert (ref.G_ema.name, ref.G.name, ref.D.name) == ("Gs", "G", "D")
