@@ -205,11 +205,9 @@ EQUIVALENT: dict[str, str] = {
                     "and its message is never read"),
     **dict.fromkeys(_names(f"{_IMP}x_snapshot_state", (72, 74, 75)),
                     "sha256 streams: other chunk sizes give the same digest"),
-    **dict.fromkeys(_names(f"{_IMP}x__tf_generator_spec", (170, 172)),
-                    "min(base // res, cmax) does not grow with res, so the narrowest layer is at the highest "
-                    "resolution: adding 1 and 2 or dropping 4 (resolution is at least 8) leaves the fmap_min "
-                    "check the same"),
-    **dict.fromkeys(_names(f"{_IMP}x__tf_discriminator_spec", (52, 54)),
+    # Both TF spec readers build res_list = 4..resolution for the fmap_min check.
+    **dict.fromkeys(_names(f"{_IMP}x__tf_generator_spec", (170, 172))
+                    + _names(f"{_IMP}x__tf_discriminator_spec", (52, 54)),
                     "widths min(base // r, cmax) never increase with r and a resolution >= 8 always "
                     "exists: adding 1 and 2 or dropping 4 never changes the minimum fmap_min is checked "
                     "against"),

@@ -34,7 +34,9 @@ def _empty_basetemp(session: Any) -> None:
     if factory is None:     # the tmpdir plugin is off: no test made a directory
         return
     for child in factory.getbasetemp().iterdir():
-        if child.is_dir() and not child.is_symlink():
+        if child.is_symlink():      # pytest's "<name>current" link to the directory removed below
+            child.unlink()
+        elif child.is_dir():
             shutil.rmtree(child, ignore_errors=True)
 
 
